@@ -1,0 +1,122 @@
+//! Replays a trace through the engine with time taken from the trace: the same
+//! calling order as the live runtime, with every rollback counted as succeeded
+//! at the instant it is decided. Streams: memory is bounded by the policy's
+//! windows, not by the length of the trace.
+
+use std::io::BufRead;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::engine::decision::Decision;
+use crate::engine::policy::{Action, Policy};
+use crate::engine::{Engine, InputError};
+use crate::trace::{TraceItem, parse_line};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BacktestError {
+    #[error("line {line}: {message}")]
+    Trace { line: usize, message: String },
+    #[error("reading the trace: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The last line of `backtest --format json` (contract).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Summary {
+    pub observations: u64,
+    pub first_rollback_at: Option<DateTime<Utc>>,
+    pub first_page_at: Option<DateTime<Utc>>,
+    pub rollbacks: u64,
+    pub pages: u64,
+}
+
+impl Summary {
+    fn count(&mut self, decision: &Decision) {
+        if decision.action == Action::Rollback {
+            self.rollbacks += 1;
+            self.first_rollback_at.get_or_insert(decision.at);
+        }
+        if decision.action.pages() {
+            self.pages += 1;
+            self.first_page_at.get_or_insert(decision.at);
+        }
+    }
+}
+
+/// Feeds every line of `trace` to a fresh engine, calling `on_decision` for
+/// each decision as it is made.
+pub fn replay<R: BufRead>(
+    policy: Arc<Policy>,
+    trace: R,
+    mut on_decision: impl FnMut(&Decision) -> std::io::Result<()>,
+) -> Result<Summary, BacktestError> {
+    let mut engine = Engine::new(policy);
+    let mut summary = Summary::default();
+    let mut text = String::new();
+    let mut reader = trace;
+    let mut line = 0;
+    let mut previous_at: Option<DateTime<Utc>> = None;
+    loop {
+        text.clear();
+        if reader.read_line(&mut text)? == 0 {
+            break;
+        }
+        line += 1;
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        let item = parse_line(trimmed).map_err(|message| BacktestError::Trace { line, message })?;
+        let at = item.at();
+        if let Some(previous) = previous_at
+            && at < previous
+        {
+            return Err(BacktestError::Trace {
+                line,
+                message: format!(
+                    "time goes backwards: {} is before the previous line's {}",
+                    crate::engine::time_text(at),
+                    crate::engine::time_text(previous)
+                ),
+            });
+        }
+        previous_at = Some(at);
+        let backwards = |e: InputError| BacktestError::Trace { line, message: e.to_string() };
+        while let Some(deadline) = engine.poll_timeout().filter(|d| *d <= at) {
+            engine.handle_timeout(deadline).map_err(backwards)?;
+            drain(&mut engine, &mut summary, &mut on_decision, line)?;
+        }
+        match item {
+            TraceItem::Observation(observation) => engine.handle_observation(&observation),
+            TraceItem::Event { at, event } => engine.handle_event(at, event),
+            TraceItem::NoData { at, reason } => engine.handle_no_data(at, &reason),
+        }
+        .map_err(backwards)?;
+        drain(&mut engine, &mut summary, &mut on_decision, line)?;
+    }
+    summary.observations = engine.observations();
+    Ok(summary)
+}
+
+/// Hands out every pending decision; a rollback succeeds at once.
+fn drain(
+    engine: &mut Engine,
+    summary: &mut Summary,
+    on_decision: &mut impl FnMut(&Decision) -> std::io::Result<()>,
+    line: usize,
+) -> Result<(), BacktestError> {
+    while let Some(decision) = engine.poll_decision() {
+        summary.count(&decision);
+        on_decision(&decision)?;
+        if decision.action == Action::Rollback
+            && let Some(incident) = decision.incident
+        {
+            engine
+                .handle_rollback_finished(decision.at, incident, Ok(()))
+                .map_err(|e| BacktestError::Trace { line, message: e.to_string() })?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,994 @@
+//! The decision engine: a pure state machine per target. No IO, no clock, no
+//! async, no environment: observations and events go in through `handle_*`,
+//! decisions come out through `poll_decision`, and the next instant it needs to
+//! be woken at comes out of `poll_timeout`. Every method that depends on time
+//! takes it from its input, so the live sidecar, `backtest` and the tests drive
+//! the very same code.
+//!
+//! Calling order, for a driver:
+//! 1. Before handing in an input stamped `at`, call `handle_timeout(t)` for
+//!    every `t = poll_timeout()` with `t <= at`, draining `poll_decision` after each.
+//! 2. Hand in the input (`handle_observation`, `handle_no_data`, `handle_event`).
+//! 3. Drain `poll_decision`. For a `Rollback` decision, run the procedure and
+//!    report its end with `handle_rollback_finished` (a backtest reports success
+//!    at once, at the decision's instant).
+//!
+//! Inputs must come in time order; an input older than the last one is refused
+//! with `InputError::TimeWentBackwards` and changes nothing.
+
+pub mod decision;
+pub mod input;
+pub mod policy;
+pub mod signals;
+pub mod stats;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use serde::Serialize;
+
+use crate::policy::units::format_duration;
+use decision::{Cause, Decision, Guard};
+use input::{Event, Observation};
+use policy::{Action, BaselineMode, KnownIssue, Policy, Signal, Tier};
+use signals::{History, LatencyBaseline, Reading, Sample, Verdict};
+
+/// An input the engine refuses.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("time went backwards: {at} is before the previous input at {previous}")]
+    TimeWentBackwards { at: DateTime<Utc>, previous: DateTime<Utc> },
+}
+
+/// A deployment the engine knows of: announced, seen as a version change, or
+/// the engine's own rollback.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Deployment {
+    pub at: DateTime<Utc>,
+    pub version: Option<String>,
+    pub previous: Option<String>,
+    pub migrations: Vec<String>,
+    /// This deployment is a rollback: it is never rolled back automatically.
+    pub rollback: bool,
+}
+
+/// Where an incident stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "phase")]
+pub enum Phase {
+    /// Opened; paged, notified or waiting for a page-then-rollback deadline.
+    Open,
+    /// A rollback decision was made and the procedure is running.
+    RollingBack,
+    /// The rollback finished; watching for stability until `until`.
+    Watching { until: DateTime<Utc>, saw_data: bool },
+    /// Handed to humans: the rollback failed or did not help.
+    Escalated,
+}
+
+/// Everything from the first firing rule to resolution.
+#[derive(Clone, Debug, Serialize)]
+pub struct Incident {
+    pub id: u64,
+    pub opened_at: DateTime<Utc>,
+    pub tier: Tier,
+    pub rule: String,
+    pub component: Option<String>,
+    /// The strongest action announced so far: a later firing is only announced
+    /// when it asks for more (one incident, one page).
+    pub strongest: Action,
+    pub acknowledged: bool,
+    pub held: bool,
+    /// A page-then-rollback rolls back at this instant unless answered.
+    pub deadline: Option<DateTime<Utc>>,
+    pub phase: Phase,
+    clear_since: Option<DateTime<Utc>>,
+    from_version: Option<String>,
+    to_version: Option<String>,
+}
+
+/// A rule's place in Inactive → Pending → Firing, as in Prometheus alerting,
+/// plus the same for its watch band.
+#[derive(Clone, Debug, Default)]
+struct RuleState {
+    /// First observation of the current unbroken breach.
+    breach_since: Option<DateTime<Utc>>,
+    /// First observation of the current unbroken stay in the watch band or above.
+    band_since: Option<DateTime<Utc>>,
+    firing: bool,
+    watching: bool,
+    /// The current firing was turned into a log line by a known issue.
+    suppressed: bool,
+    /// The last conclusive verdict.
+    last_verdict: Option<Verdict>,
+    /// The rule was breaching when the latest deployment happened.
+    preexisting: bool,
+    reading: Option<Reading>,
+}
+
+impl RuleState {
+    /// Applies a verdict; returns (fired, entered watch band).
+    fn update(&mut self, verdict: Verdict, now: DateTime<Utc>, hold_for: TimeDelta) -> (bool, bool) {
+        match verdict {
+            Verdict::Unhealthy => {
+                self.breach_since.get_or_insert(now);
+                self.band_since.get_or_insert(now);
+            }
+            Verdict::Watch => {
+                self.breach_since = None;
+                self.band_since.get_or_insert(now);
+            }
+            Verdict::Healthy => {
+                self.breach_since = None;
+                self.band_since = None;
+            }
+            Verdict::Inconclusive => {}
+        }
+        if verdict != Verdict::Inconclusive {
+            self.last_verdict = Some(verdict);
+        }
+        let held = |since: Option<DateTime<Utc>>| since.is_some_and(|s| now - s >= hold_for);
+        let firing = held(self.breach_since);
+        let watching = !firing && held(self.band_since);
+        // Inconclusive readings keep the state: no data neither confirms nor clears.
+        let (firing, watching) = if verdict == Verdict::Inconclusive {
+            (self.firing || firing, self.watching)
+        } else {
+            (firing, watching)
+        };
+        let fired = firing && !self.firing;
+        let entered_watch = watching && !self.watching;
+        self.firing = firing;
+        self.watching = watching;
+        if !firing {
+            self.suppressed = false;
+        }
+        (fired, entered_watch)
+    }
+
+    fn reset(&mut self, preexisting: bool) {
+        *self = RuleState { preexisting, ..RuleState::default() };
+    }
+}
+
+/// A snapshot of one rule for status pages and `evaluate`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RuleStatus {
+    pub rule: String,
+    pub tier: Tier,
+    pub firing: bool,
+    pub watching: bool,
+    pub pending_since: Option<DateTime<Utc>>,
+    pub preexisting: bool,
+    pub reading: Option<Reading>,
+}
+
+/// The decision engine for one target. See the module documentation for the
+/// calling order.
+pub struct Engine {
+    policy: Arc<Policy>,
+    now: Option<DateTime<Utc>>,
+    history: History,
+    rules: Vec<RuleState>,
+    last_seen_version: Option<String>,
+    deployment: Option<Deployment>,
+    baseline: Option<LatencyBaseline>,
+    /// Windows start no earlier than this: the latest deployment or rollback.
+    epoch: Option<DateTime<Utc>>,
+    incident: Option<Incident>,
+    incidents_opened: u64,
+    last_rollback_at: Option<DateTime<Utc>>,
+    suppressions: Vec<KnownIssue>,
+    last_data_at: Option<DateTime<Utc>>,
+    blind_paged: bool,
+    observations: u64,
+    decisions: VecDeque<Decision>,
+}
+
+impl Engine {
+    pub fn new(policy: Arc<Policy>) -> Engine {
+        let baseline = fixed_baseline(&policy);
+        Engine {
+            rules: vec![RuleState::default(); policy.rules.len()],
+            suppressions: policy.known_issues.clone(),
+            policy,
+            now: None,
+            history: History::default(),
+            last_seen_version: None,
+            deployment: None,
+            baseline,
+            epoch: None,
+            incident: None,
+            incidents_opened: 0,
+            last_rollback_at: None,
+            last_data_at: None,
+            blind_paged: false,
+            observations: 0,
+            decisions: VecDeque::new(),
+        }
+    }
+
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    /// Observations handed in so far.
+    pub fn observations(&self) -> u64 {
+        self.observations
+    }
+
+    pub fn deployment(&self) -> Option<&Deployment> {
+        self.deployment.as_ref()
+    }
+
+    pub fn incident(&self) -> Option<&Incident> {
+        self.incident.as_ref()
+    }
+
+    pub fn baseline(&self) -> Option<&LatencyBaseline> {
+        self.baseline.as_ref()
+    }
+
+    /// Samples currently kept: bounded by the policy's widest window.
+    pub fn history_len(&self) -> usize {
+        self.history.len()
+    }
+
+    pub fn rule_status(&self) -> Vec<RuleStatus> {
+        self.policy
+            .rules
+            .iter()
+            .zip(&self.rules)
+            .map(|(rule, state)| RuleStatus {
+                rule: rule.name.clone(),
+                tier: rule.tier,
+                firing: state.firing,
+                watching: state.watching,
+                pending_since: state.breach_since,
+                preexisting: state.preexisting,
+                reading: state.reading.clone(),
+            })
+            .collect()
+    }
+
+    /// The next decision, oldest first.
+    pub fn poll_decision(&mut self) -> Option<Decision> {
+        self.decisions.pop_front()
+    }
+
+    /// The next instant the engine must be woken at with `handle_timeout`.
+    pub fn poll_timeout(&self) -> Option<DateTime<Utc>> {
+        let incident = self.incident.as_ref()?;
+        let watch_end = match incident.phase {
+            Phase::Watching { until, .. } => Some(until),
+            _ => None,
+        };
+        [incident.deadline, watch_end].into_iter().flatten().min()
+    }
+
+    fn advance(&mut self, at: DateTime<Utc>) -> Result<(), InputError> {
+        if let Some(previous) = self.now
+            && at < previous
+        {
+            return Err(InputError::TimeWentBackwards { at, previous });
+        }
+        self.now = Some(at);
+        Ok(())
+    }
+
+    pub fn handle_observation(&mut self, observation: &Observation) -> Result<(), InputError> {
+        let now = observation.at;
+        self.advance(now)?;
+        self.observations += 1;
+        let (sample, problems) = Sample::from_observation(observation, &self.policy);
+        for problem in problems {
+            tracing::warn!(target_service = %self.policy.service, at = %now, "observation: {problem}");
+        }
+        if let Some(version) = &observation.version {
+            self.observe_version(now, version);
+        }
+        let keep = self.policy.history_span() + self.policy.evaluation.interval;
+        self.history.push(sample, keep);
+        if sample.has_data() {
+            self.last_data_at = Some(now);
+            self.blind_paged = false;
+        } else {
+            self.check_blind(now, "the observation carried no usable field");
+        }
+        self.evaluate_rules(now);
+        self.maintain_incident(now);
+        Ok(())
+    }
+
+    /// The source failed (unreachable, bad response): no data at `at`. Never
+    /// "down", never "healthy".
+    pub fn handle_no_data(&mut self, at: DateTime<Utc>, reason: &str) -> Result<(), InputError> {
+        self.advance(at)?;
+        tracing::warn!(target_service = %self.policy.service, at = %at, reason, "no data");
+        self.check_blind(at, reason);
+        Ok(())
+    }
+
+    pub fn handle_event(&mut self, at: DateTime<Utc>, event: Event) -> Result<(), InputError> {
+        self.advance(at)?;
+        match event {
+            Event::Deploy { version, previous, migrations } => {
+                let previous = previous.or_else(|| self.last_seen_version.clone());
+                if version.is_some() {
+                    self.last_seen_version = version.clone();
+                }
+                self.deployed(at, version, previous, migrations);
+            }
+            Event::Declare { tier, reason, component } => self.declared(at, tier, &reason, component),
+            Event::Suppress { rule, until, reason } => self.suppress(at, rule, until, reason),
+            Event::Ack { by } => self.answered(at, Cause::Acknowledged, by),
+            Event::Hold { by } => self.answered(at, Cause::Held, by),
+            Event::Approve { by } => self.approved(at, by),
+        }
+        Ok(())
+    }
+
+    /// Wakes the engine at a deadline it asked for through `poll_timeout`.
+    pub fn handle_timeout(&mut self, now: DateTime<Utc>) -> Result<(), InputError> {
+        self.advance(now)?;
+        let Some(incident) = &self.incident else { return Ok(()) };
+        if incident.deadline.is_some_and(|d| d <= now) {
+            self.deadline_passed(now);
+        }
+        if let Some(Incident { phase: Phase::Watching { until, saw_data }, .. }) = &self.incident
+            && *until <= now
+        {
+            let saw_data = *saw_data;
+            self.watch_ended(now, saw_data);
+        }
+        Ok(())
+    }
+
+    /// The rollback procedure of incident `incident` ended: `Ok` starts the
+    /// stabilization watch, `Err(reason)` escalates.
+    pub fn handle_rollback_finished(
+        &mut self,
+        now: DateTime<Utc>,
+        incident: u64,
+        outcome: Result<(), String>,
+    ) -> Result<(), InputError> {
+        self.advance(now)?;
+        let Some(current) = self.incident.as_mut().filter(|i| i.id == incident && i.phase == Phase::RollingBack) else {
+            tracing::warn!(incident, "rollback result for an incident that is not rolling back: ignored");
+            return Ok(());
+        };
+        match outcome {
+            Ok(()) => {
+                let until = now + self.policy.stabilization;
+                current.phase = Phase::Watching { until, saw_data: false };
+                let (from, to) = (current.from_version.clone(), current.to_version.clone());
+                self.deployment = Some(Deployment { at: now, version: to.clone(), previous: from, migrations: Vec::new(), rollback: true });
+                self.start_epoch(now, false);
+                let core = format!(
+                    "rollback to {} finished; watching error rate and latency for {} until {}",
+                    version_text(to.as_deref()),
+                    format_duration(self.policy.stabilization),
+                    time_text(until)
+                );
+                self.emit_for_incident(now, Action::None, Cause::RollbackFinished, None, None, core);
+            }
+            Err(reason) => {
+                current.phase = Phase::Escalated;
+                let core = format!("rollback failed: {reason}; escalating to the escalation contacts");
+                self.emit_for_incident(now, Action::Page, Cause::RollbackFailed, None, None, core);
+            }
+        }
+        Ok(())
+    }
+
+    fn observe_version(&mut self, now: DateTime<Utc>, version: &str) {
+        match &self.last_seen_version {
+            Some(seen) if seen == version => {}
+            None => self.last_seen_version = Some(version.to_string()),
+            Some(seen) => {
+                let previous = Some(seen.clone());
+                self.last_seen_version = Some(version.to_string());
+                self.deployed(now, Some(version.to_string()), previous, Vec::new());
+            }
+        }
+    }
+
+    fn deployed(&mut self, now: DateTime<Utc>, version: Option<String>, previous: Option<String>, migrations: Vec<String>) {
+        if let Some(current) = &mut self.deployment
+            && version.is_some()
+            && current.version == version
+        {
+            // The announced version showing up, or our own rollback landing.
+            if !migrations.is_empty() {
+                current.migrations = migrations;
+            }
+            return;
+        }
+        tracing::info!(
+            target_service = %self.policy.service,
+            version = version.as_deref().unwrap_or("unknown"),
+            previous = previous.as_deref().unwrap_or("unknown"),
+            "deployment"
+        );
+        self.baseline = self.pre_deploy_baseline(now);
+        self.deployment = Some(Deployment { at: now, version, previous, migrations, rollback: false });
+        self.start_epoch(now, true);
+    }
+
+    /// Windows restart at `now`; rule states restart, remembering which rules
+    /// were breaching just before (a regression must be new).
+    fn start_epoch(&mut self, now: DateTime<Utc>, remember_breaches: bool) {
+        self.epoch = Some(now);
+        for state in &mut self.rules {
+            let preexisting = remember_breaches && state.last_verdict == Some(Verdict::Unhealthy);
+            state.reset(preexisting);
+        }
+    }
+
+    fn pre_deploy_baseline(&self, deploy_at: DateTime<Utc>) -> Option<LatencyBaseline> {
+        if self.policy.baseline.mode == BaselineMode::Fixed {
+            return fixed_baseline(&self.policy);
+        }
+        let min_samples = self
+            .policy
+            .rules
+            .iter()
+            .find_map(|r| match r.signal {
+                Signal::LatencyDegradation { min_samples, .. } => Some(min_samples),
+                _ => None,
+            })
+            .unwrap_or(3);
+        let mut values: Vec<f64> = self
+            .history
+            .between(deploy_at - self.policy.baseline.window, deploy_at)
+            .filter_map(|s| s.latency_ms)
+            .collect();
+        if values.len() >= min_samples
+            && let Some(ms) = stats::median(&mut values)
+            && ms > 0.0
+        {
+            return Some(LatencyBaseline { ms, source: "pre-deploy" });
+        }
+        // Keep what is known when the new window is too thin: the previous
+        // deployment's baseline, else the fixed one.
+        self.baseline.clone().or_else(|| fixed_baseline(&self.policy))
+    }
+
+    fn evaluate_rules(&mut self, now: DateTime<Utc>) {
+        let mut fired = Vec::new();
+        let mut entered_watch = Vec::new();
+        let mut any_conclusive = false;
+        for (index, rule) in self.policy.rules.iter().enumerate() {
+            let reading = signals::read(rule, &self.history, now, self.epoch, self.baseline.as_ref(), self.policy.evaluation.z);
+            let state = &mut self.rules[index];
+            any_conclusive |= reading.verdict != Verdict::Inconclusive;
+            let (did_fire, did_enter_watch) = state.update(reading.verdict, now, rule.hold_for);
+            state.reading = Some(reading);
+            let suppression_lapsed = state.firing && state.suppressed && self.active_suppression(&rule.name, now).is_none();
+            if did_fire || suppression_lapsed {
+                fired.push(index);
+            }
+            if did_enter_watch {
+                entered_watch.push(index);
+            }
+        }
+        if any_conclusive
+            && let Some(Incident { phase: Phase::Watching { saw_data, .. }, .. }) = &mut self.incident
+        {
+            *saw_data = true;
+        }
+        // The strongest tier first: an immediate rule decides before a consider rule at the same instant.
+        fired.sort_by_key(|&index| std::cmp::Reverse(self.policy.rules[index].tier));
+        for index in fired {
+            self.rule_fired(now, index);
+        }
+        for index in entered_watch {
+            self.entered_watch_band(now, index);
+        }
+    }
+
+    fn active_suppression(&self, rule: &str, now: DateTime<Utc>) -> Option<&KnownIssue> {
+        self.suppressions.iter().find(|s| s.rule == rule && s.until > now)
+    }
+
+    fn rule_fired(&mut self, now: DateTime<Utc>, index: usize) {
+        let policy = Arc::clone(&self.policy);
+        let rule = &policy.rules[index];
+        let reading = self.rules[index].reading.clone();
+        let described = self.describe_rule(index, now);
+        if matches!(rule.tier, Tier::Watch | Tier::Ignore) {
+            let action = policy.actions.for_tier(rule.tier);
+            if rule.tier == Tier::Watch {
+                let core = format!("{described}; watching only, no page");
+                self.emit(now, action, rule.tier, &rule.name, Cause::RuleFired, None, reading, core);
+            }
+            return;
+        }
+        if let Some(issue) = self.active_suppression(&rule.name, now) {
+            let core = format!(
+                "{described}; suppressed as a known issue until {}: {}",
+                time_text(issue.until),
+                issue.reason
+            );
+            self.rules[index].suppressed = true;
+            self.emit(now, Action::None, rule.tier, &rule.name, Cause::RuleFired, Some(Guard::KnownIssue), reading, core);
+            return;
+        }
+        self.rules[index].suppressed = false;
+        let tier_action = policy.actions.for_tier(rule.tier);
+        let preexisting = self.rules[index].preexisting;
+        match self.incident.as_ref().map(|i| i.phase) {
+            Some(Phase::Watching { .. }) => {
+                let core = format!(
+                    "{described}; not stable after the rollback: escalating (never a second automatic rollback)"
+                );
+                if let Some(incident) = &mut self.incident {
+                    incident.phase = Phase::Escalated;
+                }
+                self.emit_incident_decision(now, Action::Page, Cause::WatchFailed, Some(Guard::RollbackOfRollback), reading, core, rule.tier, &rule.name);
+            }
+            Some(Phase::RollingBack) | Some(Phase::Escalated) => {
+                tracing::info!(rule = %rule.name, "rule fired while the incident is already being handled");
+            }
+            Some(Phase::Open) => {
+                let (action, guard) = self.effective_action(now, tier_action, preexisting, false);
+                let strongest = self.incident.as_ref().map_or(Action::None, |i| i.strongest);
+                if action > strongest {
+                    let core = format!("{described}; {}", self.consequence(now, action, guard.as_ref(), &rule.name));
+                    self.emit_incident_decision(now, action, Cause::RuleFired, guard, reading, core, rule.tier, &rule.name);
+                } else {
+                    tracing::info!(rule = %rule.name, incident = ?self.incident.as_ref().map(|i| i.id), "rule fired within an open incident: already handled");
+                }
+            }
+            None => {
+                self.open_incident(now, rule.tier, &rule.name, rule.component.clone());
+                let (action, guard) = self.effective_action(now, tier_action, preexisting, false);
+                let core = format!("{described}; {}", self.consequence(now, action, guard.as_ref(), &rule.name));
+                self.emit_incident_decision(now, action, Cause::RuleFired, guard, reading, core, rule.tier, &rule.name);
+            }
+        }
+    }
+
+    fn entered_watch_band(&mut self, now: DateTime<Utc>, index: usize) {
+        let rule = &self.policy.rules[index];
+        let (name, action) = (rule.name.clone(), self.policy.actions.watch);
+        let watch_above = rule.watch_above.unwrap_or(0.0);
+        let threshold = rule.signal.threshold().unwrap_or(0.0);
+        let reading = self.rules[index].reading.clone();
+        let core = format!(
+            "{}; in the watch band ({} to {}): logged and shown in status, no page",
+            self.describe_rule(index, now),
+            crate::policy::units::format_percent(watch_above),
+            crate::policy::units::format_percent(threshold),
+        );
+        self.emit(now, action, Tier::Watch, &name, Cause::WatchBand, None, reading, core);
+    }
+
+    /// "error-rate (consider): error-rate 8.1% (95% lower bound 7.4%) > 5% over 2m of 9600 requests, held 2m since the deploy of v2.3.1 at 10:00:15Z"
+    fn describe_rule(&self, index: usize, now: DateTime<Utc>) -> String {
+        let rule = &self.policy.rules[index];
+        let state = &self.rules[index];
+        let reading = state
+            .reading
+            .as_ref()
+            .map_or_else(|| "no reading".to_string(), |r| r.describe(rule, self.policy.evaluation.confidence));
+        let held = state.breach_since.or(state.band_since).map_or_else(String::new, |since| format!(", held {}", format_duration(now - since)));
+        let deploy = self.deployment.as_ref().map_or_else(String::new, |d| {
+            format!(
+                " since the {} of {} at {}",
+                if d.rollback { "rollback" } else { "deploy" },
+                version_text(d.version.as_deref()),
+                time_text(d.at)
+            )
+        });
+        format!("{} ({}): {reading}{held}{deploy}", rule.name, rule.tier)
+    }
+
+    /// What the tier's action becomes once the guards have had their say.
+    fn effective_action(&self, now: DateTime<Utc>, tier_action: Action, preexisting: bool, human: bool) -> (Action, Option<Guard>) {
+        if !tier_action.may_roll_back() {
+            return (tier_action, None);
+        }
+        let incident = self.incident.as_ref();
+        if incident.is_some_and(|i| i.held) {
+            return (Action::Page, Some(Guard::Held));
+        }
+        if let Some(guard) = self.rollback_guard(now, preexisting, human) {
+            let action = if guard == Guard::InProgress { Action::None } else { Action::Page };
+            return (action, Some(guard));
+        }
+        if tier_action == Action::PageThenRollback && incident.is_some_and(|i| i.acknowledged) {
+            return (Action::Page, Some(Guard::Acknowledged));
+        }
+        (tier_action, None)
+    }
+
+    /// The first reason not to roll back now, if any. `human`: a person asked
+    /// (declare, approve), so the cooldown, which stops automatic flapping, does not apply.
+    fn rollback_guard(&self, now: DateTime<Utc>, preexisting: bool, human: bool) -> Option<Guard> {
+        let evaluation = &self.policy.evaluation;
+        if self.incident.as_ref().is_some_and(|i| i.phase == Phase::RollingBack) {
+            return Some(Guard::InProgress);
+        }
+        let Some(deployment) = &self.deployment else { return Some(Guard::NoRecentDeploy) };
+        if deployment.rollback {
+            return Some(Guard::RollbackOfRollback);
+        }
+        if now - deployment.at > evaluation.recent_deploy_window {
+            return Some(Guard::NoRecentDeploy);
+        }
+        if !human && self.last_rollback_at.is_some_and(|t| now - t < evaluation.cooldown) {
+            return Some(Guard::Cooldown);
+        }
+        if preexisting && !human {
+            return Some(Guard::Preexisting);
+        }
+        None
+    }
+
+    fn guard_text(&self, now: DateTime<Utc>, guard: &Guard, rule: &str) -> String {
+        let evaluation = &self.policy.evaluation;
+        let deployment = self.deployment.as_ref();
+        match guard {
+            Guard::NoRecentDeploy => match deployment {
+                None => format!("no deployment seen, and a rollback only answers a change within {}", format_duration(evaluation.recent_deploy_window)),
+                Some(d) => format!(
+                    "the latest deployment ({} at {}) is {} old, outside the {} recent-deploy window",
+                    version_text(d.version.as_deref()),
+                    time_text(d.at),
+                    format_duration(now - d.at),
+                    format_duration(evaluation.recent_deploy_window)
+                ),
+            },
+            Guard::Preexisting => format!(
+                "{rule} was already breaching before the deploy of {}, so a rollback would not fix it",
+                version_text(deployment.and_then(|d| d.version.as_deref()))
+            ),
+            Guard::InProgress => "a rollback is already running".to_string(),
+            Guard::Cooldown => format!(
+                "the last rollback was {} ago, within the {} cooldown",
+                self.last_rollback_at.map_or_else(|| "?".into(), |t| format_duration(now - t)),
+                format_duration(evaluation.cooldown)
+            ),
+            Guard::RollbackOfRollback => format!(
+                "the running version {} is itself a rollback, and a rollback is never rolled back",
+                version_text(deployment.and_then(|d| d.version.as_deref()))
+            ),
+            Guard::Held => "a human holds this incident".to_string(),
+            Guard::Acknowledged => "a human has acknowledged this incident and owns the rollback decision".to_string(),
+            Guard::KnownIssue => "a known issue suppresses this rule".to_string(),
+            Guard::Recovered => format!("{rule} is no longer breaching"),
+            Guard::NoData => "there is no usable data".to_string(),
+        }
+    }
+
+    /// The part of an explanation that says what happens next.
+    fn consequence(&self, now: DateTime<Utc>, action: Action, guard: Option<&Guard>, rule: &str) -> String {
+        let not_rolling_back = guard.map(|g| format!("not rolling back: {}", self.guard_text(now, g, rule)));
+        let id = self.incident.as_ref().map_or(0, |i| i.id);
+        match (action, not_rolling_back) {
+            (Action::Rollback, _) => {
+                let (from, to) = self.rollback_versions();
+                format!("rolling back {} -> {}", version_text(from.as_deref()), version_text(to.as_deref()))
+            }
+            (Action::PageThenRollback, _) => format!(
+                "paging on-call; rolling back at {} unless acknowledged or held (rollwatch incidents ack {id} | hold {id} | approve {id})",
+                time_text(now + self.policy.actions.page_timeout)
+            ),
+            (Action::Page, Some(why)) => format!("{why}; paging on-call"),
+            (Action::Page, None) => format!("paging on-call (rollwatch incidents ack {id} | hold {id} | approve {id})"),
+            (Action::Notify, _) => "notifying the team".to_string(),
+            (Action::None, Some(why)) => why,
+            (Action::None, None) => "no action in this environment".to_string(),
+        }
+    }
+
+    fn rollback_versions(&self) -> (Option<String>, Option<String>) {
+        match &self.deployment {
+            Some(d) => (d.version.clone(), d.previous.clone()),
+            None => (self.last_seen_version.clone(), None),
+        }
+    }
+
+    fn open_incident(&mut self, now: DateTime<Utc>, tier: Tier, rule: &str, component: Option<String>) {
+        self.incidents_opened += 1;
+        self.incident = Some(Incident {
+            id: self.incidents_opened,
+            opened_at: now,
+            tier,
+            rule: rule.to_string(),
+            component,
+            strongest: Action::None,
+            acknowledged: false,
+            held: false,
+            deadline: None,
+            phase: Phase::Open,
+            clear_since: None,
+            from_version: None,
+            to_version: None,
+        });
+    }
+
+    /// Emits a decision in the open incident and applies what it starts.
+    #[allow(clippy::too_many_arguments)]
+    fn emit_incident_decision(
+        &mut self,
+        now: DateTime<Utc>,
+        action: Action,
+        cause: Cause,
+        guard: Option<Guard>,
+        reading: Option<Reading>,
+        core: String,
+        tier: Tier,
+        rule: &str,
+    ) {
+        let (from, to) = self.rollback_versions();
+        let page_timeout = self.policy.actions.page_timeout;
+        let Some(incident) = &mut self.incident else {
+            tracing::error!("incident decision without an incident: dropped");
+            return;
+        };
+        incident.strongest = incident.strongest.max(action);
+        let mut deadline = None;
+        match action {
+            Action::PageThenRollback => {
+                deadline = Some(now + page_timeout);
+                incident.deadline = deadline;
+            }
+            Action::Rollback => {
+                incident.phase = Phase::RollingBack;
+                incident.deadline = None;
+                incident.from_version = from;
+                incident.to_version = to;
+                self.last_rollback_at = Some(now);
+            }
+            _ => {}
+        }
+        self.emit(now, action, tier, rule, cause, guard, reading, core);
+        if let Some(decision) = self.decisions.back_mut() {
+            decision.deadline = deadline;
+        }
+    }
+
+    /// Emits a decision that belongs to the open incident, with its tier and rule.
+    fn emit_for_incident(&mut self, now: DateTime<Utc>, action: Action, cause: Cause, guard: Option<Guard>, reading: Option<Reading>, core: String) {
+        let Some(incident) = &self.incident else { return };
+        let (tier, rule) = (incident.tier, incident.rule.clone());
+        self.emit_incident_decision(now, action, cause, guard, reading, core, tier, &rule);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        now: DateTime<Utc>,
+        action: Action,
+        tier: Tier,
+        rule: &str,
+        cause: Cause,
+        guard: Option<Guard>,
+        reading: Option<Reading>,
+        core: String,
+    ) {
+        let policy = &self.policy;
+        let explanation = format!("{core} [{} sha256:{}]", policy.path, policy.short_hash());
+        let incident = self.incident.as_ref();
+        let rolls_back = action == Action::Rollback;
+        let (from_version, to_version) = match incident {
+            Some(i) if rolls_back => (i.from_version.clone(), i.to_version.clone()),
+            _ => (None, None),
+        };
+        let migrations = match &self.deployment {
+            Some(d) if rolls_back => d.migrations.clone(),
+            _ => Vec::new(),
+        };
+        let decision = Decision {
+            at: now,
+            action,
+            tier,
+            rule: rule.to_string(),
+            explanation,
+            cause,
+            incident: incident.map(|i| i.id),
+            guard,
+            reading,
+            deadline: None,
+            component: incident.and_then(|i| i.component.clone()),
+            from_version,
+            to_version,
+            migrations,
+        };
+        tracing::info!(
+            target_service = %policy.service,
+            action = %decision.action,
+            tier = %decision.tier,
+            rule = %decision.rule,
+            "decision: {}",
+            decision.explanation
+        );
+        self.decisions.push_back(decision);
+    }
+
+    fn maintain_incident(&mut self, now: DateTime<Utc>) {
+        let breaching = self
+            .policy
+            .rules
+            .iter()
+            .zip(&self.rules)
+            .any(|(rule, state)| rule.tier >= Tier::Consider && (state.firing || state.breach_since.is_some()));
+        let resolve_after = self.policy.evaluation.resolve_after;
+        let Some(incident) = &mut self.incident else { return };
+        if !matches!(incident.phase, Phase::Open | Phase::Escalated) {
+            return;
+        }
+        if breaching {
+            incident.clear_since = None;
+            return;
+        }
+        let since = *incident.clear_since.get_or_insert(now);
+        if now - since >= resolve_after {
+            let core = format!("every rule clear for {}: incident resolved", format_duration(now - since));
+            self.emit_for_incident(now, Action::Notify, Cause::Recovered, Some(Guard::Recovered), None, core);
+            self.incident = None;
+        }
+    }
+
+    fn deadline_passed(&mut self, now: DateTime<Utc>) {
+        let Some(incident) = &mut self.incident else { return };
+        incident.deadline = None;
+        let rule_name = incident.rule.clone();
+        let still_breaching: Vec<usize> = self
+            .policy
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(i, rule)| rule.tier >= Tier::Consider && self.rules[*i].firing && !self.rules[*i].suppressed)
+            .map(|(i, _)| i)
+            .collect();
+        let Some(&first) = still_breaching.first() else {
+            let core = format!(
+                "page-then-rollback deadline passed unanswered, but {rule_name} is no longer breaching: not rolling back"
+            );
+            self.emit_for_incident(now, Action::None, Cause::DeadlinePassed, Some(Guard::Recovered), None, core);
+            return;
+        };
+        let preexisting = still_breaching.iter().any(|&i| self.rules[i].preexisting);
+        let (action, guard) = self.effective_action(now, Action::Rollback, preexisting, false);
+        let reading = self.rules[first].reading.clone();
+        let described = self.describe_rule(first, now);
+        let (action, guard) = match (action, guard) {
+            (Action::Rollback, None) => (Action::Rollback, None),
+            // Already paged: a guard turns the rollback into nothing new.
+            (_, guard) => (Action::None, guard),
+        };
+        let core = format!(
+            "no answer to the page within {}; {described}; {}",
+            format_duration(self.policy.actions.page_timeout),
+            self.consequence(now, action, guard.as_ref(), &rule_name)
+        );
+        self.emit_for_incident(now, action, Cause::DeadlinePassed, guard, reading, core);
+    }
+
+    fn watch_ended(&mut self, now: DateTime<Utc>, saw_data: bool) {
+        let duration = format_duration(self.policy.stabilization);
+        if saw_data {
+            let core = format!("stable for {duration} after the rollback: incident resolved");
+            self.emit_for_incident(now, Action::Notify, Cause::Stable, None, None, core);
+            self.incident = None;
+        } else {
+            if let Some(incident) = &mut self.incident {
+                incident.phase = Phase::Escalated;
+            }
+            let core = format!(
+                "no usable data during the {duration} stabilization watch: cannot confirm the rollback helped; escalating"
+            );
+            self.emit_for_incident(now, Action::Page, Cause::WatchFailed, Some(Guard::NoData), None, core);
+        }
+    }
+
+    fn check_blind(&mut self, now: DateTime<Utc>, reason: &str) {
+        if self.blind_paged {
+            return;
+        }
+        let evaluation = &self.policy.evaluation;
+        let Some(deployment) = self.deployment.as_ref().filter(|d| now - d.at <= evaluation.recent_deploy_window) else {
+            return;
+        };
+        let since = self.last_data_at.map_or(deployment.at, |t| t.max(deployment.at));
+        if now - since < evaluation.blind_after {
+            return;
+        }
+        self.blind_paged = true;
+        let core = format!(
+            "watchdog blind: no usable data for {} (last problem: {reason}) after the deploy of {} at {}; \
+             cannot judge the deployment, paging a human; never rolling back on missing data",
+            format_duration(now - since),
+            version_text(deployment.version.as_deref()),
+            time_text(deployment.at)
+        );
+        self.emit(now, Action::Page, Tier::Consider, "watchdog-blind", Cause::Blind, Some(Guard::NoData), None, core);
+    }
+
+    fn declared(&mut self, now: DateTime<Utc>, tier: Tier, reason: &str, component: Option<String>) {
+        let rule = "declare";
+        if self.incident.is_none() {
+            self.open_incident(now, tier, rule, component);
+        }
+        let tier_action = self.policy.actions.for_tier(tier);
+        let (action, guard) = self.effective_action(now, tier_action, false, true);
+        let core = format!("declared {tier} by a human: {reason}; {}", self.consequence(now, action, guard.as_ref(), rule));
+        self.emit_incident_decision(now, action, Cause::Declared, guard, None, core, tier, rule);
+    }
+
+    fn approved(&mut self, now: DateTime<Utc>, by: Option<String>) {
+        let by = by.unwrap_or_else(|| "a human".to_string());
+        if self.incident.is_none() {
+            self.open_incident(now, Tier::Consider, "approve", None);
+        }
+        if let Some(incident) = &mut self.incident {
+            incident.held = false;
+            incident.acknowledged = true;
+            incident.deadline = None;
+        }
+        let (action, guard) = self.effective_action(now, Action::Rollback, false, true);
+        let action = if guard.is_some() { Action::None } else { action };
+        let rule = self.incident.as_ref().map_or_else(String::new, |i| i.rule.clone());
+        let core = format!("rollback approved by {by}; {}", self.consequence(now, action, guard.as_ref(), &rule));
+        self.emit_for_incident(now, action, Cause::Approved, guard, None, core);
+    }
+
+    fn answered(&mut self, now: DateTime<Utc>, cause: Cause, by: Option<String>) {
+        let by = by.unwrap_or_else(|| "a human".to_string());
+        let Some(incident) = &mut self.incident else {
+            tracing::warn!(answer = ?cause, %by, "answer without an open incident: ignored");
+            return;
+        };
+        let cancelled = incident.deadline.take().map(time_text);
+        let (verb, guard) = if cause == Cause::Held {
+            incident.held = true;
+            ("held", Guard::Held)
+        } else {
+            incident.acknowledged = true;
+            ("acknowledged", Guard::Acknowledged)
+        };
+        let cancelled = cancelled.map_or_else(String::new, |t| format!("; the automatic rollback due at {t} is cancelled"));
+        let next = if cause == Cause::Held {
+            "no rollback for this incident unless approved"
+        } else {
+            "escalation stops; approve or hold to decide"
+        };
+        let core = format!("{verb} by {by}{cancelled}; {next}");
+        self.emit_for_incident(now, Action::None, cause, Some(guard), None, core);
+    }
+
+    fn suppress(&mut self, now: DateTime<Utc>, rule: String, until: DateTime<Utc>, reason: String) {
+        match self.policy.rule(&rule) {
+            None => tracing::warn!(%rule, "suppression for an unknown rule: ignored"),
+            Some(r) if r.tier == Tier::Immediate && !self.policy.evaluation.allow_immediate_suppression => {
+                tracing::warn!(%rule, "suppression of an immediate rule refused: the policy does not allow it")
+            }
+            Some(_) if until <= now => tracing::warn!(%rule, %until, "suppression already expired: ignored"),
+            Some(_) => {
+                tracing::info!(%rule, %until, %reason, "known issue: rule suppressed");
+                self.suppressions.retain(|s| s.rule != rule);
+                self.suppressions.push(KnownIssue { rule, until, reason });
+            }
+        }
+    }
+}
+
+fn fixed_baseline(policy: &Policy) -> Option<LatencyBaseline> {
+    policy.baseline.fixed_ms.map(|ms| LatencyBaseline { ms, source: "fixed" })
+}
+
+/// RFC 3339 in UTC, whole seconds unless the input had fractions.
+pub fn time_text(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn version_text(version: Option<&str>) -> &str {
+    version.unwrap_or("an unknown version")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,301 @@
+//! The compiled, validated policy the engine runs on. Built by `crate::policy`
+//! from a TOML file; every value here has already been checked, so the engine
+//! never re-validates. Durations are `chrono::TimeDelta`, ratios are fractions.
+
+use std::fmt;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::Serialize;
+
+/// One target's policy: what to watch, how to judge it and what to do.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// The file it came from, as given on the command line.
+    pub path: String,
+    /// Hex SHA-256 of the file's bytes as written (before `${VAR}` substitution).
+    pub sha256: String,
+    pub service: String,
+    pub environment: String,
+    pub evaluation: Evaluation,
+    pub baseline: Baseline,
+    pub actions: Actions,
+    pub stabilization: TimeDelta,
+    pub known_issues: Vec<KnownIssue>,
+    pub rules: Vec<Rule>,
+    /// Names of the named checks the rules refer to; a rule's `Signal::Check`
+    /// holds an index into this list.
+    pub checks: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    /// How often the target is sampled.
+    pub interval: TimeDelta,
+    /// One-sided confidence for error-rate and user-impact bounds, e.g. 0.95.
+    pub confidence: f64,
+    /// The standard normal quantile for `confidence` (1.645 for 95 %).
+    pub z: f64,
+    /// A rollback answers only a deployment at most this old.
+    pub recent_deploy_window: TimeDelta,
+    /// No automatic rollback within this time of the previous one.
+    pub cooldown: TimeDelta,
+    /// An incident without a rollback closes after its rules have been clear this long.
+    pub resolve_after: TimeDelta,
+    /// No usable data for this long after a recent deployment pages "watchdog blind".
+    pub blind_after: TimeDelta,
+    /// Whether a known-issue suppression may silence an `immediate` rule.
+    pub allow_immediate_suppression: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Baseline {
+    pub quantile: Quantile,
+    /// The pre-deployment window the baseline is taken from.
+    pub window: TimeDelta,
+    /// A fixed latency baseline (an SLO), in milliseconds.
+    pub fixed_ms: Option<f64>,
+    pub mode: BaselineMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BaselineMode {
+    /// The same quantile before the latest deployment; `fixed_ms` when none is known.
+    PreDeploy,
+    /// Always `fixed_ms`.
+    Fixed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantile {
+    P50,
+    P90,
+    P95,
+    P99,
+}
+
+impl Quantile {
+    pub const ALL: [(&'static str, Quantile); 4] = [
+        ("p50", Quantile::P50),
+        ("p90", Quantile::P90),
+        ("p95", Quantile::P95),
+        ("p99", Quantile::P99),
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantile::P50 => "p50",
+            Quantile::P90 => "p90",
+            Quantile::P95 => "p95",
+            Quantile::P99 => "p99",
+        }
+    }
+
+    /// The quantile as a fraction, 0.95 for p95.
+    pub fn fraction(self) -> f64 {
+        match self {
+            Quantile::P50 => 0.5,
+            Quantile::P90 => 0.9,
+            Quantile::P95 => 0.95,
+            Quantile::P99 => 0.99,
+        }
+    }
+}
+
+/// What each tier does in this policy's environment.
+#[derive(Clone, Debug)]
+pub struct Actions {
+    pub immediate: Action,
+    pub consider: Action,
+    pub watch: Action,
+    /// For `page-then-rollback`: how long a page waits for an answer before
+    /// rollwatch rolls back by itself.
+    pub page_timeout: TimeDelta,
+}
+
+impl Actions {
+    pub fn for_tier(&self, tier: Tier) -> Action {
+        match tier {
+            Tier::Immediate => self.immediate,
+            Tier::Consider => self.consider,
+            Tier::Watch => self.watch,
+            Tier::Ignore => Action::None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Ignore,
+    Watch,
+    Consider,
+    Immediate,
+}
+
+impl Tier {
+    pub const ALL: [(&'static str, Tier); 4] = [
+        ("immediate", Tier::Immediate),
+        ("consider", Tier::Consider),
+        ("watch", Tier::Watch),
+        ("ignore", Tier::Ignore),
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Immediate => "immediate",
+            Tier::Consider => "consider",
+            Tier::Watch => "watch",
+            Tier::Ignore => "ignore",
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a decision asks for. Ordered by strength: a later decision in the same
+/// incident is only announced when it asks for more than the earlier ones did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    None,
+    Notify,
+    Page,
+    PageThenRollback,
+    Rollback,
+}
+
+impl Action {
+    pub const ALL: [(&'static str, Action); 5] = [
+        ("rollback", Action::Rollback),
+        ("page", Action::Page),
+        ("page-then-rollback", Action::PageThenRollback),
+        ("notify", Action::Notify),
+        ("none", Action::None),
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Rollback => "rollback",
+            Action::Page => "page",
+            Action::PageThenRollback => "page-then-rollback",
+            Action::Notify => "notify",
+            Action::None => "none",
+        }
+    }
+
+    /// True for actions that page a human.
+    pub fn pages(self) -> bool {
+        matches!(self, Action::Page | Action::PageThenRollback)
+    }
+
+    /// True for actions that may end in an automatic rollback.
+    pub fn may_roll_back(self) -> bool {
+        matches!(self, Action::Rollback | Action::PageThenRollback)
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub name: String,
+    pub tier: Tier,
+    pub signal: Signal,
+    /// How long the condition must hold before the rule fires.
+    pub hold_for: TimeDelta,
+    /// The window a windowed signal is computed over.
+    pub window: TimeDelta,
+    /// Values between this and the threshold put the rule in the watch band:
+    /// logged and shown, never paged.
+    pub watch_above: Option<f64>,
+    /// Only this component is rolled back when the rule fires (partial rollback).
+    pub component: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Signal {
+    /// The health probe failed.
+    Down,
+    /// A named check failed; `index` points into `Policy::checks`.
+    Check { name: String, index: usize },
+    /// The share of failed requests, judged by its lower confidence bound.
+    ErrorRate { threshold: f64, min_requests: f64 },
+    /// Current latency quantile over the baseline, minus one.
+    LatencyDegradation { threshold: f64, min_samples: usize },
+    /// The share of users affected, judged by its lower confidence bound.
+    UsersAffected { threshold: f64, min_users: f64 },
+}
+
+impl Signal {
+    pub const NAMES: [&'static str; 5] = [
+        "down",
+        "check",
+        "error-rate",
+        "latency-degradation",
+        "users-affected",
+    ];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Signal::Down => "down",
+            Signal::Check { .. } => "check",
+            Signal::ErrorRate { .. } => "error-rate",
+            Signal::LatencyDegradation { .. } => "latency-degradation",
+            Signal::UsersAffected { .. } => "users-affected",
+        }
+    }
+
+    pub fn threshold(&self) -> Option<f64> {
+        match self {
+            Signal::ErrorRate { threshold, .. }
+            | Signal::LatencyDegradation { threshold, .. }
+            | Signal::UsersAffected { threshold, .. } => Some(*threshold),
+            Signal::Down | Signal::Check { .. } => None,
+        }
+    }
+
+    /// Whether the signal is computed over a window of observations.
+    pub fn is_windowed(&self) -> bool {
+        self.threshold().is_some()
+    }
+}
+
+/// A suppression of one rule until a time, because a fix is known.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KnownIssue {
+    pub rule: String,
+    pub until: DateTime<Utc>,
+    pub reason: String,
+}
+
+impl Policy {
+    pub fn rule(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|rule| rule.name == name)
+    }
+
+    /// The longest span of history any judgement needs: memory is bounded by it.
+    pub fn history_span(&self) -> TimeDelta {
+        let widest_rule = self
+            .rules
+            .iter()
+            .map(|rule| rule.window)
+            .max()
+            .unwrap_or_else(TimeDelta::zero);
+        widest_rule.max(self.baseline.window)
+    }
+
+    /// The short form of the content hash used in explanations.
+    pub fn short_hash(&self) -> &str {
+        &self.sha256[..self.sha256.len().min(12)]
+    }
+}

@@ -1,0 +1,187 @@
+//! `rollwatch explain`: a policy in plain words, with each rule's time from a
+//! fault to the decision, so a reviewer can check the file says what they mean.
+
+use std::fmt::Write;
+
+use crate::engine::policy::{Action, BaselineMode, Policy, Rule, Signal, Tier};
+use crate::policy::units::{format_duration, format_percent};
+
+pub fn explain(policy: &Policy) -> String {
+    let mut out = String::new();
+    let ev = &policy.evaluation;
+    let _ = writeln!(out, "{} in {}", policy.service, policy.environment);
+    let _ = writeln!(out, "policy {} (sha256:{})", policy.path, policy.sha256);
+    let _ = writeln!(
+        out,
+        "Samples every {}. Error rates and user impact count only when their one-sided {} confidence bound is past the threshold.",
+        format_duration(ev.interval),
+        format_percent(ev.confidence)
+    );
+    for tier in [Tier::Immediate, Tier::Consider, Tier::Watch, Tier::Ignore] {
+        let rules: Vec<&Rule> = policy.rules.iter().filter(|r| r.tier == tier).collect();
+        if rules.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "\n{}", tier_heading(policy, tier));
+        for rule in rules {
+            let _ = writeln!(out, "  - {}: {}.", rule.name, condition(policy, rule));
+            let _ = writeln!(out, "      {}", timing(policy, rule));
+        }
+    }
+    let watched: Vec<String> = policy
+        .rules
+        .iter()
+        .filter_map(|r| {
+            let (watch, threshold) = (r.watch_above?, r.signal.threshold()?);
+            Some(format!("{} between {} and {}", r.name, format_percent(watch), format_percent(threshold)))
+        })
+        .collect();
+    if !watched.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nWatched, never paged ({}): {}.",
+            action_words(policy.actions.watch).to_lowercase(),
+            watched.join("; ")
+        );
+    }
+    let _ = writeln!(out, "\nNot rolled back:");
+    let _ = writeln!(out, "  - anything below a rule's threshold (and below its watch band), and minor issues no rule describes;");
+    let _ = writeln!(
+        out,
+        "  - a rule firing with no deployment in the last {}: it pages instead, saying why;",
+        format_duration(ev.recent_deploy_window)
+    );
+    let _ = writeln!(out, "  - a breach that already existed before the deployment: it pages instead;");
+    let _ = writeln!(
+        out,
+        "  - while a rollback runs, within {} of the last automatic rollback, and never a rollback of a rollback;",
+        format_duration(ev.cooldown)
+    );
+    let _ = writeln!(
+        out,
+        "  - no data: after a deployment, {} without usable metrics pages \"watchdog blind\"; missing data never rolls back;",
+        format_duration(ev.blind_after)
+    );
+    if policy.known_issues.is_empty() {
+        let _ = writeln!(out, "  - known issues: none configured{}.", immediate_suppression(policy));
+    } else {
+        let _ = writeln!(out, "  - known issues{}:", immediate_suppression(policy));
+        for issue in &policy.known_issues {
+            let _ = writeln!(out, "      {} suppressed until {}: {}", issue.rule, crate::engine::time_text(issue.until), issue.reason);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nAfter a rollback: error rate and latency are watched for {}; stable resolves the incident, a rule firing escalates to humans.",
+        format_duration(policy.stabilization)
+    );
+    let _ = writeln!(
+        out,
+        "An incident without a rollback resolves after every rule has been clear for {}.",
+        format_duration(ev.resolve_after)
+    );
+    let _ = writeln!(
+        out,
+        "A human may declare an incident (acts at once, through the same guards), and answer a page with ack (owns it, cancels the automatic rollback), hold (no rollback) or approve (roll back now)."
+    );
+    out
+}
+
+fn immediate_suppression(policy: &Policy) -> &'static str {
+    if policy.evaluation.allow_immediate_suppression {
+        "; immediate rules may be suppressed"
+    } else {
+        "; immediate rules can never be suppressed"
+    }
+}
+
+fn tier_heading(policy: &Policy, tier: Tier) -> String {
+    let action = policy.actions.for_tier(tier);
+    let what = match tier {
+        Tier::Immediate => "immediate",
+        Tier::Consider => "consider",
+        Tier::Watch => "watch",
+        Tier::Ignore => "ignore",
+    };
+    let mut heading = action_words(action).to_string();
+    if action == Action::PageThenRollback {
+        heading = format!(
+            "Pages on-call, then rolls back if nobody acknowledges or holds within {}",
+            format_duration(policy.actions.page_timeout)
+        );
+    }
+    format!("{heading} ({what}):")
+}
+
+fn action_words(action: Action) -> &'static str {
+    match action {
+        Action::Rollback => "Rolls back automatically",
+        Action::PageThenRollback => "Pages on-call, then rolls back",
+        Action::Page => "Pages on-call, never rolls back",
+        Action::Notify => "Notifies the team, never pages or rolls back",
+        Action::None => "Logged and shown in status only",
+    }
+}
+
+fn condition(policy: &Policy, rule: &Rule) -> String {
+    let window = format_duration(rule.window);
+    let held = format_duration(rule.hold_for);
+    match &rule.signal {
+        Signal::Down => format!("the health probe fails for {held}"),
+        Signal::Check { name, .. } => format!("check {name} fails for {held}"),
+        Signal::ErrorRate { threshold, min_requests } => format!(
+            "errors / requests over {window} above {} (by its lower bound, with at least {min_requests:.0} requests) for {held}",
+            format_percent(*threshold)
+        ),
+        Signal::UsersAffected { threshold, min_users } => format!(
+            "users affected / users over {window} above {} (by its lower bound, with at least {min_users:.0} users) for {held}",
+            format_percent(*threshold)
+        ),
+        Signal::LatencyDegradation { threshold, min_samples } => {
+            let b = &policy.baseline;
+            let baseline = match (b.mode, b.fixed_ms) {
+                (BaselineMode::Fixed, Some(ms)) => format!("the fixed baseline {ms:.0}ms"),
+                (_, Some(ms)) => format!(
+                    "the {} before the latest deployment ({ms:.0}ms when none is known)",
+                    format_duration(b.window)
+                ),
+                (_, None) => format!("the {} before the latest deployment", format_duration(b.window)),
+            };
+            format!(
+                "{} latency (median over {window}, at least {min_samples} samples) more than {} above {baseline}, for {held}",
+                b.quantile.name(),
+                format_percent(*threshold)
+            )
+        }
+    }
+}
+
+/// "fault to decision: about 2m15s (15s polls, must hold 2m)"
+fn timing(policy: &Policy, rule: &Rule) -> String {
+    let interval = policy.evaluation.interval;
+    let decision = interval + rule.hold_for;
+    let mut text = format!(
+        "fault to decision: at most about {} ({} polls, must hold {})",
+        format_duration(decision),
+        format_duration(interval),
+        format_duration(rule.hold_for)
+    );
+    if rule.signal.is_windowed() {
+        text.push_str(&format!(
+            "; a breach just over the threshold also needs to fill the {} window",
+            format_duration(rule.window)
+        ));
+    }
+    let action = policy.actions.for_tier(rule.tier);
+    if action == Action::PageThenRollback {
+        let rollback = decision + policy.actions.page_timeout;
+        text.push_str(&format!(
+            "; unanswered, the rollback starts about {} after the fault",
+            format_duration(rollback)
+        ));
+    }
+    if rule.tier == Tier::Watch || rule.tier == Tier::Ignore || action == Action::None {
+        return text.replace("fault to decision", "fault to log line");
+    }
+    text
+}

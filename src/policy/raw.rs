@@ -1,0 +1,98 @@
+//! Serde types that mirror the policy file exactly. Every table denies unknown
+//! keys; values that later checks may reject are kept `Spanned` so the error
+//! can point at them. Defaults are applied in `compile`, not here.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::units::{HumanDuration, Ratio};
+
+type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub target: S<RawTarget>,
+    #[serde(default)]
+    pub evaluation: Option<S<RawEvaluation>>,
+    #[serde(default)]
+    pub baseline: Option<S<RawBaseline>>,
+    #[serde(default)]
+    pub actions: Option<S<RawActions>>,
+    #[serde(default)]
+    pub stabilization: Option<S<RawStabilization>>,
+    #[serde(default)]
+    pub known_issue: Vec<S<RawKnownIssue>>,
+    #[serde(default)]
+    pub rule: Vec<S<RawRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub service: S<String>,
+    pub environment: S<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvaluation {
+    pub interval: Option<S<HumanDuration>>,
+    pub confidence: Option<S<Ratio>>,
+    pub recent_deploy_window: Option<S<HumanDuration>>,
+    pub cooldown: Option<S<HumanDuration>>,
+    pub resolve_after: Option<S<HumanDuration>>,
+    pub blind_after: Option<S<HumanDuration>>,
+    pub allow_immediate_suppression: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawBaseline {
+    pub quantile: Option<S<String>>,
+    pub window: Option<S<HumanDuration>>,
+    pub fixed: Option<S<HumanDuration>>,
+    #[serde(rename = "use")]
+    pub mode: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawActions {
+    pub immediate: Option<S<String>>,
+    pub consider: Option<S<String>>,
+    pub watch: Option<S<String>>,
+    pub page_timeout: Option<S<HumanDuration>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawStabilization {
+    pub duration: Option<S<HumanDuration>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKnownIssue {
+    pub rule: S<String>,
+    pub until: S<toml::value::Datetime>,
+    pub reason: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: S<String>,
+    pub tier: S<String>,
+    pub signal: S<String>,
+    #[serde(rename = "for")]
+    pub hold_for: Option<S<HumanDuration>>,
+    pub threshold: Option<S<Ratio>>,
+    pub watch_above: Option<S<Ratio>>,
+    pub window: Option<S<HumanDuration>>,
+    pub check: Option<S<String>>,
+    pub min_requests: Option<S<u64>>,
+    pub min_users: Option<S<u64>>,
+    pub min_samples: Option<S<u64>>,
+    pub component: Option<S<String>>,
+}
