@@ -83,7 +83,10 @@ pub fn replay<R: BufRead>(
             });
         }
         previous_at = Some(at);
-        let backwards = |e: InputError| BacktestError::Trace { line, message: e.to_string() };
+        let backwards = |e: InputError| BacktestError::Trace {
+            line,
+            message: e.to_string(),
+        };
         while let Some(deadline) = engine.poll_timeout().filter(|d| *d <= at) {
             engine.handle_timeout(deadline).map_err(backwards)?;
             drain(&mut engine, &mut summary, &mut on_decision, line)?;
@@ -115,7 +118,10 @@ fn drain(
         {
             engine
                 .handle_rollback_finished(decision.at, incident, Ok(()))
-                .map_err(|e| BacktestError::Trace { line, message: e.to_string() })?;
+                .map_err(|e| BacktestError::Trace {
+                    line,
+                    message: e.to_string(),
+                })?;
         }
     }
     Ok(())

@@ -14,7 +14,11 @@ use crate::engine::policy::Policy;
 use crate::{explain, policy};
 
 #[derive(Parser, Debug)]
-#[command(name = "rollwatch", version, about = "A watchdog that decides when to roll a deployment back")]
+#[command(
+    name = "rollwatch",
+    version,
+    about = "A watchdog that decides when to roll a deployment back"
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -73,7 +77,11 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Check { paths } => check(&paths),
         Command::Explain { path } => load_policy(&path).map(|p| print!("{}", explain::explain(&p))),
-        Command::Backtest { policy, trace, format } => run_backtest(&policy, &trace, format),
+        Command::Backtest {
+            policy,
+            trace,
+            format,
+        } => run_backtest(&policy, &trace, format),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,18 +115,30 @@ fn check(paths: &[PathBuf]) -> Result<(), Failure> {
             Err(errors) => failed.push(errors.to_string()),
         }
     }
-    if failed.is_empty() { Ok(()) } else { Err(Failure::Usage(failed.join("\n"))) }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Usage(failed.join("\n")))
+    }
 }
 
-fn run_backtest(policy_path: &Path, trace_path: &Path, format: OutputFormat) -> Result<(), Failure> {
+fn run_backtest(
+    policy_path: &Path,
+    trace_path: &Path,
+    format: OutputFormat,
+) -> Result<(), Failure> {
     let policy = Arc::new(load_policy(policy_path)?);
     let file = std::fs::File::open(trace_path)
         .map_err(|e| anyhow::anyhow!("cannot open trace {}: {e}", trace_path.display()))?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     if format == OutputFormat::Table {
-        writeln!(out, "{:<22} {:<19} {:<10} {:<20} EXPLANATION", "AT", "ACTION", "TIER", "RULE")
-            .map_err(anyhow::Error::from)?;
+        writeln!(
+            out,
+            "{:<22} {:<19} {:<10} {:<20} EXPLANATION",
+            "AT", "ACTION", "TIER", "RULE"
+        )
+        .map_err(anyhow::Error::from)?;
     }
     let write_decision = |out: &mut BufWriter<_>, decision: &Decision| match format {
         OutputFormat::Json => {
@@ -135,21 +155,33 @@ fn run_backtest(policy_path: &Path, trace_path: &Path, format: OutputFormat) -> 
             decision.explanation
         ),
     };
-    let summary = backtest::replay(policy, BufReader::new(file), |d| write_decision(&mut out, d))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", trace_path.display()))?;
+    let summary = backtest::replay(policy, BufReader::new(file), |d| {
+        write_decision(&mut out, d)
+    })
+    .map_err(|e| anyhow::anyhow!("{}: {e}", trace_path.display()))?;
     write_summary(&mut out, &summary, format).map_err(anyhow::Error::from)?;
     out.flush().map_err(anyhow::Error::from)?;
     Ok(())
 }
 
-fn write_summary(out: &mut impl Write, summary: &Summary, format: OutputFormat) -> std::io::Result<()> {
+fn write_summary(
+    out: &mut impl Write,
+    summary: &Summary,
+    format: OutputFormat,
+) -> std::io::Result<()> {
     match format {
         OutputFormat::Json => {
-            serde_json::to_writer(&mut *out, &serde_json::json!({ "summary": summary }))?;
+            #[derive(serde::Serialize)]
+            struct SummaryLine<'a> {
+                summary: &'a Summary,
+            }
+            serde_json::to_writer(&mut *out, &SummaryLine { summary })?;
             writeln!(out)
         }
         OutputFormat::Table => {
-            let at = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or_else(|| "never".to_string(), crate::engine::time_text);
+            let at = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map_or_else(|| "never".to_string(), crate::engine::time_text)
+            };
             writeln!(
                 out,
                 "\n{} observations; {} rollbacks (first {}); {} pages (first {})",

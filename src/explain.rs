@@ -33,7 +33,12 @@ pub fn explain(policy: &Policy) -> String {
         .iter()
         .filter_map(|r| {
             let (watch, threshold) = (r.watch_above?, r.signal.threshold()?);
-            Some(format!("{} between {} and {}", r.name, format_percent(watch), format_percent(threshold)))
+            Some(format!(
+                "{} between {} and {}",
+                r.name,
+                format_percent(watch),
+                format_percent(threshold)
+            ))
         })
         .collect();
     if !watched.is_empty() {
@@ -45,13 +50,19 @@ pub fn explain(policy: &Policy) -> String {
         );
     }
     let _ = writeln!(out, "\nNot rolled back:");
-    let _ = writeln!(out, "  - anything below a rule's threshold (and below its watch band), and minor issues no rule describes;");
+    let _ = writeln!(
+        out,
+        "  - anything below a rule's threshold (and below its watch band), and minor issues no rule describes;"
+    );
     let _ = writeln!(
         out,
         "  - a rule firing with no deployment in the last {}: it pages instead, saying why;",
         format_duration(ev.recent_deploy_window)
     );
-    let _ = writeln!(out, "  - a breach that already existed before the deployment: it pages instead;");
+    let _ = writeln!(
+        out,
+        "  - a breach that already existed before the deployment: it pages instead;"
+    );
     let _ = writeln!(
         out,
         "  - while a rollback runs, within {} of the last automatic rollback, and never a rollback of a rollback;",
@@ -63,11 +74,21 @@ pub fn explain(policy: &Policy) -> String {
         format_duration(ev.blind_after)
     );
     if policy.known_issues.is_empty() {
-        let _ = writeln!(out, "  - known issues: none configured{}.", immediate_suppression(policy));
+        let _ = writeln!(
+            out,
+            "  - known issues: none configured{}.",
+            immediate_suppression(policy)
+        );
     } else {
         let _ = writeln!(out, "  - known issues{}:", immediate_suppression(policy));
         for issue in &policy.known_issues {
-            let _ = writeln!(out, "      {} suppressed until {}: {}", issue.rule, crate::engine::time_text(issue.until), issue.reason);
+            let _ = writeln!(
+                out,
+                "      {} suppressed until {}: {}",
+                issue.rule,
+                crate::engine::time_text(issue.until),
+                issue.reason
+            );
         }
     }
     let _ = writeln!(
@@ -129,15 +150,24 @@ fn condition(policy: &Policy, rule: &Rule) -> String {
     match &rule.signal {
         Signal::Down => format!("the health probe fails for {held}"),
         Signal::Check { name, .. } => format!("check {name} fails for {held}"),
-        Signal::ErrorRate { threshold, min_requests } => format!(
+        Signal::ErrorRate {
+            threshold,
+            min_requests,
+        } => format!(
             "errors / requests over {window} above {} (by its lower bound, with at least {min_requests:.0} requests) for {held}",
             format_percent(*threshold)
         ),
-        Signal::UsersAffected { threshold, min_users } => format!(
+        Signal::UsersAffected {
+            threshold,
+            min_users,
+        } => format!(
             "users affected / users over {window} above {} (by its lower bound, with at least {min_users:.0} users) for {held}",
             format_percent(*threshold)
         ),
-        Signal::LatencyDegradation { threshold, min_samples } => {
+        Signal::LatencyDegradation {
+            threshold,
+            min_samples,
+        } => {
             let b = &policy.baseline;
             let baseline = match (b.mode, b.fixed_ms) {
                 (BaselineMode::Fixed, Some(ms)) => format!("the fixed baseline {ms:.0}ms"),
@@ -145,7 +175,10 @@ fn condition(policy: &Policy, rule: &Rule) -> String {
                     "the {} before the latest deployment ({ms:.0}ms when none is known)",
                     format_duration(b.window)
                 ),
-                (_, None) => format!("the {} before the latest deployment", format_duration(b.window)),
+                (_, None) => format!(
+                    "the {} before the latest deployment",
+                    format_duration(b.window)
+                ),
             };
             format!(
                 "{} latency (median over {window}, at least {min_samples} samples) more than {} above {baseline}, for {held}",

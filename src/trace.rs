@@ -13,9 +13,15 @@ use crate::engine::policy::Tier;
 #[derive(Clone, Debug, PartialEq)]
 pub enum TraceItem {
     Observation(Observation),
-    Event { at: DateTime<Utc>, event: Event },
+    Event {
+        at: DateTime<Utc>,
+        event: Event,
+    },
     /// The source failed at `at`: no data.
-    NoData { at: DateTime<Utc>, reason: String },
+    NoData {
+        at: DateTime<Utc>,
+        reason: String,
+    },
 }
 
 impl TraceItem {
@@ -84,7 +90,9 @@ struct Latency {
 /// Parses one line. The message says what is wrong; the caller adds the line number.
 pub fn parse_line(text: &str) -> Result<TraceItem, String> {
     let line: Line = serde_json::from_str(text).map_err(|e| format!("not a trace line: {e}"))?;
-    let at = line.at.ok_or("missing \"at\", expected an RFC 3339 time like \"2026-11-24T10:00:00Z\"")?;
+    let at = line
+        .at
+        .ok_or("missing \"at\", expected an RFC 3339 time like \"2026-11-24T10:00:00Z\"")?;
     if let Some(reason) = line.source_error {
         return Ok(TraceItem::NoData { at, reason });
     }
@@ -95,7 +103,12 @@ pub fn parse_line(text: &str) -> Result<TraceItem, String> {
             up: line.up,
             requests: line.requests,
             errors: line.errors,
-            latency_ms: LatencyQuantiles { p50: latency.p50, p90: latency.p90, p95: latency.p95, p99: latency.p99 },
+            latency_ms: LatencyQuantiles {
+                p50: latency.p50,
+                p90: latency.p90,
+                p95: latency.p95,
+                p99: latency.p99,
+            },
             users: line.users,
             users_affected: line.users_affected,
             checks: line.checks.unwrap_or_default().into_iter().collect(),
@@ -109,7 +122,9 @@ pub fn parse_line(text: &str) -> Result<TraceItem, String> {
             migrations: line.migrations.unwrap_or_default(),
         },
         "declare" => {
-            let tier_name = line.tier.ok_or("declare needs \"tier\": \"immediate\" or \"consider\"")?;
+            let tier_name = line
+                .tier
+                .ok_or("declare needs \"tier\": \"immediate\" or \"consider\"")?;
             let tier = Tier::ALL
                 .iter()
                 .find(|(name, _)| *name == tier_name)
@@ -123,7 +138,9 @@ pub fn parse_line(text: &str) -> Result<TraceItem, String> {
         }
         "suppress" => Event::Suppress {
             rule: line.rule.ok_or("suppress needs \"rule\"")?,
-            until: line.until.ok_or("suppress needs \"until\", an RFC 3339 time")?,
+            until: line
+                .until
+                .ok_or("suppress needs \"until\", an RFC 3339 time")?,
             reason: line.reason.unwrap_or_else(|| "no reason given".into()),
         },
         "ack" => Event::Ack { by: line.by },
@@ -140,7 +157,10 @@ pub fn parse_line(text: &str) -> Result<TraceItem, String> {
 
 /// Writes an item as one trace line (without the newline), the inverse of `parse_line`.
 pub fn to_line(item: &TraceItem) -> String {
-    let mut line = Line { at: Some(item.at()), ..Line::default() };
+    let mut line = Line {
+        at: Some(item.at()),
+        ..Line::default()
+    };
     match item {
         TraceItem::NoData { reason, .. } => line.source_error = Some(reason.clone()),
         TraceItem::Observation(o) => {
@@ -149,7 +169,12 @@ pub fn to_line(item: &TraceItem) -> String {
             line.errors = o.errors;
             let q = o.latency_ms;
             if q != LatencyQuantiles::default() {
-                line.latency_ms = Some(Latency { p50: q.p50, p90: q.p90, p95: q.p95, p99: q.p99 });
+                line.latency_ms = Some(Latency {
+                    p50: q.p50,
+                    p90: q.p90,
+                    p95: q.p95,
+                    p99: q.p99,
+                });
             }
             line.users = o.users;
             line.users_affected = o.users_affected;
@@ -161,22 +186,36 @@ pub fn to_line(item: &TraceItem) -> String {
         TraceItem::Event { event, .. } => {
             line.event = Some(event.name().to_string());
             match event {
-                Event::Deploy { version, previous, migrations } => {
+                Event::Deploy {
+                    version,
+                    previous,
+                    migrations,
+                } => {
                     line.version = version.clone();
                     line.previous = previous.clone();
                     line.migrations = (!migrations.is_empty()).then(|| migrations.clone());
                 }
-                Event::Declare { tier, reason, component } => {
+                Event::Declare {
+                    tier,
+                    reason,
+                    component,
+                } => {
                     line.tier = Some(tier.name().to_string());
                     line.reason = Some(reason.clone());
                     line.component = component.clone();
                 }
-                Event::Suppress { rule, until, reason } => {
+                Event::Suppress {
+                    rule,
+                    until,
+                    reason,
+                } => {
                     line.rule = Some(rule.clone());
                     line.until = Some(*until);
                     line.reason = Some(reason.clone());
                 }
-                Event::Ack { by } | Event::Hold { by } | Event::Approve { by } => line.by = by.clone(),
+                Event::Ack { by } | Event::Hold { by } | Event::Approve { by } => {
+                    line.by = by.clone()
+                }
             }
         }
     }
@@ -206,7 +245,9 @@ mod tests {
 
     #[test]
     fn the_observation_keeps_unknown_fields_unknown() {
-        let TraceItem::Observation(o) = parse_line(r#"{"at":"2026-11-24T10:00:00Z","requests":10}"#).unwrap() else {
+        let TraceItem::Observation(o) =
+            parse_line(r#"{"at":"2026-11-24T10:00:00Z","requests":10}"#).unwrap()
+        else {
             panic!("not an observation")
         };
         assert_eq!(o.requests, Some(10.0));
@@ -217,10 +258,26 @@ mod tests {
     #[test]
     fn malformed_lines_say_what_is_wrong() {
         assert!(parse_line("{").unwrap_err().contains("not a trace line"));
-        assert!(parse_line(r#"{"up":true}"#).unwrap_err().contains("missing \"at\""));
-        assert!(parse_line(r#"{"at":"yesterday"}"#).unwrap_err().contains("not a trace line"));
-        assert!(parse_line(r#"{"at":"2026-11-24T10:00:00Z","event":"explode"}"#).unwrap_err().contains("unknown event"));
-        assert!(parse_line(r#"{"at":"2026-11-24T10:00:00Z","event":"declare","tier":"urgent"}"#).unwrap_err().contains("unknown tier"));
+        assert!(
+            parse_line(r#"{"up":true}"#)
+                .unwrap_err()
+                .contains("missing \"at\"")
+        );
+        assert!(
+            parse_line(r#"{"at":"yesterday"}"#)
+                .unwrap_err()
+                .contains("not a trace line")
+        );
+        assert!(
+            parse_line(r#"{"at":"2026-11-24T10:00:00Z","event":"explode"}"#)
+                .unwrap_err()
+                .contains("unknown event")
+        );
+        assert!(
+            parse_line(r#"{"at":"2026-11-24T10:00:00Z","event":"declare","tier":"urgent"}"#)
+                .unwrap_err()
+                .contains("unknown tier")
+        );
         assert!(parse_line(r#"{"at":"2026-11-24T10:00:00Z","requests":"many"}"#).is_err());
     }
 }

@@ -25,7 +25,10 @@ pub struct Observation {
 
 impl Observation {
     pub fn new(at: DateTime<Utc>) -> Self {
-        Observation { at, ..Observation::default() }
+        Observation {
+            at,
+            ..Observation::default()
+        }
     }
 }
 
@@ -41,11 +44,23 @@ pub struct LatencyQuantiles {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// A deployment was announced.
-    Deploy { version: Option<String>, previous: Option<String>, migrations: Vec<String> },
+    Deploy {
+        version: Option<String>,
+        previous: Option<String>,
+        migrations: Vec<String>,
+    },
     /// A human declared an incident of a tier: acts at once.
-    Declare { tier: Tier, reason: String, component: Option<String> },
+    Declare {
+        tier: Tier,
+        reason: String,
+        component: Option<String>,
+    },
     /// A known issue: the rule's firing becomes a log line until `until`.
-    Suppress { rule: String, until: DateTime<Utc>, reason: String },
+    Suppress {
+        rule: String,
+        until: DateTime<Utc>,
+        reason: String,
+    },
     /// A human owns the open incident: escalation stops, no automatic rollback.
     Ack { by: Option<String> },
     /// No rollback for the open incident.

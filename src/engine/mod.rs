@@ -38,7 +38,10 @@ use signals::{History, LatencyBaseline, Reading, Sample, Verdict};
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InputError {
     #[error("time went backwards: {at} is before the previous input at {previous}")]
-    TimeWentBackwards { at: DateTime<Utc>, previous: DateTime<Utc> },
+    TimeWentBackwards {
+        at: DateTime<Utc>,
+        previous: DateTime<Utc>,
+    },
 }
 
 /// A deployment the engine knows of: announced, seen as a version change, or
@@ -62,7 +65,10 @@ pub enum Phase {
     /// A rollback decision was made and the procedure is running.
     RollingBack,
     /// The rollback finished; watching for stability until `until`.
-    Watching { until: DateTime<Utc>, saw_data: bool },
+    Watching {
+        until: DateTime<Utc>,
+        saw_data: bool,
+    },
     /// Handed to humans: the rollback failed or did not help.
     Escalated,
 }
@@ -109,7 +115,12 @@ struct RuleState {
 
 impl RuleState {
     /// Applies a verdict; returns (fired, entered watch band).
-    fn update(&mut self, verdict: Verdict, now: DateTime<Utc>, hold_for: TimeDelta) -> (bool, bool) {
+    fn update(
+        &mut self,
+        verdict: Verdict,
+        now: DateTime<Utc>,
+        hold_for: TimeDelta,
+    ) -> (bool, bool) {
         match verdict {
             Verdict::Unhealthy => {
                 self.breach_since.get_or_insert(now);
@@ -148,7 +159,10 @@ impl RuleState {
     }
 
     fn reset(&mut self, preexisting: bool) {
-        *self = RuleState { preexisting, ..RuleState::default() };
+        *self = RuleState {
+            preexisting,
+            ..RuleState::default()
+        };
     }
 }
 
@@ -313,15 +327,27 @@ impl Engine {
     pub fn handle_event(&mut self, at: DateTime<Utc>, event: Event) -> Result<(), InputError> {
         self.advance(at)?;
         match event {
-            Event::Deploy { version, previous, migrations } => {
+            Event::Deploy {
+                version,
+                previous,
+                migrations,
+            } => {
                 let previous = previous.or_else(|| self.last_seen_version.clone());
                 if version.is_some() {
                     self.last_seen_version = version.clone();
                 }
                 self.deployed(at, version, previous, migrations);
             }
-            Event::Declare { tier, reason, component } => self.declared(at, tier, &reason, component),
-            Event::Suppress { rule, until, reason } => self.suppress(at, rule, until, reason),
+            Event::Declare {
+                tier,
+                reason,
+                component,
+            } => self.declared(at, tier, &reason, component),
+            Event::Suppress {
+                rule,
+                until,
+                reason,
+            } => self.suppress(at, rule, until, reason),
             Event::Ack { by } => self.answered(at, Cause::Acknowledged, by),
             Event::Hold { by } => self.answered(at, Cause::Held, by),
             Event::Approve { by } => self.approved(at, by),
@@ -332,11 +358,16 @@ impl Engine {
     /// Wakes the engine at a deadline it asked for through `poll_timeout`.
     pub fn handle_timeout(&mut self, now: DateTime<Utc>) -> Result<(), InputError> {
         self.advance(now)?;
-        let Some(incident) = &self.incident else { return Ok(()) };
+        let Some(incident) = &self.incident else {
+            return Ok(());
+        };
         if incident.deadline.is_some_and(|d| d <= now) {
             self.deadline_passed(now);
         }
-        if let Some(Incident { phase: Phase::Watching { until, saw_data }, .. }) = &self.incident
+        if let Some(Incident {
+            phase: Phase::Watching { until, saw_data },
+            ..
+        }) = &self.incident
             && *until <= now
         {
             let saw_data = *saw_data;
@@ -354,16 +385,32 @@ impl Engine {
         outcome: Result<(), String>,
     ) -> Result<(), InputError> {
         self.advance(now)?;
-        let Some(current) = self.incident.as_mut().filter(|i| i.id == incident && i.phase == Phase::RollingBack) else {
-            tracing::warn!(incident, "rollback result for an incident that is not rolling back: ignored");
+        let Some(current) = self
+            .incident
+            .as_mut()
+            .filter(|i| i.id == incident && i.phase == Phase::RollingBack)
+        else {
+            tracing::warn!(
+                incident,
+                "rollback result for an incident that is not rolling back: ignored"
+            );
             return Ok(());
         };
         match outcome {
             Ok(()) => {
                 let until = now + self.policy.stabilization;
-                current.phase = Phase::Watching { until, saw_data: false };
+                current.phase = Phase::Watching {
+                    until,
+                    saw_data: false,
+                };
                 let (from, to) = (current.from_version.clone(), current.to_version.clone());
-                self.deployment = Some(Deployment { at: now, version: to.clone(), previous: from, migrations: Vec::new(), rollback: true });
+                self.deployment = Some(Deployment {
+                    at: now,
+                    version: to.clone(),
+                    previous: from,
+                    migrations: Vec::new(),
+                    rollback: true,
+                });
                 self.start_epoch(now, false);
                 let core = format!(
                     "rollback to {} finished; watching error rate and latency for {} until {}",
@@ -371,11 +418,19 @@ impl Engine {
                     format_duration(self.policy.stabilization),
                     time_text(until)
                 );
-                self.emit_for_incident(now, Action::None, Cause::RollbackFinished, None, None, core);
+                self.emit_for_incident(
+                    now,
+                    Action::None,
+                    Cause::RollbackFinished,
+                    None,
+                    None,
+                    core,
+                );
             }
             Err(reason) => {
                 current.phase = Phase::Escalated;
-                let core = format!("rollback failed: {reason}; escalating to the escalation contacts");
+                let core =
+                    format!("rollback failed: {reason}; escalating to the escalation contacts");
                 self.emit_for_incident(now, Action::Page, Cause::RollbackFailed, None, None, core);
             }
         }
@@ -394,7 +449,13 @@ impl Engine {
         }
     }
 
-    fn deployed(&mut self, now: DateTime<Utc>, version: Option<String>, previous: Option<String>, migrations: Vec<String>) {
+    fn deployed(
+        &mut self,
+        now: DateTime<Utc>,
+        version: Option<String>,
+        previous: Option<String>,
+        migrations: Vec<String>,
+    ) {
         if let Some(current) = &mut self.deployment
             && version.is_some()
             && current.version == version
@@ -412,7 +473,13 @@ impl Engine {
             "deployment"
         );
         self.baseline = self.pre_deploy_baseline(now);
-        self.deployment = Some(Deployment { at: now, version, previous, migrations, rollback: false });
+        self.deployment = Some(Deployment {
+            at: now,
+            version,
+            previous,
+            migrations,
+            rollback: false,
+        });
         self.start_epoch(now, true);
     }
 
@@ -448,11 +515,16 @@ impl Engine {
             && let Some(ms) = stats::median(&mut values)
             && ms > 0.0
         {
-            return Some(LatencyBaseline { ms, source: "pre-deploy" });
+            return Some(LatencyBaseline {
+                ms,
+                source: "pre-deploy",
+            });
         }
         // Keep what is known when the new window is too thin: the previous
         // deployment's baseline, else the fixed one.
-        self.baseline.clone().or_else(|| fixed_baseline(&self.policy))
+        self.baseline
+            .clone()
+            .or_else(|| fixed_baseline(&self.policy))
     }
 
     fn evaluate_rules(&mut self, now: DateTime<Utc>) {
@@ -460,12 +532,21 @@ impl Engine {
         let mut entered_watch = Vec::new();
         let mut any_conclusive = false;
         for (index, rule) in self.policy.rules.iter().enumerate() {
-            let reading = signals::read(rule, &self.history, now, self.epoch, self.baseline.as_ref(), self.policy.evaluation.z);
+            let reading = signals::read(
+                rule,
+                &self.history,
+                now,
+                self.epoch,
+                self.baseline.as_ref(),
+                self.policy.evaluation.z,
+            );
             let state = &mut self.rules[index];
             any_conclusive |= reading.verdict != Verdict::Inconclusive;
             let (did_fire, did_enter_watch) = state.update(reading.verdict, now, rule.hold_for);
             state.reading = Some(reading);
-            let suppression_lapsed = state.firing && state.suppressed && self.active_suppression(&rule.name, now).is_none();
+            let suppression_lapsed = state.firing
+                && state.suppressed
+                && self.active_suppression(&rule.name, now).is_none();
             if did_fire || suppression_lapsed {
                 fired.push(index);
             }
@@ -474,7 +555,10 @@ impl Engine {
             }
         }
         if any_conclusive
-            && let Some(Incident { phase: Phase::Watching { saw_data, .. }, .. }) = &mut self.incident
+            && let Some(Incident {
+                phase: Phase::Watching { saw_data, .. },
+                ..
+            }) = &mut self.incident
         {
             *saw_data = true;
         }
@@ -489,7 +573,9 @@ impl Engine {
     }
 
     fn active_suppression(&self, rule: &str, now: DateTime<Utc>) -> Option<&KnownIssue> {
-        self.suppressions.iter().find(|s| s.rule == rule && s.until > now)
+        self.suppressions
+            .iter()
+            .find(|s| s.rule == rule && s.until > now)
     }
 
     fn rule_fired(&mut self, now: DateTime<Utc>, index: usize) {
@@ -501,7 +587,16 @@ impl Engine {
             let action = policy.actions.for_tier(rule.tier);
             if rule.tier == Tier::Watch {
                 let core = format!("{described}; watching only, no page");
-                self.emit(now, action, rule.tier, &rule.name, Cause::RuleFired, None, reading, core);
+                self.emit(
+                    now,
+                    action,
+                    rule.tier,
+                    &rule.name,
+                    Cause::RuleFired,
+                    None,
+                    reading,
+                    core,
+                );
             }
             return;
         }
@@ -512,7 +607,16 @@ impl Engine {
                 issue.reason
             );
             self.rules[index].suppressed = true;
-            self.emit(now, Action::None, rule.tier, &rule.name, Cause::RuleFired, Some(Guard::KnownIssue), reading, core);
+            self.emit(
+                now,
+                Action::None,
+                rule.tier,
+                &rule.name,
+                Cause::RuleFired,
+                Some(Guard::KnownIssue),
+                reading,
+                core,
+            );
             return;
         }
         self.rules[index].suppressed = false;
@@ -526,7 +630,16 @@ impl Engine {
                 if let Some(incident) = &mut self.incident {
                     incident.phase = Phase::Escalated;
                 }
-                self.emit_incident_decision(now, Action::Page, Cause::WatchFailed, Some(Guard::RollbackOfRollback), reading, core, rule.tier, &rule.name);
+                self.emit_incident_decision(
+                    now,
+                    Action::Page,
+                    Cause::WatchFailed,
+                    Some(Guard::RollbackOfRollback),
+                    reading,
+                    core,
+                    rule.tier,
+                    &rule.name,
+                );
             }
             Some(Phase::RollingBack) | Some(Phase::Escalated) => {
                 tracing::info!(rule = %rule.name, "rule fired while the incident is already being handled");
@@ -535,8 +648,20 @@ impl Engine {
                 let (action, guard) = self.effective_action(now, tier_action, preexisting, false);
                 let strongest = self.incident.as_ref().map_or(Action::None, |i| i.strongest);
                 if action > strongest {
-                    let core = format!("{described}; {}", self.consequence(now, action, guard.as_ref(), &rule.name));
-                    self.emit_incident_decision(now, action, Cause::RuleFired, guard, reading, core, rule.tier, &rule.name);
+                    let core = format!(
+                        "{described}; {}",
+                        self.consequence(now, action, guard.as_ref(), &rule.name)
+                    );
+                    self.emit_incident_decision(
+                        now,
+                        action,
+                        Cause::RuleFired,
+                        guard,
+                        reading,
+                        core,
+                        rule.tier,
+                        &rule.name,
+                    );
                 } else {
                     tracing::info!(rule = %rule.name, incident = ?self.incident.as_ref().map(|i| i.id), "rule fired within an open incident: already handled");
                 }
@@ -544,8 +669,20 @@ impl Engine {
             None => {
                 self.open_incident(now, rule.tier, &rule.name, rule.component.clone());
                 let (action, guard) = self.effective_action(now, tier_action, preexisting, false);
-                let core = format!("{described}; {}", self.consequence(now, action, guard.as_ref(), &rule.name));
-                self.emit_incident_decision(now, action, Cause::RuleFired, guard, reading, core, rule.tier, &rule.name);
+                let core = format!(
+                    "{described}; {}",
+                    self.consequence(now, action, guard.as_ref(), &rule.name)
+                );
+                self.emit_incident_decision(
+                    now,
+                    action,
+                    Cause::RuleFired,
+                    guard,
+                    reading,
+                    core,
+                    rule.tier,
+                    &rule.name,
+                );
             }
         }
     }
@@ -562,18 +699,32 @@ impl Engine {
             crate::policy::units::format_percent(watch_above),
             crate::policy::units::format_percent(threshold),
         );
-        self.emit(now, action, Tier::Watch, &name, Cause::WatchBand, None, reading, core);
+        self.emit(
+            now,
+            action,
+            Tier::Watch,
+            &name,
+            Cause::WatchBand,
+            None,
+            reading,
+            core,
+        );
     }
 
     /// "error-rate (consider): error-rate 8.1% (95% lower bound 7.4%) > 5% over 2m of 9600 requests, held 2m since the deploy of v2.3.1 at 10:00:15Z"
     fn describe_rule(&self, index: usize, now: DateTime<Utc>) -> String {
         let rule = &self.policy.rules[index];
         let state = &self.rules[index];
-        let reading = state
-            .reading
-            .as_ref()
-            .map_or_else(|| "no reading".to_string(), |r| r.describe(rule, self.policy.evaluation.confidence));
-        let held = state.breach_since.or(state.band_since).map_or_else(String::new, |since| format!(", held {}", format_duration(now - since)));
+        let reading = state.reading.as_ref().map_or_else(
+            || "no reading".to_string(),
+            |r| r.describe(rule, self.policy.evaluation.confidence),
+        );
+        let held = state
+            .breach_since
+            .or(state.band_since)
+            .map_or_else(String::new, |since| {
+                format!(", held {}", format_duration(now - since))
+            });
         let deploy = self.deployment.as_ref().map_or_else(String::new, |d| {
             format!(
                 " since the {} of {} at {}",
@@ -586,7 +737,13 @@ impl Engine {
     }
 
     /// What the tier's action becomes once the guards have had their say.
-    fn effective_action(&self, now: DateTime<Utc>, tier_action: Action, preexisting: bool, human: bool) -> (Action, Option<Guard>) {
+    fn effective_action(
+        &self,
+        now: DateTime<Utc>,
+        tier_action: Action,
+        preexisting: bool,
+        human: bool,
+    ) -> (Action, Option<Guard>) {
         if !tier_action.may_roll_back() {
             return (tier_action, None);
         }
@@ -595,7 +752,11 @@ impl Engine {
             return (Action::Page, Some(Guard::Held));
         }
         if let Some(guard) = self.rollback_guard(now, preexisting, human) {
-            let action = if guard == Guard::InProgress { Action::None } else { Action::Page };
+            let action = if guard == Guard::InProgress {
+                Action::None
+            } else {
+                Action::Page
+            };
             return (action, Some(guard));
         }
         if tier_action == Action::PageThenRollback && incident.is_some_and(|i| i.acknowledged) {
@@ -608,17 +769,27 @@ impl Engine {
     /// (declare, approve), so the cooldown, which stops automatic flapping, does not apply.
     fn rollback_guard(&self, now: DateTime<Utc>, preexisting: bool, human: bool) -> Option<Guard> {
         let evaluation = &self.policy.evaluation;
-        if self.incident.as_ref().is_some_and(|i| i.phase == Phase::RollingBack) {
+        if self
+            .incident
+            .as_ref()
+            .is_some_and(|i| i.phase == Phase::RollingBack)
+        {
             return Some(Guard::InProgress);
         }
-        let Some(deployment) = &self.deployment else { return Some(Guard::NoRecentDeploy) };
+        let Some(deployment) = &self.deployment else {
+            return Some(Guard::NoRecentDeploy);
+        };
         if deployment.rollback {
             return Some(Guard::RollbackOfRollback);
         }
         if now - deployment.at > evaluation.recent_deploy_window {
             return Some(Guard::NoRecentDeploy);
         }
-        if !human && self.last_rollback_at.is_some_and(|t| now - t < evaluation.cooldown) {
+        if !human
+            && self
+                .last_rollback_at
+                .is_some_and(|t| now - t < evaluation.cooldown)
+        {
             return Some(Guard::Cooldown);
         }
         if preexisting && !human {
@@ -632,7 +803,10 @@ impl Engine {
         let deployment = self.deployment.as_ref();
         match guard {
             Guard::NoRecentDeploy => match deployment {
-                None => format!("no deployment seen, and a rollback only answers a change within {}", format_duration(evaluation.recent_deploy_window)),
+                None => format!(
+                    "no deployment seen, and a rollback only answers a change within {}",
+                    format_duration(evaluation.recent_deploy_window)
+                ),
                 Some(d) => format!(
                     "the latest deployment ({} at {}) is {} old, outside the {} recent-deploy window",
                     version_text(d.version.as_deref()),
@@ -648,7 +822,8 @@ impl Engine {
             Guard::InProgress => "a rollback is already running".to_string(),
             Guard::Cooldown => format!(
                 "the last rollback was {} ago, within the {} cooldown",
-                self.last_rollback_at.map_or_else(|| "?".into(), |t| format_duration(now - t)),
+                self.last_rollback_at
+                    .map_or_else(|| "?".into(), |t| format_duration(now - t)),
                 format_duration(evaluation.cooldown)
             ),
             Guard::RollbackOfRollback => format!(
@@ -656,7 +831,9 @@ impl Engine {
                 version_text(deployment.and_then(|d| d.version.as_deref()))
             ),
             Guard::Held => "a human holds this incident".to_string(),
-            Guard::Acknowledged => "a human has acknowledged this incident and owns the rollback decision".to_string(),
+            Guard::Acknowledged => {
+                "a human has acknowledged this incident and owns the rollback decision".to_string()
+            }
             Guard::KnownIssue => "a known issue suppresses this rule".to_string(),
             Guard::Recovered => format!("{rule} is no longer breaching"),
             Guard::NoData => "there is no usable data".to_string(),
@@ -664,20 +841,33 @@ impl Engine {
     }
 
     /// The part of an explanation that says what happens next.
-    fn consequence(&self, now: DateTime<Utc>, action: Action, guard: Option<&Guard>, rule: &str) -> String {
-        let not_rolling_back = guard.map(|g| format!("not rolling back: {}", self.guard_text(now, g, rule)));
+    fn consequence(
+        &self,
+        now: DateTime<Utc>,
+        action: Action,
+        guard: Option<&Guard>,
+        rule: &str,
+    ) -> String {
+        let not_rolling_back =
+            guard.map(|g| format!("not rolling back: {}", self.guard_text(now, g, rule)));
         let id = self.incident.as_ref().map_or(0, |i| i.id);
         match (action, not_rolling_back) {
             (Action::Rollback, _) => {
                 let (from, to) = self.rollback_versions();
-                format!("rolling back {} -> {}", version_text(from.as_deref()), version_text(to.as_deref()))
+                format!(
+                    "rolling back {} -> {}",
+                    version_text(from.as_deref()),
+                    version_text(to.as_deref())
+                )
             }
             (Action::PageThenRollback, _) => format!(
                 "paging on-call; rolling back at {} unless acknowledged or held (rollwatch incidents ack {id} | hold {id} | approve {id})",
                 time_text(now + self.policy.actions.page_timeout)
             ),
             (Action::Page, Some(why)) => format!("{why}; paging on-call"),
-            (Action::Page, None) => format!("paging on-call (rollwatch incidents ack {id} | hold {id} | approve {id})"),
+            (Action::Page, None) => {
+                format!("paging on-call (rollwatch incidents ack {id} | hold {id} | approve {id})")
+            }
             (Action::Notify, _) => "notifying the team".to_string(),
             (Action::None, Some(why)) => why,
             (Action::None, None) => "no action in this environment".to_string(),
@@ -691,7 +881,13 @@ impl Engine {
         }
     }
 
-    fn open_incident(&mut self, now: DateTime<Utc>, tier: Tier, rule: &str, component: Option<String>) {
+    fn open_incident(
+        &mut self,
+        now: DateTime<Utc>,
+        tier: Tier,
+        rule: &str,
+        component: Option<String>,
+    ) {
         self.incidents_opened += 1;
         self.incident = Some(Incident {
             id: self.incidents_opened,
@@ -752,8 +948,18 @@ impl Engine {
     }
 
     /// Emits a decision that belongs to the open incident, with its tier and rule.
-    fn emit_for_incident(&mut self, now: DateTime<Utc>, action: Action, cause: Cause, guard: Option<Guard>, reading: Option<Reading>, core: String) {
-        let Some(incident) = &self.incident else { return };
+    fn emit_for_incident(
+        &mut self,
+        now: DateTime<Utc>,
+        action: Action,
+        cause: Cause,
+        guard: Option<Guard>,
+        reading: Option<Reading>,
+        core: String,
+    ) {
+        let Some(incident) = &self.incident else {
+            return;
+        };
         let (tier, rule) = (incident.tier, incident.rule.clone());
         self.emit_incident_decision(now, action, cause, guard, reading, core, tier, &rule);
     }
@@ -815,9 +1021,13 @@ impl Engine {
             .rules
             .iter()
             .zip(&self.rules)
-            .any(|(rule, state)| rule.tier >= Tier::Consider && (state.firing || state.breach_since.is_some()));
+            .any(|(rule, state)| {
+                rule.tier >= Tier::Consider && (state.firing || state.breach_since.is_some())
+            });
         let resolve_after = self.policy.evaluation.resolve_after;
-        let Some(incident) = &mut self.incident else { return };
+        let Some(incident) = &mut self.incident else {
+            return;
+        };
         if !matches!(incident.phase, Phase::Open | Phase::Escalated) {
             return;
         }
@@ -827,14 +1037,26 @@ impl Engine {
         }
         let since = *incident.clear_since.get_or_insert(now);
         if now - since >= resolve_after {
-            let core = format!("every rule clear for {}: incident resolved", format_duration(now - since));
-            self.emit_for_incident(now, Action::Notify, Cause::Recovered, Some(Guard::Recovered), None, core);
+            let core = format!(
+                "every rule clear for {}: incident resolved",
+                format_duration(now - since)
+            );
+            self.emit_for_incident(
+                now,
+                Action::Notify,
+                Cause::Recovered,
+                Some(Guard::Recovered),
+                None,
+                core,
+            );
             self.incident = None;
         }
     }
 
     fn deadline_passed(&mut self, now: DateTime<Utc>) {
-        let Some(incident) = &mut self.incident else { return };
+        let Some(incident) = &mut self.incident else {
+            return;
+        };
         incident.deadline = None;
         let rule_name = incident.rule.clone();
         let still_breaching: Vec<usize> = self
@@ -842,14 +1064,23 @@ impl Engine {
             .rules
             .iter()
             .enumerate()
-            .filter(|(i, rule)| rule.tier >= Tier::Consider && self.rules[*i].firing && !self.rules[*i].suppressed)
+            .filter(|(i, rule)| {
+                rule.tier >= Tier::Consider && self.rules[*i].firing && !self.rules[*i].suppressed
+            })
             .map(|(i, _)| i)
             .collect();
         let Some(&first) = still_breaching.first() else {
             let core = format!(
                 "page-then-rollback deadline passed unanswered, but {rule_name} is no longer breaching: not rolling back"
             );
-            self.emit_for_incident(now, Action::None, Cause::DeadlinePassed, Some(Guard::Recovered), None, core);
+            self.emit_for_incident(
+                now,
+                Action::None,
+                Cause::DeadlinePassed,
+                Some(Guard::Recovered),
+                None,
+                core,
+            );
             return;
         };
         let preexisting = still_breaching.iter().any(|&i| self.rules[i].preexisting);
@@ -882,7 +1113,14 @@ impl Engine {
             let core = format!(
                 "no usable data during the {duration} stabilization watch: cannot confirm the rollback helped; escalating"
             );
-            self.emit_for_incident(now, Action::Page, Cause::WatchFailed, Some(Guard::NoData), None, core);
+            self.emit_for_incident(
+                now,
+                Action::Page,
+                Cause::WatchFailed,
+                Some(Guard::NoData),
+                None,
+                core,
+            );
         }
     }
 
@@ -891,10 +1129,16 @@ impl Engine {
             return;
         }
         let evaluation = &self.policy.evaluation;
-        let Some(deployment) = self.deployment.as_ref().filter(|d| now - d.at <= evaluation.recent_deploy_window) else {
+        let Some(deployment) = self
+            .deployment
+            .as_ref()
+            .filter(|d| now - d.at <= evaluation.recent_deploy_window)
+        else {
             return;
         };
-        let since = self.last_data_at.map_or(deployment.at, |t| t.max(deployment.at));
+        let since = self
+            .last_data_at
+            .map_or(deployment.at, |t| t.max(deployment.at));
         if now - since < evaluation.blind_after {
             return;
         }
@@ -906,17 +1150,35 @@ impl Engine {
             version_text(deployment.version.as_deref()),
             time_text(deployment.at)
         );
-        self.emit(now, Action::Page, Tier::Consider, "watchdog-blind", Cause::Blind, Some(Guard::NoData), None, core);
+        self.emit(
+            now,
+            Action::Page,
+            Tier::Consider,
+            "watchdog-blind",
+            Cause::Blind,
+            Some(Guard::NoData),
+            None,
+            core,
+        );
     }
 
-    fn declared(&mut self, now: DateTime<Utc>, tier: Tier, reason: &str, component: Option<String>) {
+    fn declared(
+        &mut self,
+        now: DateTime<Utc>,
+        tier: Tier,
+        reason: &str,
+        component: Option<String>,
+    ) {
         let rule = "declare";
         if self.incident.is_none() {
             self.open_incident(now, tier, rule, component);
         }
         let tier_action = self.policy.actions.for_tier(tier);
         let (action, guard) = self.effective_action(now, tier_action, false, true);
-        let core = format!("declared {tier} by a human: {reason}; {}", self.consequence(now, action, guard.as_ref(), rule));
+        let core = format!(
+            "declared {tier} by a human: {reason}; {}",
+            self.consequence(now, action, guard.as_ref(), rule)
+        );
         self.emit_incident_decision(now, action, Cause::Declared, guard, None, core, tier, rule);
     }
 
@@ -931,9 +1193,19 @@ impl Engine {
             incident.deadline = None;
         }
         let (action, guard) = self.effective_action(now, Action::Rollback, false, true);
-        let action = if guard.is_some() { Action::None } else { action };
-        let rule = self.incident.as_ref().map_or_else(String::new, |i| i.rule.clone());
-        let core = format!("rollback approved by {by}; {}", self.consequence(now, action, guard.as_ref(), &rule));
+        let action = if guard.is_some() {
+            Action::None
+        } else {
+            action
+        };
+        let rule = self
+            .incident
+            .as_ref()
+            .map_or_else(String::new, |i| i.rule.clone());
+        let core = format!(
+            "rollback approved by {by}; {}",
+            self.consequence(now, action, guard.as_ref(), &rule)
+        );
         self.emit_for_incident(now, action, Cause::Approved, guard, None, core);
     }
 
@@ -951,7 +1223,9 @@ impl Engine {
             incident.acknowledged = true;
             ("acknowledged", Guard::Acknowledged)
         };
-        let cancelled = cancelled.map_or_else(String::new, |t| format!("; the automatic rollback due at {t} is cancelled"));
+        let cancelled = cancelled.map_or_else(String::new, |t| {
+            format!("; the automatic rollback due at {t} is cancelled")
+        });
         let next = if cause == Cause::Held {
             "no rollback for this incident unless approved"
         } else {
@@ -964,21 +1238,33 @@ impl Engine {
     fn suppress(&mut self, now: DateTime<Utc>, rule: String, until: DateTime<Utc>, reason: String) {
         match self.policy.rule(&rule) {
             None => tracing::warn!(%rule, "suppression for an unknown rule: ignored"),
-            Some(r) if r.tier == Tier::Immediate && !self.policy.evaluation.allow_immediate_suppression => {
+            Some(r)
+                if r.tier == Tier::Immediate
+                    && !self.policy.evaluation.allow_immediate_suppression =>
+            {
                 tracing::warn!(%rule, "suppression of an immediate rule refused: the policy does not allow it")
             }
-            Some(_) if until <= now => tracing::warn!(%rule, %until, "suppression already expired: ignored"),
+            Some(_) if until <= now => {
+                tracing::warn!(%rule, %until, "suppression already expired: ignored")
+            }
             Some(_) => {
                 tracing::info!(%rule, %until, %reason, "known issue: rule suppressed");
                 self.suppressions.retain(|s| s.rule != rule);
-                self.suppressions.push(KnownIssue { rule, until, reason });
+                self.suppressions.push(KnownIssue {
+                    rule,
+                    until,
+                    reason,
+                });
             }
         }
     }
 }
 
 fn fixed_baseline(policy: &Policy) -> Option<LatencyBaseline> {
-    policy.baseline.fixed_ms.map(|ms| LatencyBaseline { ms, source: "fixed" })
+    policy.baseline.fixed_ms.map(|ms| LatencyBaseline {
+        ms,
+        source: "fixed",
+    })
 }
 
 /// RFC 3339 in UTC, whole seconds unless the input had fractions.

@@ -37,8 +37,20 @@ impl Sample {
     /// Keeps what the policy reads; drops (and reports) values that make no sense.
     pub fn from_observation(obs: &Observation, policy: &Policy) -> (Sample, Vec<String>) {
         let mut problems = Vec::new();
-        let errors = counts_pair(obs.requests, obs.errors, "requests", "errors", &mut problems);
-        let users = counts_pair(obs.users, obs.users_affected, "users", "users_affected", &mut problems);
+        let errors = counts_pair(
+            obs.requests,
+            obs.errors,
+            "requests",
+            "errors",
+            &mut problems,
+        );
+        let users = counts_pair(
+            obs.users,
+            obs.users_affected,
+            "users",
+            "users_affected",
+            &mut problems,
+        );
         let latency = match policy.baseline.quantile {
             Quantile::P50 => obs.latency_ms.p50,
             Quantile::P90 => obs.latency_ms.p90,
@@ -63,7 +75,15 @@ impl Sample {
                 }
             }
         }
-        let sample = Sample { at: obs.at, up: obs.up, errors, users, latency_ms, checks_known, checks_failed };
+        let sample = Sample {
+            at: obs.at,
+            up: obs.up,
+            errors,
+            users,
+            latency_ms,
+            checks_known,
+            checks_failed,
+        };
         (sample, problems)
     }
 
@@ -85,11 +105,14 @@ fn counts_pair(
     problems: &mut Vec<String>,
 ) -> Option<(f64, f64)> {
     let (total, part) = (total?, part?);
-    let sane = total.is_finite() && part.is_finite() && total >= 0.0 && part >= 0.0 && part <= total;
+    let sane =
+        total.is_finite() && part.is_finite() && total >= 0.0 && part >= 0.0 && part <= total;
     if sane {
         Some((total, part))
     } else {
-        problems.push(format!("{part_name} {part} with {total_name} {total} is impossible, ignored"));
+        problems.push(format!(
+            "{part_name} {part} with {total_name} {total} is impossible, ignored"
+        ));
         None
     }
 }
@@ -116,7 +139,12 @@ impl History {
     /// Samples with `at > from` and `at > now - window` (a 2 min window at
     /// 15 s polls holds 8 samples). An observation stamped at the deployment
     /// instant counts what happened before it, so it is left out.
-    pub fn window(&self, now: DateTime<Utc>, window: TimeDelta, from: Option<DateTime<Utc>>) -> impl Iterator<Item = &Sample> {
+    pub fn window(
+        &self,
+        now: DateTime<Utc>,
+        window: TimeDelta,
+        from: Option<DateTime<Utc>>,
+    ) -> impl Iterator<Item = &Sample> {
         let start = now - window;
         self.samples
             .iter()
@@ -126,7 +154,9 @@ impl History {
 
     /// Samples in `[from, to)`: the baseline window before a deployment.
     pub fn between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> impl Iterator<Item = &Sample> {
-        self.samples.iter().filter(move |s| s.at >= from && s.at < to)
+        self.samples
+            .iter()
+            .filter(move |s| s.at >= from && s.at < to)
     }
 
     pub fn len(&self) -> usize {
@@ -202,7 +232,10 @@ impl Reading {
     }
 
     fn inconclusive(signal: &'static str, reason: impl Into<String>) -> Self {
-        Reading { reason: Some(reason.into()), ..Reading::new(signal, Verdict::Inconclusive) }
+        Reading {
+            reason: Some(reason.into()),
+            ..Reading::new(signal, Verdict::Inconclusive)
+        }
     }
 
     /// "error-rate 8.1% (95% lower bound 7.4%) > 5% over 2m of 9600 requests"
@@ -268,35 +301,91 @@ pub fn read(
     let signal = rule.signal.name();
     match &rule.signal {
         Signal::Down => match history.latest().filter(|s| s.at == now).and_then(|s| s.up) {
-            Some(up) => Reading { value: Some(if up { 0.0 } else { 1.0 }), ..Reading::new(signal, if up { Verdict::Healthy } else { Verdict::Unhealthy }) },
+            Some(up) => Reading {
+                value: Some(if up { 0.0 } else { 1.0 }),
+                ..Reading::new(
+                    signal,
+                    if up {
+                        Verdict::Healthy
+                    } else {
+                        Verdict::Unhealthy
+                    },
+                )
+            },
             None => Reading::inconclusive(signal, "no health probe result in this observation"),
         },
         Signal::Check { name, index } => {
             let bit = 1u64 << index;
-            match history.latest().filter(|s| s.at == now && s.checks_known & bit != 0) {
+            match history
+                .latest()
+                .filter(|s| s.at == now && s.checks_known & bit != 0)
+            {
                 Some(s) => {
                     let failed = s.checks_failed & bit != 0;
-                    Reading { value: Some(if failed { 1.0 } else { 0.0 }), ..Reading::new(signal, if failed { Verdict::Unhealthy } else { Verdict::Healthy }) }
+                    Reading {
+                        value: Some(if failed { 1.0 } else { 0.0 }),
+                        ..Reading::new(
+                            signal,
+                            if failed {
+                                Verdict::Unhealthy
+                            } else {
+                                Verdict::Healthy
+                            },
+                        )
+                    }
                 }
-                None => Reading::inconclusive(signal, format!("no result for check {name} in this observation")),
+                None => Reading::inconclusive(
+                    signal,
+                    format!("no result for check {name} in this observation"),
+                ),
             }
         }
-        Signal::ErrorRate { threshold, min_requests } => {
+        Signal::ErrorRate {
+            threshold,
+            min_requests,
+        } => {
             let pick = |s: &Sample| s.errors;
-            read_proportion(rule, history, now, epoch, z, *threshold, *min_requests, pick, "requests")
+            read_proportion(
+                rule,
+                history,
+                now,
+                epoch,
+                z,
+                *threshold,
+                *min_requests,
+                pick,
+                "requests",
+            )
         }
-        Signal::UsersAffected { threshold, min_users } => {
+        Signal::UsersAffected {
+            threshold,
+            min_users,
+        } => {
             let pick = |s: &Sample| s.users;
-            read_proportion(rule, history, now, epoch, z, *threshold, *min_users, pick, "users")
+            read_proportion(
+                rule, history, now, epoch, z, *threshold, *min_users, pick, "users",
+            )
         }
-        Signal::LatencyDegradation { threshold, min_samples } => {
-            let mut values: Vec<f64> = history.window(now, rule.window, epoch).filter_map(|s| s.latency_ms).collect();
+        Signal::LatencyDegradation {
+            threshold,
+            min_samples,
+        } => {
+            let mut values: Vec<f64> = history
+                .window(now, rule.window, epoch)
+                .filter_map(|s| s.latency_ms)
+                .collect();
             let count = values.len();
             if count < *min_samples {
-                return Reading::inconclusive(signal, format!("{count} latency samples in the window, {min_samples} needed"));
+                return Reading::inconclusive(
+                    signal,
+                    format!("{count} latency samples in the window, {min_samples} needed"),
+                );
             }
             let Some(baseline) = baseline else {
-                return Reading::inconclusive(signal, "no latency baseline is known yet (no pre-deployment window and no fixed baseline)");
+                return Reading::inconclusive(
+                    signal,
+                    "no latency baseline is known yet (no pre-deployment window and no fixed baseline)",
+                );
             };
             let current = median(&mut values).unwrap_or(0.0);
             let degradation = current / baseline.ms - 1.0;
@@ -307,7 +396,10 @@ pub fn read(
                 window_seconds: Some(window_span(rule, now, epoch)),
                 current_ms: Some(current),
                 baseline: Some(baseline.clone()),
-                ..Reading::new(signal, band_verdict(degradation, *threshold, rule.watch_above))
+                ..Reading::new(
+                    signal,
+                    band_verdict(degradation, *threshold, rule.watch_above),
+                )
             }
         }
     }
@@ -331,7 +423,10 @@ fn read_proportion(
         .filter_map(pick)
         .fold((0.0, 0.0), |(t, p), (st, sp)| (t + st, p + sp));
     if total < minimum {
-        return Reading::inconclusive(signal, format!("{total:.0} {unit} in the window, {minimum:.0} needed"));
+        return Reading::inconclusive(
+            signal,
+            format!("{total:.0} {unit} in the window, {minimum:.0} needed"),
+        );
     }
     let bound = wilson_lower_bound(part, total, z);
     Reading {

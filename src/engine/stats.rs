@@ -34,7 +34,11 @@ pub fn median(values: &mut [f64]) -> Option<f64> {
     }
     values.sort_unstable_by(f64::total_cmp);
     let mid = values.len() / 2;
-    Some(if values.len() % 2 == 0 { (values[mid - 1] + values[mid]) / 2.0 } else { values[mid] })
+    Some(if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    })
 }
 
 #[cfg(test)]
@@ -46,10 +50,18 @@ mod tests {
     #[test]
     fn wilson_bound_matches_reference_values() {
         // Worked out independently from the closed form (Wilson 1927) at z = 1.645.
-        let cases = [(10.0, 100.0, 0.0607), (81.0, 1000.0, 0.0679), (0.0, 50.0, 0.0), (50.0, 50.0, 0.9487)];
+        let cases = [
+            (10.0, 100.0, 0.0607),
+            (81.0, 1000.0, 0.0679),
+            (0.0, 50.0, 0.0),
+            (50.0, 50.0, 0.9487),
+        ];
         for (k, n, expected) in cases {
             let got = wilson_lower_bound(k, n, Z95);
-            assert!((got - expected).abs() < 5e-4, "{k}/{n}: got {got}, expected {expected}");
+            assert!(
+                (got - expected).abs() < 5e-4,
+                "{k}/{n}: got {got}, expected {expected}"
+            );
         }
     }
 

@@ -1,0 +1,672 @@
+//! Engine tests on a simulated clock: each test drives the engine the way the
+//! runtime does (timeouts first, then the input) and asserts decisions with
+//! their instants, in seconds from the start.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::decision::{Cause, Decision, Guard};
+use super::input::{Event, LatencyQuantiles, Observation};
+use super::policy::{Action, Tier};
+use super::*;
+
+const PRODUCTION: &str = include_str!("../../policies/production.toml");
+const STAGING: &str = include_str!("../../policies/staging.toml");
+
+fn start() -> DateTime<Utc> {
+    "2026-11-24T10:00:00Z".parse().unwrap()
+}
+
+/// A simulated target: healthy by default, 15 s polls.
+struct Sim {
+    engine: Engine,
+    now: DateTime<Utc>,
+    decisions: Vec<Decision>,
+    /// Report rollbacks as finished at once (like backtest) unless false.
+    finish_rollbacks: bool,
+    version: String,
+}
+
+impl Sim {
+    fn new(policy_text: &str) -> Sim {
+        let policy =
+            crate::policy::from_bytes("policy.toml", policy_text.as_bytes(), |_| None).unwrap();
+        Sim {
+            engine: Engine::new(Arc::new(policy)),
+            now: start(),
+            decisions: Vec::new(),
+            finish_rollbacks: true,
+            version: "v1".into(),
+        }
+    }
+
+    fn production() -> Sim {
+        Sim::new(PRODUCTION)
+    }
+
+    fn secs(&self) -> i64 {
+        (self.now - start()).num_seconds()
+    }
+
+    fn healthy_observation(&self) -> Observation {
+        Observation {
+            at: self.now,
+            up: Some(true),
+            requests: Some(1200.0),
+            errors: Some(6.0),
+            latency_ms: LatencyQuantiles {
+                p50: Some(80.0),
+                p90: Some(150.0),
+                p95: Some(200.0),
+                p99: Some(400.0),
+            },
+            users: Some(900.0),
+            users_affected: Some(4.0),
+            checks: vec![
+                ("data_integrity".into(), true),
+                ("critical_features".into(), true),
+            ],
+            version: Some(self.version.clone()),
+        }
+    }
+
+    fn wake_until(&mut self, at: DateTime<Utc>) {
+        while let Some(deadline) = self.engine.poll_timeout().filter(|d| *d <= at) {
+            self.engine.handle_timeout(deadline).unwrap();
+            self.drain();
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(decision) = self.engine.poll_decision() {
+            if decision.action == Action::Rollback && self.finish_rollbacks {
+                self.engine
+                    .handle_rollback_finished(decision.at, decision.incident.unwrap(), Ok(()))
+                    .unwrap();
+            }
+            self.decisions.push(decision);
+        }
+    }
+
+    /// One poll with `change` applied to a healthy observation, then 15 s pass.
+    fn poll(&mut self, change: impl Fn(&mut Observation)) {
+        self.wake_until(self.now);
+        let mut observation = self.healthy_observation();
+        change(&mut observation);
+        self.engine.handle_observation(&observation).unwrap();
+        self.drain();
+        self.now += TimeDelta::seconds(15);
+    }
+
+    fn polls(&mut self, n: usize, change: impl Fn(&mut Observation)) {
+        for _ in 0..n {
+            self.poll(&change);
+        }
+    }
+
+    fn healthy(&mut self, n: usize) {
+        self.polls(n, |_| {});
+    }
+
+    fn event(&mut self, event: Event) {
+        self.wake_until(self.now);
+        if let Event::Deploy {
+            version: Some(v), ..
+        } = &event
+        {
+            self.version = v.clone();
+        }
+        self.engine.handle_event(self.now, event).unwrap();
+        self.drain();
+    }
+
+    fn deploy(&mut self, version: &str) {
+        let previous = Some(self.version.clone());
+        self.event(Event::Deploy {
+            version: Some(version.into()),
+            previous,
+            migrations: vec![],
+        });
+    }
+
+    fn no_data(&mut self, n: usize) {
+        for _ in 0..n {
+            self.wake_until(self.now);
+            self.engine
+                .handle_no_data(self.now, "connection refused")
+                .unwrap();
+            self.drain();
+            self.now += TimeDelta::seconds(15);
+        }
+    }
+
+    /// (seconds from start, action, rule) of every decision so far.
+    fn log(&self) -> Vec<(i64, Action, String)> {
+        self.decisions
+            .iter()
+            .map(|d| ((d.at - start()).num_seconds(), d.action, d.rule.clone()))
+            .collect()
+    }
+
+    fn actions(&self) -> Vec<(i64, Action)> {
+        self.decisions
+            .iter()
+            .map(|d| ((d.at - start()).num_seconds(), d.action))
+            .collect()
+    }
+
+    fn rollbacks(&self) -> usize {
+        self.decisions
+            .iter()
+            .filter(|d| d.action == Action::Rollback)
+            .count()
+    }
+
+    fn pages(&self) -> usize {
+        self.decisions.iter().filter(|d| d.action.pages()).count()
+    }
+}
+
+fn errors(rate: f64) -> impl Fn(&mut Observation) {
+    move |o| o.errors = Some(1200.0 * rate)
+}
+
+/// 30 min healthy, so the pre-deploy baseline exists, then a deploy of v2 at 1800 s.
+fn deployed(policy: &str) -> Sim {
+    let mut sim = Sim::new(policy);
+    sim.healthy(120);
+    sim.deploy("v2");
+    sim
+}
+
+#[test]
+fn error_rate_fires_after_its_for_time_and_pages_then_rolls_back_at_the_deadline() {
+    let mut sim = deployed(PRODUCTION);
+    sim.polls(60, errors(0.15));
+    // First bad observation after the deploy instant: 1800 (left out, stamped at the deploy), 1815 counts.
+    // for = 2m: fires at 1815 + 120 = 1935; deadline 10 min later at 2535.
+    assert_eq!(
+        sim.actions()[..3],
+        [
+            (1935, Action::PageThenRollback),
+            (2535, Action::Rollback),
+            (2535, Action::None)
+        ]
+    );
+    let page = &sim.decisions[0];
+    assert_eq!(page.rule, "error-rate");
+    assert_eq!(page.tier, Tier::Consider);
+    assert_eq!(
+        page.deadline.map(|d| (d - start()).num_seconds()),
+        Some(2535)
+    );
+    assert!(
+        page.explanation.contains("error-rate 15%"),
+        "{}",
+        page.explanation
+    );
+    assert!(
+        page.explanation.contains("lower bound"),
+        "{}",
+        page.explanation
+    );
+    assert!(page.explanation.contains("> 5%"), "{}", page.explanation);
+    assert!(page.explanation.contains("sha256:"), "{}", page.explanation);
+    let rollback = &sim.decisions[1];
+    assert_eq!(
+        (
+            rollback.from_version.as_deref(),
+            rollback.to_version.as_deref()
+        ),
+        (Some("v2"), Some("v1"))
+    );
+}
+
+#[test]
+fn staging_rolls_back_at_once_when_a_consider_rule_fires() {
+    let mut sim = deployed(STAGING);
+    sim.polls(20, errors(0.15));
+    assert_eq!(sim.log()[0], (1935, Action::Rollback, "error-rate".into()));
+}
+
+#[test]
+fn the_bound_not_the_raw_ratio_decides() {
+    // 6 % raw errors: above 5 %, but at 120 requests per poll (960 in the 2 min
+    // window) the lower bound stays below.
+    let mut sim = deployed(STAGING);
+    sim.polls(40, |o| {
+        o.requests = Some(120.0);
+        o.errors = Some(7.2);
+    });
+    assert_eq!(sim.rollbacks(), 0, "{:?}", sim.log());
+    // The same ratio at 20x the traffic is significant.
+    let mut sim = deployed(STAGING);
+    sim.polls(40, |o| {
+        o.requests = Some(2400.0);
+        o.errors = Some(144.0);
+    });
+    assert_eq!(sim.rollbacks(), 1, "{:?}", sim.log());
+}
+
+#[test]
+fn low_traffic_is_inconclusive_never_33_percent_errors() {
+    let mut sim = deployed(STAGING);
+    sim.polls(60, |o| {
+        o.requests = Some(3.0);
+        o.errors = Some(1.0);
+    });
+    assert!(sim.decisions.is_empty(), "{:?}", sim.log());
+    let status = sim.engine.rule_status();
+    let error_rate = status.iter().find(|s| s.rule == "error-rate").unwrap();
+    assert_eq!(
+        error_rate.reading.as_ref().unwrap().verdict,
+        Verdict::Inconclusive
+    );
+}
+
+#[test]
+fn a_one_interval_blip_does_not_fire() {
+    let mut sim = deployed(STAGING);
+    sim.healthy(10);
+    sim.poll(|o| {
+        o.up = Some(false);
+        o.errors = Some(1200.0);
+    });
+    sim.healthy(40);
+    assert!(sim.decisions.is_empty(), "{:?}", sim.log());
+}
+
+#[test]
+fn system_down_rolls_back_after_one_minute() {
+    let mut sim = deployed(PRODUCTION);
+    sim.polls(10, |o| o.up = Some(false));
+    // Down from 1800 (the probe is judged per observation), for = 1m.
+    assert_eq!(sim.log()[0], (1860, Action::Rollback, "system-down".into()));
+    assert_eq!(sim.decisions[0].tier, Tier::Immediate);
+}
+
+#[test]
+fn a_missing_probe_result_neither_confirms_nor_clears_down() {
+    let mut sim = deployed(PRODUCTION);
+    sim.polls(2, |o| o.up = Some(false));
+    sim.polls(2, |o| o.up = None);
+    sim.polls(1, |o| o.up = Some(false));
+    assert_eq!(
+        sim.log(),
+        [
+            (1860, Action::Rollback, "system-down".into()),
+            (1860, Action::None, "system-down".into())
+        ]
+    );
+}
+
+#[test]
+fn failing_checks_roll_back() {
+    let mut sim = deployed(PRODUCTION);
+    sim.polls(5, |o| {
+        o.checks = vec![
+            ("data_integrity".into(), false),
+            ("critical_features".into(), true),
+        ]
+    });
+    assert_eq!(
+        sim.log()[0],
+        (1830, Action::Rollback, "data-corruption".into())
+    );
+    let mut sim = deployed(PRODUCTION);
+    sim.polls(6, |o| {
+        o.checks = vec![
+            ("data_integrity".into(), true),
+            ("critical_features".into(), false),
+        ]
+    });
+    assert_eq!(
+        sim.log()[0],
+        (1860, Action::Rollback, "feature-broken".into())
+    );
+}
+
+#[test]
+fn latency_is_judged_against_the_pre_deploy_baseline() {
+    let mut sim = deployed(STAGING);
+    // Baseline p95 = 200 ms; 360 ms is +80 %. min_samples = 4: conclusive from the
+    // fourth sample after the deploy (1860), and for = 5m: fires at 2160.
+    sim.polls(40, |o| o.latency_ms.p95 = Some(360.0));
+    assert_eq!(
+        sim.log()[0],
+        (2160, Action::Rollback, "latency-degradation".into())
+    );
+    let reading = sim.decisions[0].reading.as_ref().unwrap();
+    assert_eq!(
+        reading.baseline.as_ref().map(|b| (b.ms, b.source)),
+        Some((200.0, "pre-deploy"))
+    );
+    assert!((reading.value.unwrap() - 0.8).abs() < 1e-9);
+}
+
+#[test]
+fn latency_in_the_watch_band_is_logged_never_paged() {
+    let mut sim = deployed(PRODUCTION);
+    sim.polls(60, |o| o.latency_ms.p95 = Some(260.0)); // +30 %
+    assert_eq!(sim.pages(), 0);
+    assert_eq!(sim.rollbacks(), 0);
+    assert_eq!(
+        sim.log(),
+        [(2160, Action::None, "latency-degradation".into())]
+    );
+    assert_eq!(sim.decisions[0].tier, Tier::Watch);
+    assert_eq!(sim.decisions[0].cause, Cause::WatchBand);
+}
+
+#[test]
+fn latency_below_twenty_percent_is_ignored() {
+    let mut sim = deployed(PRODUCTION);
+    sim.polls(60, |o| o.latency_ms.p95 = Some(220.0)); // +10 %
+    assert!(sim.decisions.is_empty(), "{:?}", sim.log());
+}
+
+#[test]
+fn without_a_deploy_latency_uses_the_fixed_baseline() {
+    // No deployment seen: the fixed 300 ms baseline applies; 500 ms is +67 %, but with
+    // no recent deploy the rule pages instead of rolling back.
+    let mut sim = Sim::new(STAGING);
+    sim.polls(40, |o| o.latency_ms.p95 = Some(500.0));
+    assert_eq!(
+        sim.log()[0],
+        (345, Action::Page, "latency-degradation".into())
+    );
+    assert_eq!(sim.decisions[0].guard, Some(Guard::NoRecentDeploy));
+    assert_eq!(
+        sim.decisions[0]
+            .reading
+            .as_ref()
+            .unwrap()
+            .baseline
+            .as_ref()
+            .unwrap()
+            .source,
+        "fixed"
+    );
+}
+
+#[test]
+fn users_affected_fires_on_its_bound() {
+    let mut sim = deployed(STAGING);
+    sim.polls(30, |o| o.users_affected = Some(225.0)); // 25 %
+    assert_eq!(
+        sim.log()[0],
+        (1935, Action::Rollback, "users-affected".into())
+    );
+}
+
+#[test]
+fn no_recent_deploy_pages_and_says_why() {
+    let mut sim = Sim::new(STAGING);
+    sim.healthy(10);
+    sim.deploy("v2");
+    sim.now += TimeDelta::hours(25);
+    sim.polls(20, errors(0.15));
+    let first = &sim.decisions[0];
+    assert_eq!(
+        (first.action, first.guard.clone()),
+        (Action::Page, Some(Guard::NoRecentDeploy))
+    );
+    assert!(
+        first
+            .explanation
+            .contains("outside the 24h recent-deploy window"),
+        "{}",
+        first.explanation
+    );
+    assert_eq!(sim.rollbacks(), 0);
+}
+
+#[test]
+fn a_preexisting_breach_pages_instead_of_rolling_back() {
+    let mut sim = Sim::new(STAGING);
+    sim.polls(40, errors(0.15));
+    sim.deploy("v2");
+    sim.polls(40, errors(0.15));
+    assert_eq!(sim.rollbacks(), 0, "{:?}", sim.log());
+    assert!(
+        sim.decisions
+            .iter()
+            .any(|d| d.guard == Some(Guard::Preexisting) || d.guard == Some(Guard::NoRecentDeploy))
+    );
+    let after_deploy: Vec<_> = sim
+        .decisions
+        .iter()
+        .filter(|d| d.at >= start() + TimeDelta::seconds(600))
+        .collect();
+    assert!(after_deploy.iter().all(|d| d.action != Action::Rollback));
+}
+
+#[test]
+fn a_rollback_that_does_not_help_escalates_and_never_rolls_back_twice() {
+    let mut sim = deployed(STAGING);
+    sim.polls(120, errors(0.15));
+    assert_eq!(sim.rollbacks(), 1);
+    let escalation = sim
+        .decisions
+        .iter()
+        .find(|d| d.cause == Cause::WatchFailed)
+        .expect("escalation");
+    assert_eq!(escalation.action, Action::Page);
+    assert_eq!(escalation.guard, Some(Guard::RollbackOfRollback));
+    // Rolled back at 1935; the watch restarts windows there; fires again 2m after the first bad poll.
+    assert_eq!((escalation.at - start()).num_seconds(), 1935 + 15 + 120);
+}
+
+#[test]
+fn a_stable_watch_resolves_the_incident() {
+    let mut sim = deployed(STAGING);
+    sim.polls(10, errors(0.15));
+    assert_eq!(sim.rollbacks(), 1);
+    sim.version = "v1".into(); // the rollback landed: not a new deployment
+    sim.healthy(70);
+    let last = sim.decisions.last().unwrap();
+    assert_eq!((last.action, last.cause), (Action::Notify, Cause::Stable));
+    assert_eq!((last.at - start()).num_seconds(), 1935 + 900);
+    assert!(sim.engine.incident().is_none());
+    assert!(sim.engine.deployment().unwrap().rollback);
+}
+
+#[test]
+fn cooldown_stops_a_second_automatic_rollback() {
+    let mut sim = deployed(STAGING);
+    sim.polls(10, errors(0.15));
+    sim.version = "v1".into();
+    sim.healthy(61); // watch passes at 2835
+    sim.deploy("v3");
+    sim.polls(20, errors(0.15));
+    let last = sim.decisions.last().unwrap();
+    assert_eq!(
+        (last.action, last.guard.clone()),
+        (Action::Page, Some(Guard::Cooldown)),
+        "{:#?}",
+        sim.decisions
+            .iter()
+            .map(|d| (&d.at, &d.action, &d.explanation))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(sim.rollbacks(), 1);
+}
+
+#[test]
+fn no_rollback_while_one_runs() {
+    let mut sim = deployed(STAGING);
+    sim.finish_rollbacks = false;
+    sim.polls(30, |o| {
+        o.up = Some(false);
+        o.errors = Some(180.0);
+    });
+    assert_eq!(sim.rollbacks(), 1, "{:?}", sim.log());
+    assert_eq!(sim.engine.incident().unwrap().phase, Phase::RollingBack);
+}
+
+#[test]
+fn a_failed_rollback_escalates() {
+    let mut sim = deployed(STAGING);
+    sim.finish_rollbacks = false;
+    sim.polls(5, |o| o.up = Some(false));
+    let incident = sim.decisions[0].incident.unwrap();
+    sim.engine
+        .handle_rollback_finished(
+            sim.now,
+            incident,
+            Err("rollback-production.sh exited 1".into()),
+        )
+        .unwrap();
+    sim.drain();
+    let last = sim.decisions.last().unwrap();
+    assert_eq!(
+        (last.action, last.cause),
+        (Action::Page, Cause::RollbackFailed)
+    );
+    assert!(last.explanation.contains("exited 1"));
+    assert_eq!(sim.engine.incident().unwrap().phase, Phase::Escalated);
+}
+
+#[test]
+fn a_known_issue_turns_firing_into_a_log_line_until_it_expires() {
+    let mut sim = deployed(STAGING);
+    let until = sim.now + TimeDelta::minutes(5);
+    sim.event(Event::Suppress {
+        rule: "error-rate".into(),
+        until,
+        reason: "fix in review".into(),
+    });
+    sim.polls(40, errors(0.15));
+    assert_eq!(sim.actions()[0], (1935, Action::None));
+    assert_eq!(sim.decisions[0].guard, Some(Guard::KnownIssue));
+    // Expired at 2100: the still-firing rule acts on the next poll.
+    assert_eq!(sim.log()[1], (2100, Action::Rollback, "error-rate".into()));
+}
+
+#[test]
+fn immediate_rules_cannot_be_suppressed_unless_allowed() {
+    let mut sim = deployed(STAGING);
+    let until = sim.now + TimeDelta::hours(1);
+    sim.event(Event::Suppress {
+        rule: "system-down".into(),
+        until,
+        reason: "flaky probe".into(),
+    });
+    sim.polls(6, |o| o.up = Some(false));
+    assert_eq!(sim.rollbacks(), 1);
+}
+
+#[test]
+fn ack_cancels_the_automatic_rollback() {
+    let mut sim = deployed(PRODUCTION);
+    sim.polls(10, errors(0.15));
+    sim.event(Event::Ack {
+        by: Some("alice".into()),
+    });
+    sim.polls(80, errors(0.15));
+    assert_eq!(sim.rollbacks(), 0, "{:?}", sim.log());
+    let ack = sim
+        .decisions
+        .iter()
+        .find(|d| d.cause == Cause::Acknowledged)
+        .unwrap();
+    assert!(ack.explanation.contains("alice"));
+    assert!(ack.explanation.contains("cancelled"));
+    assert_eq!(sim.pages(), 1);
+}
+
+#[test]
+fn hold_means_no_rollback_for_the_incident_but_approve_rolls_back_at_once() {
+    let mut sim = deployed(PRODUCTION);
+    sim.polls(10, errors(0.15));
+    sim.event(Event::Hold { by: None });
+    sim.polls(50, |o| {
+        o.errors = Some(180.0);
+        o.up = Some(false);
+    });
+    assert_eq!(sim.rollbacks(), 0, "{:?}", sim.log());
+    let at = sim.secs();
+    sim.event(Event::Approve {
+        by: Some("bob".into()),
+    });
+    assert_eq!(sim.log().last().unwrap().0, at);
+    assert_eq!(
+        sim.decisions
+            .iter()
+            .filter(|d| d.action == Action::Rollback)
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_declaration_acts_at_once() {
+    let mut sim = deployed(PRODUCTION);
+    sim.healthy(4);
+    sim.event(Event::Declare {
+        tier: Tier::Immediate,
+        reason: "critical security vulnerability".into(),
+        component: None,
+    });
+    assert_eq!(sim.log()[0], (1860, Action::Rollback, "declare".into()));
+    assert!(
+        sim.decisions[0]
+            .explanation
+            .contains("critical security vulnerability")
+    );
+}
+
+#[test]
+fn metrics_outage_after_a_deploy_pages_blind_and_never_rolls_back() {
+    let mut sim = deployed(PRODUCTION);
+    sim.no_data(40);
+    assert_eq!(sim.log(), [(2100, Action::Page, "watchdog-blind".into())]);
+    assert_eq!(sim.decisions[0].guard, Some(Guard::NoData));
+}
+
+#[test]
+fn a_version_change_is_a_deployment() {
+    let mut sim = Sim::new(STAGING);
+    sim.healthy(120);
+    sim.version = "v2".into();
+    sim.polls(20, errors(0.15));
+    let rollback = sim
+        .decisions
+        .iter()
+        .find(|d| d.action == Action::Rollback)
+        .expect("rollback");
+    assert_eq!(
+        (
+            rollback.from_version.as_deref(),
+            rollback.to_version.as_deref()
+        ),
+        (Some("v2"), Some("v1"))
+    );
+    assert_eq!((rollback.at - start()).num_seconds(), 1815 + 120);
+}
+
+#[test]
+fn time_going_backwards_is_refused_and_changes_nothing() {
+    let mut sim = Sim::production();
+    sim.healthy(3);
+    let before = sim.engine.observations();
+    let late = Observation::new(start());
+    assert!(matches!(
+        sim.engine.handle_observation(&late),
+        Err(InputError::TimeWentBackwards { .. })
+    ));
+    assert_eq!(sim.engine.observations(), before);
+}
+
+#[test]
+fn history_is_bounded_by_the_policy_windows() {
+    let mut sim = Sim::production();
+    sim.healthy(2000);
+    // The widest window is the 30 min baseline: 120 polls, plus one interval of margin.
+    assert!(
+        sim.engine.history_len() <= 122,
+        "{}",
+        sim.engine.history_len()
+    );
+}

@@ -49,7 +49,11 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Policy, Vec
     let environment = non_empty(&mut problems, target.environment, "environment");
 
     let evaluation = compile_evaluation(&mut problems, raw.evaluation.map(Spanned::into_inner));
-    let baseline = compile_baseline(&mut problems, raw.baseline.map(Spanned::into_inner), &evaluation);
+    let baseline = compile_baseline(
+        &mut problems,
+        raw.baseline.map(Spanned::into_inner),
+        &evaluation,
+    );
     let actions = compile_actions(&mut problems, raw.actions.map(Spanned::into_inner));
     let stabilization = raw
         .stabilization
@@ -63,11 +67,19 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Policy, Vec
     for raw_rule in raw.rule {
         let span = raw_rule.span();
         let name_span = raw_rule.get_ref().name.span();
-        if let Some(rule) = compile_rule(&mut problems, raw_rule.into_inner(), &evaluation, &mut checks) {
+        if let Some(rule) = compile_rule(
+            &mut problems,
+            raw_rule.into_inner(),
+            &evaluation,
+            &mut checks,
+        ) {
             if rules.iter().any(|existing| existing.name == rule.name) {
                 problems.add(
                     name_span,
-                    format!("duplicate rule name \"{}\", expected each rule to have its own name", rule.name),
+                    format!(
+                        "duplicate rule name \"{}\", expected each rule to have its own name",
+                        rule.name
+                    ),
                 );
             }
             rules.push(rule);
@@ -75,7 +87,10 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Policy, Vec
         }
     }
     if rules.is_empty() && problems.0.is_empty() {
-        problems.add(target_span.clone(), "the policy has no [[rule]], expected at least one");
+        problems.add(
+            target_span.clone(),
+            "the policy has no [[rule]], expected at least one",
+        );
     }
     check_tier_order(&mut problems, &rules, &rule_spans);
 
@@ -110,7 +125,11 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Policy, Vec
             }
         };
         let reason = non_empty(&mut problems, issue.reason, "reason");
-        known_issues.push(KnownIssue { rule: rule_name, until, reason });
+        known_issues.push(KnownIssue {
+            rule: rule_name,
+            until,
+            reason,
+        });
     }
 
     if !problems.0.is_empty() {
@@ -133,7 +152,10 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Policy, Vec
 
 fn compile_evaluation(problems: &mut Problems, raw: Option<RawEvaluation>) -> Evaluation {
     let raw = raw.unwrap_or_default();
-    let duration = |problems: &mut Problems, value: Option<Spanned<HumanDuration>>, default: i64, what: &str| {
+    let duration = |problems: &mut Problems,
+                    value: Option<Spanned<HumanDuration>>,
+                    default: i64,
+                    what: &str| {
         value.map_or(TimeDelta::seconds(default), |v| positive(problems, v, what))
     };
     let interval = duration(problems, raw.interval, DEFAULT_INTERVAL_SECS, "interval");
@@ -141,7 +163,13 @@ fn compile_evaluation(problems: &mut Problems, raw: Option<RawEvaluation>) -> Ev
         None => DEFAULT_CONFIDENCE,
         Some(c) if c.get_ref().0 > 0.5 && c.get_ref().0 < 1.0 => c.get_ref().0,
         Some(c) => {
-            problems.add(c.span(), format!("confidence {} is impossible, expected more than 50% and less than 100%", c.get_ref()));
+            problems.add(
+                c.span(),
+                format!(
+                    "confidence {} is impossible, expected more than 50% and less than 100%",
+                    c.get_ref()
+                ),
+            );
             DEFAULT_CONFIDENCE
         }
     };
@@ -150,16 +178,41 @@ fn compile_evaluation(problems: &mut Problems, raw: Option<RawEvaluation>) -> Ev
         interval,
         confidence,
         z: standard_normal_quantile(confidence),
-        recent_deploy_window: duration(problems, raw.recent_deploy_window, DEFAULT_RECENT_DEPLOY_WINDOW_SECS, "recent_deploy_window"),
-        cooldown: raw.cooldown.map_or(TimeDelta::seconds(DEFAULT_COOLDOWN_SECS), |c| c.into_inner().delta()),
-        resolve_after: duration(problems, raw.resolve_after, DEFAULT_RESOLVE_AFTER_SECS, "resolve_after"),
-        blind_after: duration(problems, raw.blind_after, DEFAULT_BLIND_AFTER_SECS, "blind_after"),
+        recent_deploy_window: duration(
+            problems,
+            raw.recent_deploy_window,
+            DEFAULT_RECENT_DEPLOY_WINDOW_SECS,
+            "recent_deploy_window",
+        ),
+        cooldown: raw
+            .cooldown
+            .map_or(TimeDelta::seconds(DEFAULT_COOLDOWN_SECS), |c| {
+                c.into_inner().delta()
+            }),
+        resolve_after: duration(
+            problems,
+            raw.resolve_after,
+            DEFAULT_RESOLVE_AFTER_SECS,
+            "resolve_after",
+        ),
+        blind_after: duration(
+            problems,
+            raw.blind_after,
+            DEFAULT_BLIND_AFTER_SECS,
+            "blind_after",
+        ),
         allow_immediate_suppression: raw.allow_immediate_suppression.unwrap_or(false),
     };
     if let Some(span) = blind_after_span
         && evaluation.blind_after < interval
     {
-        problems.add(span, format!("blind_after is shorter than the interval, expected at least {}", format_duration(interval)));
+        problems.add(
+            span,
+            format!(
+                "blind_after is shorter than the interval, expected at least {}",
+                format_duration(interval)
+            ),
+        );
     }
     evaluation
 }
@@ -169,7 +222,11 @@ fn standard_normal_quantile(confidence: f64) -> f64 {
     Normal::new(0.0, 1.0).map_or(1.6448536269514722, |normal| normal.inverse_cdf(confidence))
 }
 
-fn compile_baseline(problems: &mut Problems, raw: Option<RawBaseline>, evaluation: &Evaluation) -> Baseline {
+fn compile_baseline(
+    problems: &mut Problems,
+    raw: Option<RawBaseline>,
+    evaluation: &Evaluation,
+) -> Baseline {
     let raw = raw.unwrap_or_default();
     let quantile = match raw.quantile {
         None => Quantile::P95,
@@ -185,61 +242,125 @@ fn compile_baseline(problems: &mut Problems, raw: Option<RawBaseline>, evaluatio
         .map(|f| positive(problems, f, "fixed baseline").num_milliseconds() as f64);
     let mode = match raw.mode {
         None => BaselineMode::PreDeploy,
-        Some(m) => lookup_name(problems, &m, "baseline", &[("pre-deploy", BaselineMode::PreDeploy), ("fixed", BaselineMode::Fixed)])
-            .unwrap_or(BaselineMode::PreDeploy),
+        Some(m) => lookup_name(
+            problems,
+            &m,
+            "baseline",
+            &[
+                ("pre-deploy", BaselineMode::PreDeploy),
+                ("fixed", BaselineMode::Fixed),
+            ],
+        )
+        .unwrap_or(BaselineMode::PreDeploy),
     };
     if mode == BaselineMode::Fixed && fixed_ms.is_none() {
-        problems.add(fixed_span.unwrap_or(0..0), "use = \"fixed\" needs a fixed baseline, expected e.g. fixed = \"300ms\"");
+        problems.add(
+            fixed_span.unwrap_or(0..0),
+            "use = \"fixed\" needs a fixed baseline, expected e.g. fixed = \"300ms\"",
+        );
     }
-    Baseline { quantile, window, fixed_ms, mode }
+    Baseline {
+        quantile,
+        window,
+        fixed_ms,
+        mode,
+    }
 }
 
 fn compile_actions(problems: &mut Problems, raw: Option<RawActions>) -> Actions {
     let raw = raw.unwrap_or_default();
-    let mut action = |value: Option<Spanned<String>>, default: Action, allowed: &[(&str, Action)]| {
-        value.and_then(|v| lookup_name(problems, &v, "action", allowed)).unwrap_or(default)
-    };
+    let mut action =
+        |value: Option<Spanned<String>>, default: Action, allowed: &[(&str, Action)]| {
+            value
+                .and_then(|v| lookup_name(problems, &v, "action", allowed))
+                .unwrap_or(default)
+        };
     let immediate = action(raw.immediate, Action::Rollback, &Action::ALL);
     let consider = action(raw.consider, Action::Page, &Action::ALL);
-    let watch = action(raw.watch, Action::None, &[("none", Action::None), ("notify", Action::Notify)]);
+    let watch = action(
+        raw.watch,
+        Action::None,
+        &[("none", Action::None), ("notify", Action::Notify)],
+    );
     let page_timeout = raw
         .page_timeout
-        .map_or(TimeDelta::seconds(DEFAULT_PAGE_TIMEOUT_SECS), |t| positive(problems, t, "page_timeout"));
-    Actions { immediate, consider, watch, page_timeout }
+        .map_or(TimeDelta::seconds(DEFAULT_PAGE_TIMEOUT_SECS), |t| {
+            positive(problems, t, "page_timeout")
+        });
+    Actions {
+        immediate,
+        consider,
+        watch,
+        page_timeout,
+    }
 }
 
-fn compile_rule(problems: &mut Problems, raw: RawRule, evaluation: &Evaluation, checks: &mut Vec<String>) -> Option<Rule> {
+fn compile_rule(
+    problems: &mut Problems,
+    raw: RawRule,
+    evaluation: &Evaluation,
+    checks: &mut Vec<String>,
+) -> Option<Rule> {
     let before = problems.0.len();
     let name = non_empty(problems, raw.name, "rule name");
     let tier = lookup_name(problems, &raw.tier, "tier", &Tier::ALL);
     let signal_name = raw.signal.get_ref().as_str();
     if !Signal::NAMES.contains(&signal_name) {
-        problems.add(raw.signal.span(), unknown_name_message("signal", signal_name, Signal::NAMES.iter().copied()));
+        problems.add(
+            raw.signal.span(),
+            unknown_name_message("signal", signal_name, Signal::NAMES.iter().copied()),
+        );
         return None;
     }
-    let windowed = matches!(signal_name, "error-rate" | "latency-degradation" | "users-affected");
+    let windowed = matches!(
+        signal_name,
+        "error-rate" | "latency-degradation" | "users-affected"
+    );
 
     let not_for = |problems: &mut Problems, span: Option<Range<usize>>, key: &str| {
         if let Some(span) = span {
-            problems.add(span, format!("{key} has no meaning for signal \"{signal_name}\", remove it"));
+            problems.add(
+                span,
+                format!("{key} has no meaning for signal \"{signal_name}\", remove it"),
+            );
         }
     };
     if !windowed {
-        not_for(problems, raw.threshold.as_ref().map(Spanned::span), "threshold");
-        not_for(problems, raw.watch_above.as_ref().map(Spanned::span), "watch_above");
+        not_for(
+            problems,
+            raw.threshold.as_ref().map(Spanned::span),
+            "threshold",
+        );
+        not_for(
+            problems,
+            raw.watch_above.as_ref().map(Spanned::span),
+            "watch_above",
+        );
         not_for(problems, raw.window.as_ref().map(Spanned::span), "window");
     }
     if signal_name != "check" {
         not_for(problems, raw.check.as_ref().map(Spanned::span), "check");
     }
     if signal_name != "error-rate" {
-        not_for(problems, raw.min_requests.as_ref().map(Spanned::span), "min_requests");
+        not_for(
+            problems,
+            raw.min_requests.as_ref().map(Spanned::span),
+            "min_requests",
+        );
     }
     if signal_name != "users-affected" {
-        not_for(problems, raw.min_users.as_ref().map(Spanned::span), "min_users");
+        not_for(
+            problems,
+            raw.min_users.as_ref().map(Spanned::span),
+            "min_users",
+        );
     }
     if signal_name != "latency-degradation" {
-        not_for(problems, raw.min_samples.as_ref().map(Spanned::span), "min_samples");
+        not_for(
+            problems,
+            raw.min_samples.as_ref().map(Spanned::span),
+            "min_samples",
+        );
     }
 
     let hold_for = match raw.hold_for {
@@ -272,10 +393,24 @@ fn compile_rule(problems: &mut Problems, raw: RawRule, evaluation: &Evaluation, 
             }
             Some(t) => {
                 let value = t.get_ref().0;
-                let upper = if signal_name == "latency-degradation" { f64::INFINITY } else { 1.0 };
+                let upper = if signal_name == "latency-degradation" {
+                    f64::INFINITY
+                } else {
+                    1.0
+                };
                 if value <= 0.0 || value > upper {
-                    let expected = if upper.is_finite() { "more than 0% and at most 100%" } else { "more than 0%" };
-                    problems.add(t.span(), format!("threshold {} is impossible, expected {expected}", t.get_ref()));
+                    let expected = if upper.is_finite() {
+                        "more than 0% and at most 100%"
+                    } else {
+                        "more than 0%"
+                    };
+                    problems.add(
+                        t.span(),
+                        format!(
+                            "threshold {} is impossible, expected {expected}",
+                            t.get_ref()
+                        ),
+                    );
                 }
                 Some(value)
             }
@@ -296,14 +431,16 @@ fn compile_rule(problems: &mut Problems, raw: RawRule, evaluation: &Evaluation, 
         }
         _ => None,
     };
-    let minimum = |problems: &mut Problems, value: Option<Spanned<u64>>, default: u64, key: &str| match value {
-        None => default,
-        Some(v) if *v.get_ref() >= 1 => *v.get_ref(),
-        Some(v) => {
-            problems.add(v.span(), format!("{key} must be at least 1"));
-            default
-        }
-    };
+    let minimum =
+        |problems: &mut Problems, value: Option<Spanned<u64>>, default: u64, key: &str| match value
+        {
+            None => default,
+            Some(v) if *v.get_ref() >= 1 => *v.get_ref(),
+            Some(v) => {
+                problems.add(v.span(), format!("{key} must be at least 1"));
+                default
+            }
+        };
     let signal = match signal_name {
         "down" => Signal::Down,
         "check" => match raw.check {
@@ -322,7 +459,12 @@ fn compile_rule(problems: &mut Problems, raw: RawRule, evaluation: &Evaluation, 
         },
         "error-rate" => Signal::ErrorRate {
             threshold: threshold.unwrap_or(1.0),
-            min_requests: minimum(problems, raw.min_requests, DEFAULT_MIN_REQUESTS, "min_requests") as f64,
+            min_requests: minimum(
+                problems,
+                raw.min_requests,
+                DEFAULT_MIN_REQUESTS,
+                "min_requests",
+            ) as f64,
         },
         "users-affected" => Signal::UsersAffected {
             threshold: threshold.unwrap_or(1.0),
@@ -330,21 +472,39 @@ fn compile_rule(problems: &mut Problems, raw: RawRule, evaluation: &Evaluation, 
         },
         _ => Signal::LatencyDegradation {
             threshold: threshold.unwrap_or(1.0),
-            min_samples: minimum(problems, raw.min_samples, DEFAULT_MIN_SAMPLES, "min_samples") as usize,
+            min_samples: minimum(
+                problems,
+                raw.min_samples,
+                DEFAULT_MIN_SAMPLES,
+                "min_samples",
+            ) as usize,
         },
     };
     let component = raw.component.map(|c| non_empty(problems, c, "component"));
     if problems.0.len() != before {
         return None;
     }
-    Some(Rule { name, tier: tier?, signal, hold_for, window, watch_above, component })
+    Some(Rule {
+        name,
+        tier: tier?,
+        signal,
+        hold_for,
+        window,
+        watch_above,
+        component,
+    })
 }
 
 /// A consider rule must not be stricter (fire later) than an immediate rule on the same signal.
 fn check_tier_order(problems: &mut Problems, rules: &[Rule], spans: &[Range<usize>]) {
-    for (consider, span) in rules.iter().zip(spans).filter(|(r, _)| r.tier == Tier::Consider) {
+    for (consider, span) in rules
+        .iter()
+        .zip(spans)
+        .filter(|(r, _)| r.tier == Tier::Consider)
+    {
         for immediate in rules.iter().filter(|r| r.tier == Tier::Immediate) {
-            if std::mem::discriminant(&immediate.signal) != std::mem::discriminant(&consider.signal) {
+            if std::mem::discriminant(&immediate.signal) != std::mem::discriminant(&consider.signal)
+            {
                 continue;
             }
             if let (Some(c), Some(i)) = (consider.signal.threshold(), immediate.signal.threshold())
@@ -374,12 +534,21 @@ fn positive(problems: &mut Problems, value: Spanned<HumanDuration>, what: &str) 
     delta
 }
 
-fn at_least_interval(problems: &mut Problems, value: Spanned<HumanDuration>, what: &str, interval: TimeDelta) -> TimeDelta {
+fn at_least_interval(
+    problems: &mut Problems,
+    value: Spanned<HumanDuration>,
+    what: &str,
+    interval: TimeDelta,
+) -> TimeDelta {
     let delta = value.get_ref().delta();
     if delta < interval {
         problems.add(
             value.span(),
-            format!("{what} \"{}\" is shorter than the poll interval, expected at least {}", value.get_ref(), format_duration(interval)),
+            format!(
+                "{what} \"{}\" is shorter than the poll interval, expected at least {}",
+                value.get_ref(),
+                format_duration(interval)
+            ),
         );
     }
     delta
@@ -392,18 +561,36 @@ fn non_empty(problems: &mut Problems, value: Spanned<String>, what: &str) -> Str
     value.into_inner()
 }
 
-fn lookup_name<T: Copy>(problems: &mut Problems, value: &Spanned<String>, what: &str, names: &[(&str, T)]) -> Option<T> {
-    let found = names.iter().find(|(name, _)| *name == value.get_ref()).map(|(_, v)| *v);
+fn lookup_name<T: Copy>(
+    problems: &mut Problems,
+    value: &Spanned<String>,
+    what: &str,
+    names: &[(&str, T)],
+) -> Option<T> {
+    let found = names
+        .iter()
+        .find(|(name, _)| *name == value.get_ref())
+        .map(|(_, v)| *v);
     if found.is_none() {
-        problems.add(value.span(), unknown_name_message(what, value.get_ref(), names.iter().map(|(n, _)| *n)));
+        problems.add(
+            value.span(),
+            unknown_name_message(what, value.get_ref(), names.iter().map(|(n, _)| *n)),
+        );
     }
     found
 }
 
 /// `unknown tier "consder", expected one of immediate, consider, watch, ignore; did you mean "consider"?`
-pub fn unknown_name_message<'a>(what: &str, got: &str, expected: impl Iterator<Item = &'a str> + Clone) -> String {
+pub fn unknown_name_message<'a>(
+    what: &str,
+    got: &str,
+    expected: impl Iterator<Item = &'a str> + Clone,
+) -> String {
     let list: Vec<&str> = expected.clone().collect();
-    let mut message = format!("unknown {what} \"{got}\", expected one of {}", list.join(", "));
+    let mut message = format!(
+        "unknown {what} \"{got}\", expected one of {}",
+        list.join(", ")
+    );
     if let Some(best) = closest(got, &list) {
         message.push_str(&format!("; did you mean \"{best}\"?"));
     }
@@ -421,28 +608,40 @@ fn closest<'a>(got: &str, candidates: &[&'a str]) -> Option<&'a str> {
 
 /// Turns the TOML parser's serde wording into the policy's: keys, not fields,
 /// with a suggestion for a misspelt key.
-pub fn rewrite_parser_message(message: &str) -> String {
+pub fn rewrite_parser_message(message: &str, key: Option<String>) -> String {
     let message = message.trim_end();
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        if let Some((name, tail)) = rest.split_once('`') {
-            let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
-            if expected.is_empty() {
-                return format!("unknown key \"{name}\", this table takes no keys");
-            }
-            return unknown_name_message("key", name, expected.into_iter());
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((name, tail)) = rest.split_once('`')
+    {
+        let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+        if expected.is_empty() {
+            return format!("unknown key \"{name}\", this table takes no keys");
         }
+        return unknown_name_message("key", name, expected.into_iter());
     }
     if let Some(rest) = message.strip_prefix("missing field `")
         && let Some((name, _)) = rest.split_once('`')
     {
         return format!("missing key \"{name}\", expected it in this table");
     }
-    message.replace("invalid type: ", "wrong type: ")
+    if let Some(rest) = message.strip_prefix("invalid type: ") {
+        let rest = rest
+            .replace("expected u64", "expected a whole number")
+            .replace("expected a boolean", "expected true or false")
+            .replace("expected struct", "expected a table");
+        return match key.filter(|k| !k.is_empty() && !k.starts_with('[')) {
+            Some(key) => format!("wrong type for \"{key}\": {rest}"),
+            None => format!("wrong type: {rest}"),
+        };
+    }
+    message.to_string()
 }
 
 fn toml_datetime(value: &toml::value::Datetime) -> Option<DateTime<Utc>> {
     value.date?;
     value.time?;
     value.offset?;
-    DateTime::parse_from_rfc3339(&value.to_string()).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(&value.to_string())
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }

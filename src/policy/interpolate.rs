@@ -63,12 +63,13 @@ pub fn interpolate(
             }
             if bytes[i..].starts_with(b"${") {
                 let line_end = source[i..].find('\n').map_or(source.len(), |n| i + n);
-                let close = source[i..line_end].find('}').map(|c| i + c).ok_or_else(|| {
-                    InterpolationError {
+                let close = source[i..line_end]
+                    .find('}')
+                    .map(|c| i + c)
+                    .ok_or_else(|| InterpolationError {
                         offset: i,
                         message: "unclosed \"${\", expected ${VAR} or ${VAR:-default}".into(),
-                    }
-                })?;
+                    })?;
                 let inner = &source[i + 2..close];
                 let (name, default) = match inner.split_once(":-") {
                     Some((name, default)) => (name, Some(default)),
@@ -206,13 +207,24 @@ mod tests {
     fn missing_variable_without_default_is_named_with_its_offset() {
         let err = interpolate("a = 1\nurl = \"${PROMETHEUS_URL}\"", env).unwrap_err();
         assert_eq!(err.offset, 13);
-        assert!(err.message.contains("\"PROMETHEUS_URL\" is not set"), "{}", err.message);
+        assert!(
+            err.message.contains("\"PROMETHEUS_URL\" is not set"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
     fn comments_are_not_interpolated_but_hashes_in_strings_are_not_comments() {
-        let out = interpolate("# uses ${UNSET}\nx = \"#${TARGET_URL}\" # ${ALSO_UNSET}", env).unwrap();
-        assert_eq!(out.text, "# uses ${UNSET}\nx = \"#http://127.0.0.1:8080\" # ${ALSO_UNSET}");
+        let out = interpolate(
+            "# uses ${UNSET}\nx = \"#${TARGET_URL}\" # ${ALSO_UNSET}",
+            env,
+        )
+        .unwrap();
+        assert_eq!(
+            out.text,
+            "# uses ${UNSET}\nx = \"#http://127.0.0.1:8080\" # ${ALSO_UNSET}"
+        );
     }
 
     #[test]
@@ -233,7 +245,17 @@ mod tests {
 
     #[test]
     fn unclosed_and_invalid_names_are_errors() {
-        assert!(interpolate("x = \"${OOPS\"", env).unwrap_err().message.contains("unclosed"));
-        assert!(interpolate("x = \"${A-B}\"", env).unwrap_err().message.contains("invalid variable"));
+        assert!(
+            interpolate("x = \"${OOPS\"", env)
+                .unwrap_err()
+                .message
+                .contains("unclosed")
+        );
+        assert!(
+            interpolate("x = \"${A-B}\"", env)
+                .unwrap_err()
+                .message
+                .contains("invalid variable")
+        );
     }
 }

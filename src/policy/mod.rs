@@ -27,7 +27,11 @@ pub struct PolicyError {
 
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
     }
 }
 
@@ -85,7 +89,12 @@ pub fn from_bytes(
     })?;
     let interpolated = interpolate(source, lookup).map_err(|error| {
         let (line, column) = line_column(source, error.offset);
-        PolicyErrors(vec![PolicyError { file: file.to_string(), line, column, message: error.message }])
+        PolicyErrors(vec![PolicyError {
+            file: file.to_string(),
+            line,
+            column,
+            message: error.message,
+        }])
     })?;
     let locate = |offset: usize| line_column(source, interpolated.original_offset(offset));
     let raw: raw::RawPolicy = toml::from_str(&interpolated.text).map_err(|error| {
@@ -94,7 +103,12 @@ pub fn from_bytes(
             file: file.to_string(),
             line,
             column,
-            message: compile::rewrite_parser_message(error.message()),
+            message: compile::rewrite_parser_message(
+                error.message(),
+                error
+                    .span()
+                    .map(|span| key_on_line(&interpolated.text, span.start)),
+            ),
         }])
     })?;
     compile::compile(raw, file, sha256).map_err(|problems| {
@@ -103,11 +117,27 @@ pub fn from_bytes(
                 .into_iter()
                 .map(|(span, message)| {
                     let (line, column) = locate(span.start);
-                    PolicyError { file: file.to_string(), line, column, message }
+                    PolicyError {
+                        file: file.to_string(),
+                        line,
+                        column,
+                        message,
+                    }
                 })
                 .collect(),
         )
     })
+}
+
+/// The key assigned on the line holding `offset`, if the line is `key = ...`.
+fn key_on_line(text: &str, offset: usize) -> String {
+    let offset = floor_char_boundary(text, offset.min(text.len()));
+    let start = text[..offset].rfind('\n').map_or(0, |n| n + 1);
+    let line = &text[start..];
+    let line = &line[..line.find('\n').unwrap_or(line.len())];
+    line.split_once('=')
+        .map(|(key, _)| key.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// 1-based line and column (in characters) of a byte offset.

@@ -1,1 +1,402 @@
+use super::*;
+use crate::engine::policy::{Action, Signal, Tier};
 
+const PRODUCTION: &str = include_str!("../../policies/production.toml");
+const STAGING: &str = include_str!("../../policies/staging.toml");
+const DEV: &str = include_str!("../../policies/dev.toml");
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn compile(text: &str) -> Result<Policy, PolicyErrors> {
+    from_bytes("p.toml", text.as_bytes(), no_env)
+}
+
+/// A minimal valid policy; tests append or replace lines.
+const MINIMAL: &str = r#"[target]
+service = "web"
+environment = "production"
+
+[[rule]]
+name = "error-rate"
+tier = "consider"
+signal = "error-rate"
+threshold = "5%"
+"#;
+
+/// Compiles `text` and asserts it fails with exactly these `LINE:COL: message-fragment` errors.
+#[track_caller]
+fn check_errors(text: &str, expected: &[(usize, usize, &str)]) {
+    let errors = compile(text).expect_err("the policy should be rejected").0;
+    let got: Vec<(usize, usize, String)> = errors
+        .iter()
+        .map(|e| (e.line, e.column, e.message.clone()))
+        .collect();
+    assert_eq!(got.len(), expected.len(), "errors: {got:#?}");
+    for ((line, column, message), (want_line, want_column, fragment)) in got.iter().zip(expected) {
+        assert_eq!(
+            (line, column),
+            (want_line, want_column),
+            "position of {message:?}"
+        );
+        assert!(
+            message.contains(fragment),
+            "{message:?} should contain {fragment:?}"
+        );
+    }
+    for error in &errors {
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("p.toml:{}:{}: ", error.line, error.column))
+        );
+    }
+}
+
+#[test]
+fn shipped_policies_compile_with_the_contract_rule_and_check_names() {
+    for (text, environment, consider) in [
+        (PRODUCTION, "production", Action::PageThenRollback),
+        (STAGING, "staging", Action::Rollback),
+        (DEV, "dev", Action::Notify),
+    ] {
+        let policy = compile(text).unwrap_or_else(|e| panic!("{environment}: {e}"));
+        assert_eq!(policy.environment, environment);
+        assert_eq!(policy.service, "web");
+        let names: Vec<&str> = policy.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "system-down",
+                "data-corruption",
+                "feature-broken",
+                "error-rate",
+                "latency-degradation",
+                "users-affected"
+            ]
+        );
+        assert_eq!(policy.checks, ["data_integrity", "critical_features"]);
+        assert_eq!(policy.actions.immediate, Action::Rollback);
+        assert_eq!(policy.actions.consider, consider);
+        let rule = |name: &str| policy.rule(name).unwrap();
+        assert_eq!(rule("error-rate").signal.threshold(), Some(0.05));
+        assert_eq!(rule("latency-degradation").signal.threshold(), Some(0.5));
+        assert_eq!(rule("latency-degradation").watch_above, Some(0.2));
+        assert_eq!(rule("users-affected").signal.threshold(), Some(0.10));
+        assert_eq!(rule("system-down").tier, Tier::Immediate);
+        assert!(
+            matches!(&rule("data-corruption").signal, Signal::Check { name, .. } if name == "data_integrity")
+        );
+        assert!(
+            matches!(&rule("feature-broken").signal, Signal::Check { name, .. } if name == "critical_features")
+        );
+        assert_eq!(policy.stabilization.num_minutes(), 15);
+        assert_eq!(policy.evaluation.recent_deploy_window.num_hours(), 24);
+        assert_eq!(policy.baseline.fixed_ms, Some(300.0));
+    }
+    assert_eq!(
+        compile(PRODUCTION)
+            .unwrap()
+            .actions
+            .page_timeout
+            .num_minutes(),
+        10
+    );
+}
+
+#[test]
+fn defaults_fill_what_a_minimal_policy_leaves_out() {
+    let policy = compile(MINIMAL).unwrap();
+    assert_eq!(policy.evaluation.interval.num_seconds(), 15);
+    assert!((policy.evaluation.z - 1.6449).abs() < 1e-3);
+    assert_eq!(policy.rules[0].hold_for, policy.evaluation.interval);
+    assert_eq!(policy.actions.immediate, Action::Rollback);
+    assert_eq!(policy.actions.consider, Action::Page);
+}
+
+#[test]
+fn the_content_hash_is_the_sha256_of_the_file_as_written() {
+    let policy = compile(MINIMAL).unwrap();
+    assert_eq!(policy.sha256, hex(&Sha256::digest(MINIMAL.as_bytes())));
+    assert_eq!(policy.sha256.len(), 64);
+}
+
+#[test]
+fn syntax_error_points_at_line_and_column() {
+    check_errors(
+        &MINIMAL.replace("threshold = \"5%\"", "threshold = \"5%"),
+        &[(9, 16, "invalid basic string")],
+    );
+}
+
+#[test]
+fn unknown_key_is_named_with_a_suggestion() {
+    check_errors(
+        &MINIMAL.replace("threshold", "treshold"),
+        &[(
+            9,
+            1,
+            "unknown key \"treshold\", expected one of name, tier, signal, for, threshold",
+        )],
+    );
+    let message = &compile(&MINIMAL.replace("threshold", "treshold"))
+        .unwrap_err()
+        .0[0]
+        .message;
+    assert!(
+        message.ends_with("did you mean \"threshold\"?"),
+        "{message}"
+    );
+    check_errors(
+        &MINIMAL.replace("[target]", "[targett]"),
+        &[(1, 2, "unknown key \"targett\"")],
+    );
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    check_errors(
+        &format!("{MINIMAL}min_requests = \"many\"\n"),
+        &[(
+            10,
+            16,
+            "wrong type for \"min_requests\": string \"many\", expected a whole number",
+        )],
+    );
+}
+
+#[test]
+fn missing_variable_is_named() {
+    check_errors(
+        &MINIMAL.replace("\"web\"", "\"${SERVICE_NAME}\""),
+        &[(2, 12, "environment variable \"SERVICE_NAME\" is not set")],
+    );
+}
+
+#[test]
+fn variables_and_defaults_are_substituted_and_positions_still_match_the_file() {
+    let text = MINIMAL
+        .replace("\"web\"", "\"${SERVICE_NAME}\"")
+        .replace("\"5%\"", "\"${ERR:-5%}\"");
+    let lookup =
+        |name: &str| (name == "SERVICE_NAME").then(|| "checkout-with-a-long-name".to_string());
+    let policy = from_bytes("p.toml", text.as_bytes(), lookup).unwrap();
+    assert_eq!(policy.service, "checkout-with-a-long-name");
+    assert_eq!(policy.rules[0].signal.threshold(), Some(0.05));
+    // An error after a substitution on the same line still points into the file as written.
+    let broken = "[target]\nservice = \"${SERVICE_NAME}\"\nenvironment = \"x\"\n[[rule]]\nname = \"${SERVICE_NAME}\" tier = 1\n";
+    let errors = from_bytes("p.toml", broken.as_bytes(), lookup)
+        .unwrap_err()
+        .0;
+    assert_eq!((errors[0].line, errors[0].column), (5, 26), "{errors:?}");
+}
+
+#[test]
+fn impossible_values_are_rejected_with_what_is_expected() {
+    check_errors(
+        &MINIMAL.replace("\"5%\"", "\"-5%\""),
+        &[(9, 13, "threshold -5% is impossible, expected more than 0%")],
+    );
+    check_errors(
+        &MINIMAL.replace("\"5%\"", "\"150%\""),
+        &[(9, 13, "at most 100%")],
+    );
+    check_errors(
+        &format!("{MINIMAL}for = \"10s\"\n"),
+        &[(
+            10,
+            7,
+            "for = \"10s\" is shorter than the poll interval, expected at least 15s",
+        )],
+    );
+    check_errors(
+        &format!("{MINIMAL}window = \"5s\"\n"),
+        &[(10, 10, "window \"5s\" is shorter than the poll interval")],
+    );
+    check_errors(
+        &format!("{MINIMAL}watch_above = \"8%\"\n"),
+        &[(10, 15, "watch_above 8% must lie below the threshold 5%")],
+    );
+    check_errors(
+        &format!("{MINIMAL}[evaluation]\nconfidence = \"40%\"\n"),
+        &[(11, 14, "confidence 40% is impossible")],
+    );
+    check_errors(
+        &format!("{MINIMAL}[evaluation]\ninterval = \"0s\"\n"),
+        &[(11, 12, "interval must be longer than 0s")],
+    );
+    check_errors(
+        &format!("{MINIMAL}[evaluation]\ncooldown = \"soon\"\n"),
+        &[(11, 12, "invalid duration \"soon\"")],
+    );
+}
+
+#[test]
+fn consider_stricter_than_immediate_on_the_same_signal_is_rejected() {
+    let text = format!(
+        "{MINIMAL}\n[[rule]]\nname = \"error-storm\"\ntier = \"immediate\"\nsignal = \"error-rate\"\nthreshold = \"3%\"\n"
+    );
+    check_errors(
+        &text,
+        &[(
+            5,
+            1,
+            "consider rule \"error-rate\" threshold 5% is stricter than immediate rule \"error-storm\" threshold 3%",
+        )],
+    );
+}
+
+#[test]
+fn keys_that_make_no_sense_for_the_signal_are_rejected() {
+    let text = "[target]\nservice = \"web\"\nenvironment = \"p\"\n[[rule]]\nname = \"down\"\ntier = \"immediate\"\nsignal = \"down\"\nthreshold = \"5%\"\ncheck = \"x\"\n";
+    check_errors(
+        text,
+        &[
+            (8, 13, "threshold has no meaning for signal \"down\""),
+            (9, 9, "check has no meaning for signal \"down\""),
+        ],
+    );
+    let text = "[target]\nservice = \"web\"\nenvironment = \"p\"\n[[rule]]\nname = \"c\"\ntier = \"immediate\"\nsignal = \"check\"\n";
+    check_errors(
+        text,
+        &[(7, 10, "signal \"check\" needs the name of a check")],
+    );
+    check_errors(
+        &MINIMAL.replace("threshold = \"5%\"\n", ""),
+        &[(8, 10, "signal \"error-rate\" needs a threshold")],
+    );
+    check_errors(
+        &MINIMAL.replace("\"error-rate\"\nthreshold", "\"errors\"\nthreshold"),
+        &[(8, 10, "unknown signal \"errors\"")],
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = MINIMAL
+        .replace("\"consider\"", "\"consder\"")
+        .replace("\"5%\"", "\"0%\"");
+    check_errors(
+        &text,
+        &[
+            (7, 8, "unknown tier \"consder\""),
+            (9, 13, "threshold 0% is impossible"),
+        ],
+    );
+}
+
+#[test]
+fn duplicate_rule_names_are_rejected() {
+    let text = format!(
+        "{MINIMAL}\n[[rule]]\nname = \"error-rate\"\ntier = \"consider\"\nsignal = \"error-rate\"\nthreshold = \"6%\"\n"
+    );
+    check_errors(&text, &[(12, 8, "duplicate rule name \"error-rate\"")]);
+}
+
+#[test]
+fn known_issues_must_name_a_rule_and_spare_immediate_rules() {
+    let issue = |rule: &str| {
+        format!(
+            "\n[[known_issue]]\nrule = \"{rule}\"\nuntil = 2026-12-01T00:00:00Z\nreason = \"fix in review\"\n"
+        )
+    };
+    let with_down = format!(
+        "{MINIMAL}\n[[rule]]\nname = \"system-down\"\ntier = \"immediate\"\nsignal = \"down\"\n"
+    );
+    let policy = compile(&format!("{with_down}{}", issue("error-rate"))).unwrap();
+    assert_eq!(policy.known_issues[0].rule, "error-rate");
+    assert_eq!(policy.known_issues[0].reason, "fix in review");
+    check_errors(
+        &format!("{with_down}{}", issue("eror-rate")),
+        &[(17, 8, "unknown rule \"eror-rate\"")],
+    );
+    check_errors(
+        &format!("{with_down}{}", issue("system-down")),
+        &[(
+            17,
+            8,
+            "rule \"system-down\" is immediate and cannot be suppressed",
+        )],
+    );
+    let allowed = format!(
+        "{with_down}\n[evaluation]\nallow_immediate_suppression = true\n{}",
+        issue("system-down")
+    );
+    assert!(compile(&allowed).is_ok());
+}
+
+#[test]
+fn a_policy_without_rules_is_rejected() {
+    check_errors(
+        "[target]\nservice = \"web\"\nenvironment = \"p\"\n",
+        &[(1, 1, "the policy has no [[rule]]")],
+    );
+}
+
+#[test]
+fn unreadable_and_non_utf8_files_are_clear_errors() {
+    let errors = load(Path::new("/nonexistent/policy.toml")).unwrap_err();
+    assert!(
+        errors
+            .to_string()
+            .starts_with("/nonexistent/policy.toml:1:1: cannot read policy file")
+    );
+    let errors = from_bytes("p.toml", b"[target]\nservice = \"\xff\"\n", no_env).unwrap_err();
+    assert_eq!((errors.0[0].line, errors.0[0].column), (2, 12));
+}
+
+/// The keys a table accepts, read from the parser's own "unknown key" error.
+fn accepted_keys(table: &str) -> Vec<String> {
+    let text = match table {
+        "target" => "[target]\nzzz = 1\n".to_string(),
+        "rule" => format!("{MINIMAL}zzz = 1\n"),
+        "known_issue" => format!("{MINIMAL}[[known_issue]]\nzzz = 1\n"),
+        other => format!("{MINIMAL}[{other}]\nzzz = 1\n"),
+    };
+    let message = compile(&text).unwrap_err().0[0].message.clone();
+    let list = message
+        .split("expected one of ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{message}"));
+    let list = list.split(';').next().unwrap();
+    list.split(", ").map(str::to_string).collect()
+}
+
+#[test]
+fn the_readme_policy_reference_lists_every_key_the_parser_accepts() {
+    let readme = include_str!("../../README.md");
+    let reference = readme
+        .split("## Policy reference")
+        .nth(1)
+        .expect("README has a policy reference");
+    for table in [
+        "target",
+        "evaluation",
+        "baseline",
+        "actions",
+        "stabilization",
+        "rule",
+        "known_issue",
+    ] {
+        let heading = if matches!(table, "rule" | "known_issue") {
+            format!("### `[[{table}]]`")
+        } else {
+            format!("### `[{table}]`")
+        };
+        let section = reference
+            .split(&heading)
+            .nth(1)
+            .unwrap_or_else(|| panic!("README lacks {heading}"));
+        let section = section.split("\n### ").next().unwrap();
+        let documented: Vec<&str> = section
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `")?.split('`').next())
+            .collect();
+        let accepted = accepted_keys(table);
+        assert_eq!(
+            documented, accepted,
+            "README {heading} and the parser disagree"
+        );
+    }
+}

@@ -5,8 +5,8 @@
 use std::fmt;
 
 use chrono::TimeDelta;
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 /// A non-negative length of time written like `30s`, `15m`, `1h30m` or `250ms`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -45,15 +45,21 @@ fn parse_duration(text: &str) -> Result<TimeDelta, String> {
     let mut total = TimeDelta::zero();
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("invalid duration \"{text}\", expected {DURATION_EXPECTED}"));
+            return Err(format!(
+                "invalid duration \"{text}\", expected {DURATION_EXPECTED}"
+            ));
         }
         let number: i64 = rest[..digits]
             .parse()
             .map_err(|_| format!("duration \"{text}\" is too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let millis_per_unit: i64 = match unit {
@@ -156,7 +162,9 @@ impl Ratio {
         if value.is_finite() {
             Ok(Ratio(value))
         } else {
-            Err(format!("ratio must be a finite number, expected {RATIO_EXPECTED}"))
+            Err(format!(
+                "ratio must be a finite number, expected {RATIO_EXPECTED}"
+            ))
         }
     }
 }
@@ -217,16 +225,32 @@ mod tests {
             ("0", 0),
         ];
         for (text, millis) in cases {
-            assert_eq!(parse_duration(text).unwrap().num_milliseconds(), millis, "{text}");
+            assert_eq!(
+                parse_duration(text).unwrap().num_milliseconds(),
+                millis,
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn durations_reject_what_a_person_might_mistype() {
-        for text in ["", "30", "5 minutes", "1.5m", "m5", "-5s", "99999999999999999999s"] {
+        for text in [
+            "",
+            "30",
+            "5 minutes",
+            "1.5m",
+            "m5",
+            "-5s",
+            "99999999999999999999s",
+        ] {
             assert!(parse_duration(text).is_err(), "{text} should be rejected");
         }
-        assert!(parse_duration("30x").unwrap_err().contains("unknown unit \"x\""));
+        assert!(
+            parse_duration("30x")
+                .unwrap_err()
+                .contains("unknown unit \"x\"")
+        );
     }
 
     #[test]
