@@ -139,15 +139,14 @@ impl RuleState {
         if verdict != Verdict::Inconclusive {
             self.last_verdict = Some(verdict);
         }
+        // An inconclusive reading keeps the state as it is: no data neither
+        // confirms a rule (it must be seen breaching to fire) nor clears it.
+        if verdict == Verdict::Inconclusive {
+            return (false, false);
+        }
         let held = |since: Option<DateTime<Utc>>| since.is_some_and(|s| now - s >= hold_for);
         let firing = held(self.breach_since);
         let watching = !firing && held(self.band_since);
-        // Inconclusive readings keep the state: no data neither confirms nor clears.
-        let (firing, watching) = if verdict == Verdict::Inconclusive {
-            (self.firing || firing, self.watching)
-        } else {
-            (firing, watching)
-        };
         let fired = firing && !self.firing;
         let entered_watch = watching && !self.watching;
         self.firing = firing;

@@ -670,3 +670,15 @@ fn history_is_bounded_by_the_policy_windows() {
         sim.engine.history_len()
     );
 }
+
+#[test]
+fn a_rule_fires_only_on_an_observation_that_shows_the_breach() {
+    // Down at 1800 and 1815, then 4 polls without a probe result: the 1m has
+    // passed, but nobody saw the system down at 1860; it fires when it is seen again.
+    let mut sim = deployed(PRODUCTION);
+    sim.polls(2, |o| o.up = Some(false));
+    sim.polls(4, |o| o.up = None);
+    assert!(sim.decisions.is_empty(), "{:?}", sim.log());
+    sim.polls(1, |o| o.up = Some(false));
+    assert_eq!(sim.log()[0], (1890, Action::Rollback, "system-down".into()));
+}
