@@ -3,6 +3,8 @@
 
 use std::fmt::Write;
 
+use chrono::TimeDelta;
+
 use crate::engine::policy::{Action, BaselineMode, Policy, Rule, Signal, Tier};
 use crate::policy::units::{format_duration, format_percent};
 
@@ -192,9 +194,17 @@ fn condition(policy: &Policy, rule: &Rule) -> String {
 /// "fault to decision: about 2m15s (15s polls, must hold 2m)"
 fn timing(policy: &Policy, rule: &Rule) -> String {
     let interval = policy.evaluation.interval;
-    let decision = interval + rule.hold_for;
+    // A latency median needs min_samples polls before it says anything.
+    let (warmup, warmup_text) = match rule.signal {
+        Signal::LatencyDegradation { min_samples, .. } if min_samples > 1 => {
+            let polls = min_samples as i32 - 1;
+            (interval * polls, format!(", {min_samples} samples first"))
+        }
+        _ => (TimeDelta::zero(), String::new()),
+    };
+    let decision = interval + warmup + rule.hold_for;
     let mut text = format!(
-        "fault to decision: at most about {} ({} polls, must hold {})",
+        "fault to decision: at most about {} ({} polls{warmup_text}, must hold {})",
         format_duration(decision),
         format_duration(interval),
         format_duration(rule.hold_for)

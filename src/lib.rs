@@ -4,4 +4,7 @@ pub mod cli;
 pub mod engine;
 pub mod explain;
 pub mod policy;
+pub mod procedure;
+pub mod runtime;
+pub mod sources;
 pub mod trace;

@@ -106,9 +106,9 @@ struct RuleState {
     watching: bool,
     /// The current firing was turned into a log line by a known issue.
     suppressed: bool,
-    /// The last conclusive verdict.
-    last_verdict: Option<Verdict>,
-    /// The rule was breaching when the latest deployment happened.
+    /// The last instant the rule read unhealthy.
+    last_breach_at: Option<DateTime<Utc>>,
+    /// The rule breached within the baseline window before the latest deployment.
     preexisting: bool,
     reading: Option<Reading>,
 }
@@ -136,8 +136,8 @@ impl RuleState {
             }
             Verdict::Inconclusive => {}
         }
-        if verdict != Verdict::Inconclusive {
-            self.last_verdict = Some(verdict);
+        if verdict == Verdict::Unhealthy {
+            self.last_breach_at = Some(now);
         }
         // An inconclusive reading keeps the state as it is: no data neither
         // confirms a rule (it must be seen breaching to fire) nor clears it.
@@ -483,12 +483,17 @@ impl Engine {
     }
 
     /// Windows restart at `now`; rule states restart, remembering which rules
-    /// were breaching just before (a regression must be new).
+    /// breached within the baseline window before it (a regression must be new).
     fn start_epoch(&mut self, now: DateTime<Utc>, remember_breaches: bool) {
         self.epoch = Some(now);
+        let since = now - self.policy.baseline.window;
         for state in &mut self.rules {
-            let preexisting = remember_breaches && state.last_verdict == Some(Verdict::Unhealthy);
+            let preexisting = remember_breaches && state.last_breach_at.is_some_and(|t| t >= since);
             state.reset(preexisting);
+            if !remember_breaches {
+                // A rollback: the breaches so far belonged to the version rolled back.
+                state.last_breach_at = None;
+            }
         }
     }
 

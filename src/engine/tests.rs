@@ -682,3 +682,31 @@ fn a_rule_fires_only_on_an_observation_that_shows_the_breach() {
     sim.polls(1, |o| o.up = Some(false));
     assert_eq!(sim.log()[0], (1890, Action::Rollback, "system-down".into()));
 }
+
+#[test]
+fn a_breach_anywhere_in_the_baseline_window_makes_the_regression_preexisting() {
+    // Errors from 300 s to 600 s, healthy until the deploy at 1800 s (within the
+    // 30m baseline window), errors again after it: rolling back would not fix it.
+    let mut sim = Sim::new(STAGING);
+    sim.healthy(20);
+    sim.polls(20, errors(0.15));
+    sim.healthy(80);
+    sim.deploy("v2");
+    sim.polls(20, errors(0.15));
+    assert_eq!(sim.rollbacks(), 0, "{:?}", sim.log());
+    let last = sim
+        .decisions
+        .iter()
+        .rfind(|d| d.cause == Cause::RuleFired)
+        .unwrap();
+    assert_eq!(
+        (last.action, last.guard.clone()),
+        (Action::Page, Some(Guard::Preexisting))
+    );
+    assert!(
+        last.explanation
+            .contains("already breaching before the deploy of v2"),
+        "{}",
+        last.explanation
+    );
+}

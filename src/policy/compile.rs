@@ -8,12 +8,21 @@ use chrono::{DateTime, TimeDelta, Utc};
 use statrs::distribution::{ContinuousCDF, Normal};
 use toml::Spanned;
 
-use super::raw::{RawActions, RawBaseline, RawEvaluation, RawPolicy, RawRule};
+use super::raw::{
+    RawActions, RawBaseline, RawEvaluation, RawHealth, RawPolicy, RawRule, RawSource,
+};
 use super::units::{HumanDuration, Ratio, format_duration};
 use crate::engine::policy::{
     Action, Actions, Baseline, BaselineMode, Evaluation, KnownIssue, Policy, Quantile, Rule,
     Signal, Tier,
 };
+use crate::procedure::command::CommandSpec;
+use crate::sources::config::{
+    CheckConfig, DEFAULT_CHECK_TIMEOUT, DEFAULT_HEALTH_TIMEOUT, DEFAULT_MAX_BYTES, HealthConfig,
+    Queries, SourceConfig, SourceKind,
+};
+use crate::sources::scrape::ScrapeMetrics;
+use crate::sources::selector::Selector;
 
 /// A problem: where it is in the (substituted) text and what it says.
 pub type Problem = (Range<usize>, String);
@@ -27,7 +36,6 @@ pub const DEFAULT_BLIND_AFTER_SECS: i64 = 5 * 60;
 pub const DEFAULT_BASELINE_WINDOW_SECS: i64 = 30 * 60;
 pub const DEFAULT_PAGE_TIMEOUT_SECS: i64 = 10 * 60;
 pub const DEFAULT_STABILIZATION_SECS: i64 = 15 * 60;
-pub const DEFAULT_RULE_WINDOW_SECS: i64 = 5 * 60;
 pub const DEFAULT_MIN_REQUESTS: u64 = 50;
 pub const DEFAULT_MIN_USERS: u64 = 50;
 pub const DEFAULT_MIN_SAMPLES: u64 = 3;
@@ -41,8 +49,56 @@ impl Problems {
     }
 }
 
-pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Policy, Vec<Problem>> {
+/// The whole compiled file: the engine's policy and how to look at the target.
+pub struct Compiled {
+    pub policy: Policy,
+    pub source: Option<SourceConfig>,
+    pub health: Option<HealthConfig>,
+    pub checks: Vec<CheckConfig>,
+}
+
+pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Compiled, Vec<Problem>> {
     let mut problems = Problems::default();
+    let source = raw
+        .source
+        .map(|s| compile_source(&mut problems, s.into_inner()));
+    let health = raw
+        .health
+        .map(|h| compile_health(&mut problems, h.into_inner()));
+    let mut checks: Vec<CheckConfig> = Vec::new();
+    for raw_check in raw.check {
+        let check = raw_check.into_inner();
+        let name_span = check.name.span();
+        let name = non_empty(&mut problems, check.name, "check name");
+        if checks.iter().any(|c| c.name == name) {
+            problems.add(
+                name_span,
+                format!("duplicate check \"{name}\", expected each check once"),
+            );
+        }
+        let command_span = check.command.span();
+        let argv = check.command.into_inner();
+        if argv.is_empty() || argv[0].trim().is_empty() {
+            problems.add(
+                command_span,
+                "command is empty, expected e.g. command = [\"./bin/health-check\", \"--strict\"]",
+            );
+        }
+        let timeout = check.timeout.map_or(DEFAULT_CHECK_TIMEOUT, |t| {
+            positive(&mut problems, t, "check timeout")
+                .to_std()
+                .unwrap_or(DEFAULT_CHECK_TIMEOUT)
+        });
+        checks.push(CheckConfig {
+            name,
+            command: CommandSpec {
+                argv,
+                shell: check.shell.unwrap_or(false),
+                timeout,
+                env: Vec::new(),
+            },
+        });
+    }
     let target_span = raw.target.span();
     let target = raw.target.into_inner();
     let service = non_empty(&mut problems, target.service, "service");
@@ -61,7 +117,7 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Policy, Vec
         .map(|d| positive(&mut problems, d, "stabilization duration"))
         .unwrap_or_else(|| TimeDelta::seconds(DEFAULT_STABILIZATION_SECS));
 
-    let mut checks: Vec<String> = Vec::new();
+    let mut check_names: Vec<String> = Vec::new();
     let mut rules: Vec<Rule> = Vec::new();
     let mut rule_spans: Vec<Range<usize>> = Vec::new();
     for raw_rule in raw.rule {
@@ -71,7 +127,7 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Policy, Vec
             &mut problems,
             raw_rule.into_inner(),
             &evaluation,
-            &mut checks,
+            &mut check_names,
         ) {
             if rules.iter().any(|existing| existing.name == rule.name) {
                 problems.add(
@@ -135,7 +191,7 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Policy, Vec
     if !problems.0.is_empty() {
         return Err(problems.0);
     }
-    Ok(Policy {
+    let policy = Policy {
         path: path.to_string(),
         sha256,
         service,
@@ -146,6 +202,12 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Policy, Vec
         stabilization,
         known_issues,
         rules,
+        checks: check_names,
+    };
+    Ok(Compiled {
+        policy,
+        source,
+        health,
         checks,
     })
 }
@@ -381,8 +443,23 @@ fn compile_rule(
         }
     };
     let window = match raw.window {
-        Some(w) if windowed => at_least_interval(problems, w, "window", evaluation.interval),
-        _ => TimeDelta::seconds(DEFAULT_RULE_WINDOW_SECS).max(evaluation.interval),
+        Some(w) if windowed => {
+            let window = at_least_interval(problems, w.clone(), "window", evaluation.interval);
+            if window > hold_for {
+                problems.add(
+                    w.span(),
+                    format!(
+                        "window \"{}\" is longer than for = \"{}\": one bad interval would stay in the window long enough to fire the rule, expected a window of at most {}",
+                        w.get_ref(),
+                        format_duration(hold_for),
+                        format_duration(hold_for)
+                    ),
+                );
+            }
+            window
+        }
+        // By default the window is the confirmation time: one bad interval can never fire a rule.
+        _ => hold_for,
     };
 
     let threshold = if windowed {
@@ -644,4 +721,169 @@ fn toml_datetime(value: &toml::value::Datetime) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(&value.to_string())
         .ok()
         .map(|t| t.with_timezone(&Utc))
+}
+
+fn compile_source(problems: &mut Problems, raw: RawSource) -> SourceConfig {
+    let url = http_url(problems, raw.url);
+    let timeout = raw.timeout.map_or(std::time::Duration::from_secs(10), |t| {
+        positive(problems, t, "source timeout")
+            .to_std()
+            .unwrap_or_default()
+    });
+    let max_bytes = match raw.max_bytes {
+        None => DEFAULT_MAX_BYTES,
+        Some(m) if *m.get_ref() >= 1024 => *m.get_ref(),
+        Some(m) => {
+            problems.add(
+                m.span(),
+                "max_bytes below 1024 cannot hold a response, expected e.g. 16777216",
+            );
+            DEFAULT_MAX_BYTES
+        }
+    };
+    let kind_span = raw.kind.span();
+    let kind = match raw.kind.get_ref().as_str() {
+        "scrape" => {
+            if let Some(q) = &raw.queries {
+                problems.add(q.span(), "[source.queries] is for kind = \"prometheus\"; a scrape source reads [source.metrics]");
+            }
+            let metrics = match raw.metrics {
+                None => {
+                    problems.add(kind_span, "a scrape source needs [source.metrics], expected at least requests = \"http_requests_total\"");
+                    None
+                }
+                Some(m) => Some(compile_scrape_metrics(problems, m.into_inner())),
+            };
+            metrics.map(|metrics| SourceKind::Scrape {
+                url: url.clone(),
+                metrics,
+            })
+        }
+        "prometheus" => {
+            if let Some(m) = &raw.metrics {
+                problems.add(m.span(), "[source.metrics] is for kind = \"scrape\"; a prometheus source reads [source.queries]");
+            }
+            let queries = match raw.queries {
+                None => {
+                    problems.add(kind_span, "a prometheus source needs [source.queries], expected at least requests = '...'");
+                    None
+                }
+                Some(q) => Some(compile_queries(problems, q.into_inner())),
+            };
+            queries.map(|queries| SourceKind::Prometheus {
+                url: url.clone(),
+                queries,
+            })
+        }
+        other => {
+            problems.add(
+                kind_span,
+                unknown_name_message("source kind", other, ["scrape", "prometheus"].into_iter()),
+            );
+            None
+        }
+    };
+    // A placeholder when the kind was wrong: the problems stop compilation anyway.
+    let kind = kind.unwrap_or(SourceKind::Prometheus {
+        url,
+        queries: Queries::default(),
+    });
+    SourceConfig {
+        kind,
+        timeout,
+        max_bytes,
+    }
+}
+
+fn compile_scrape_metrics(
+    problems: &mut Problems,
+    raw: super::raw::RawScrapeMetrics,
+) -> ScrapeMetrics {
+    let mut selector = |value: Option<Spanned<String>>| {
+        let value = value?;
+        match Selector::parse(value.get_ref()) {
+            Ok(selector) => Some(selector),
+            Err(message) => {
+                problems.add(value.span(), message);
+                None
+            }
+        }
+    };
+    ScrapeMetrics {
+        requests: selector(raw.requests),
+        errors: selector(raw.errors),
+        latency: selector(raw.latency),
+        users: selector(raw.users),
+        users_affected: selector(raw.users_affected),
+        version: selector(raw.version),
+        version_label: raw
+            .version_label
+            .map_or_else(|| "version".to_string(), Spanned::into_inner),
+    }
+}
+
+fn compile_queries(problems: &mut Problems, raw: super::raw::RawQueries) -> Queries {
+    let mut query = |value: Option<Spanned<String>>| {
+        let value = value?;
+        if value.get_ref().trim().is_empty() {
+            problems.add(value.span(), "empty query, expected PromQL");
+            return None;
+        }
+        Some(value.into_inner())
+    };
+    Queries {
+        requests: query(raw.requests),
+        errors: query(raw.errors),
+        latency_p50: query(raw.latency_p50),
+        latency_p90: query(raw.latency_p90),
+        latency_p95: query(raw.latency_p95),
+        latency_p99: query(raw.latency_p99),
+        users: query(raw.users),
+        users_affected: query(raw.users_affected),
+        up: query(raw.up),
+        version: query(raw.version),
+        version_label: raw
+            .version_label
+            .map_or_else(|| "version".to_string(), Spanned::into_inner),
+    }
+}
+
+fn compile_health(problems: &mut Problems, raw: RawHealth) -> HealthConfig {
+    let url = http_url(problems, raw.url);
+    let expect_status = match raw.expect_status {
+        None => 200,
+        Some(s) if (100..600).contains(s.get_ref()) => *s.get_ref(),
+        Some(s) => {
+            problems.add(
+                s.span(),
+                format!(
+                    "expect_status {} is not an HTTP status, expected 100 to 599",
+                    s.get_ref()
+                ),
+            );
+            200
+        }
+    };
+    let timeout = raw.timeout.map_or(DEFAULT_HEALTH_TIMEOUT, |t| {
+        positive(problems, t, "health timeout")
+            .to_std()
+            .unwrap_or(DEFAULT_HEALTH_TIMEOUT)
+    });
+    HealthConfig {
+        url,
+        expect_status,
+        timeout,
+    }
+}
+
+fn http_url(problems: &mut Problems, value: Spanned<String>) -> String {
+    let url = value.get_ref().trim();
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < "http://x".len()
+    {
+        problems.add(
+            value.span(),
+            format!("url \"{url}\" is not an http:// or https:// URL"),
+        );
+    }
+    url.to_string()
 }

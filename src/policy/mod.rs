@@ -53,9 +53,16 @@ impl fmt::Display for PolicyErrors {
 
 impl std::error::Error for PolicyErrors {}
 
+pub use compile::Compiled;
+
 /// Reads, substitutes, parses and validates the policy at `path`, taking
 /// variables from the process environment.
 pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
+    load_target(path).map(|compiled| compiled.policy)
+}
+
+/// Like `load`, with the target's source, health probe and checks.
+pub fn load_target(path: &Path) -> Result<Compiled, PolicyErrors> {
     let file = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|error| {
         PolicyErrors(vec![PolicyError {
@@ -65,7 +72,7 @@ pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
             message: format!("cannot read policy file: {error}"),
         }])
     })?;
-    from_bytes(&file, &bytes, |name| std::env::var(name).ok())
+    compile_bytes(&file, &bytes, |name| std::env::var(name).ok())
 }
 
 /// Like `load`, for text already in memory and an explicit variable lookup.
@@ -74,6 +81,15 @@ pub fn from_bytes(
     bytes: &[u8],
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<Policy, PolicyErrors> {
+    compile_bytes(file, bytes, lookup).map(|compiled| compiled.policy)
+}
+
+/// Like `load_target`, for text already in memory and an explicit variable lookup.
+pub fn compile_bytes(
+    file: &str,
+    bytes: &[u8],
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Compiled, PolicyErrors> {
     let sha256 = hex(&Sha256::digest(bytes));
     let source = std::str::from_utf8(bytes).map_err(|error| {
         let (line, column) = line_column(

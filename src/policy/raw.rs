@@ -24,6 +24,12 @@ pub struct RawPolicy {
     #[serde(default)]
     pub known_issue: Vec<S<RawKnownIssue>>,
     #[serde(default)]
+    pub source: Option<S<RawSource>>,
+    #[serde(default)]
+    pub health: Option<S<RawHealth>>,
+    #[serde(default)]
+    pub check: Vec<S<RawCheck>>,
+    #[serde(default)]
     pub rule: Vec<S<RawRule>>,
 }
 
@@ -95,4 +101,60 @@ pub struct RawRule {
     pub min_users: Option<S<u64>>,
     pub min_samples: Option<S<u64>>,
     pub component: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub kind: S<String>,
+    pub url: S<String>,
+    pub timeout: Option<S<HumanDuration>>,
+    pub max_bytes: Option<S<u64>>,
+    pub metrics: Option<S<RawScrapeMetrics>>,
+    pub queries: Option<S<RawQueries>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScrapeMetrics {
+    pub requests: Option<S<String>>,
+    pub errors: Option<S<String>>,
+    pub latency: Option<S<String>>,
+    pub users: Option<S<String>>,
+    pub users_affected: Option<S<String>>,
+    pub version: Option<S<String>>,
+    pub version_label: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueries {
+    pub requests: Option<S<String>>,
+    pub errors: Option<S<String>>,
+    pub latency_p50: Option<S<String>>,
+    pub latency_p90: Option<S<String>>,
+    pub latency_p95: Option<S<String>>,
+    pub latency_p99: Option<S<String>>,
+    pub users: Option<S<String>>,
+    pub users_affected: Option<S<String>>,
+    pub up: Option<S<String>>,
+    pub version: Option<S<String>>,
+    pub version_label: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub url: S<String>,
+    pub expect_status: Option<S<u16>>,
+    pub timeout: Option<S<HumanDuration>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheck {
+    pub name: S<String>,
+    pub command: S<Vec<String>>,
+    pub shell: Option<bool>,
+    pub timeout: Option<S<HumanDuration>>,
 }

@@ -215,6 +215,14 @@ fn impossible_values_are_rejected_with_what_is_expected() {
         &[(10, 10, "window \"5s\" is shorter than the poll interval")],
     );
     check_errors(
+        &format!("{MINIMAL}for = \"1m\"\nwindow = \"5m\"\n"),
+        &[(
+            11,
+            10,
+            "window \"5m\" is longer than for = \"1m\": one bad interval would stay in the window",
+        )],
+    );
+    check_errors(
         &format!("{MINIMAL}watch_above = \"8%\"\n"),
         &[(10, 15, "watch_above 8% must lie below the threshold 5%")],
     );

@@ -1,0 +1,2 @@
+//! Running the rollback procedure's steps and named checks as child processes.
+pub mod command;

@@ -1,0 +1,3 @@
+//! The live side: polling targets on the clock, feeding the engine, and
+//! carrying out (or, in dry-run, printing) its decisions.
+pub mod poll;

@@ -1,0 +1,82 @@
+//! What a policy says about how to look at its target: the metrics source,
+//! the health probe and the named check commands. Compiled and validated by
+//! `crate::policy`; used by the poller.
+
+use std::time::Duration;
+
+use crate::procedure::command::CommandSpec;
+
+use super::scrape::ScrapeMetrics;
+
+#[derive(Clone, Debug)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// Bounds every request to the source.
+    pub timeout: Duration,
+    pub max_bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub enum SourceKind {
+    /// GET a Prometheus text exposition at `url`.
+    Scrape { url: String, metrics: ScrapeMetrics },
+    /// PromQL instant queries against the Prometheus server at `url`.
+    Prometheus { url: String, queries: Queries },
+}
+
+/// One PromQL query per signal; `$interval` stands for the poll interval.
+#[derive(Clone, Debug, Default)]
+pub struct Queries {
+    pub requests: Option<String>,
+    pub errors: Option<String>,
+    pub latency_p50: Option<String>,
+    pub latency_p90: Option<String>,
+    pub latency_p95: Option<String>,
+    pub latency_p99: Option<String>,
+    pub users: Option<String>,
+    pub users_affected: Option<String>,
+    pub up: Option<String>,
+    pub version: Option<String>,
+    pub version_label: String,
+}
+
+impl Queries {
+    /// (signal, query) for every configured numeric signal, `$interval` replaced.
+    pub fn numeric(&self, interval: &str) -> Vec<(&'static str, String)> {
+        [
+            ("requests", &self.requests),
+            ("errors", &self.errors),
+            ("latency_p50", &self.latency_p50),
+            ("latency_p90", &self.latency_p90),
+            ("latency_p95", &self.latency_p95),
+            ("latency_p99", &self.latency_p99),
+            ("users", &self.users),
+            ("users_affected", &self.users_affected),
+            ("up", &self.up),
+        ]
+        .into_iter()
+        .filter_map(|(name, query)| Some((name, render(query.as_ref()?, interval))))
+        .collect()
+    }
+}
+
+pub fn render(query: &str, interval: &str) -> String {
+    query.replace("$interval", interval)
+}
+
+#[derive(Clone, Debug)]
+pub struct HealthConfig {
+    pub url: String,
+    pub expect_status: u16,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct CheckConfig {
+    pub name: String,
+    pub command: CommandSpec,
+}
+
+pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
