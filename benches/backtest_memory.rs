@@ -137,36 +137,12 @@ fn verdict(full: bool, met: bool, target: &str) -> String {
 /// The largest peak RSS among the waited-for children, in KiB.
 #[cfg(target_os = "linux")]
 fn children_peak_rss_kib() -> Option<u64> {
-    use std::ffi::{c_int, c_long};
-
-    #[repr(C)]
-    struct Timeval {
-        sec: c_long,
-        usec: c_long,
-    }
-
-    /// `struct rusage`: two timevals, then 14 longs starting with ru_maxrss
-    /// (musl appends 16 reserved longs; the spare room covers them).
-    #[repr(C)]
-    struct Rusage {
-        utime: Timeval,
-        stime: Timeval,
-        maxrss: c_long,
-        rest: [c_long; 13 + 16],
-    }
-
-    unsafe extern "C" {
-        fn getrusage(who: c_int, usage: *mut Rusage) -> c_int;
-    }
-    const RUSAGE_CHILDREN: c_int = -1;
-
-    let mut usage = std::mem::MaybeUninit::<Rusage>::zeroed();
-    // SAFETY: `usage` is a writable, zeroed buffer at least as large as the C
-    // `struct rusage`, which is all getrusage writes to.
-    let rc = unsafe { getrusage(RUSAGE_CHILDREN, usage.as_mut_ptr()) };
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `usage` is a writable, zeroed `struct rusage`, all getrusage writes to.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()) };
     // SAFETY: zero-initialised plain integers are valid whatever getrusage did.
     let usage = unsafe { usage.assume_init() };
-    (rc == 0).then(|| u64::try_from(usage.maxrss).unwrap_or(0))
+    (rc == 0).then(|| u64::try_from(usage.ru_maxrss).unwrap_or(0))
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -50,25 +50,31 @@ impl Summary {
 pub fn replay<R: BufRead>(
     policy: Arc<Policy>,
     trace: R,
+    on_decision: impl FnMut(&Decision) -> std::io::Result<()>,
+) -> Result<Summary, BacktestError> {
+    replay_items(
+        policy,
+        TraceLines {
+            reader: trace,
+            text: String::new(),
+            line: 0,
+        },
+        on_decision,
+    )
+}
+
+/// Feeds numbered trace items (from a file, or fetched from Prometheus) to a
+/// fresh engine in the documented calling order.
+pub fn replay_items(
+    policy: Arc<Policy>,
+    items: impl IntoIterator<Item = Result<(usize, TraceItem), BacktestError>>,
     mut on_decision: impl FnMut(&Decision) -> std::io::Result<()>,
 ) -> Result<Summary, BacktestError> {
     let mut engine = Engine::new(policy);
     let mut summary = Summary::default();
-    let mut text = String::new();
-    let mut reader = trace;
-    let mut line = 0;
     let mut previous_at: Option<DateTime<Utc>> = None;
-    loop {
-        text.clear();
-        if reader.read_line(&mut text)? == 0 {
-            break;
-        }
-        line += 1;
-        let trimmed = text.trim();
-        if trimmed.is_empty() {
-            continue;
-        }
-        let item = parse_line(trimmed).map_err(|message| BacktestError::Trace { line, message })?;
+    for item in items {
+        let (line, item) = item?;
         let at = item.at();
         if let Some(previous) = previous_at
             && at < previous
@@ -101,6 +107,39 @@ pub fn replay<R: BufRead>(
     }
     summary.observations = engine.observations();
     Ok(summary)
+}
+
+/// The non-empty lines of a trace, parsed, with their line numbers.
+struct TraceLines<R> {
+    reader: R,
+    text: String,
+    line: usize,
+}
+
+impl<R: BufRead> Iterator for TraceLines<R> {
+    type Item = Result<(usize, TraceItem), BacktestError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.text.clear();
+            match self.reader.read_line(&mut self.text) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(error) => return Some(Err(error.into())),
+            }
+            self.line += 1;
+            let trimmed = self.text.trim();
+            if trimmed.is_empty() {
+                continue;
+            }
+            let line = self.line;
+            return Some(
+                parse_line(trimmed)
+                    .map(|item| (line, item))
+                    .map_err(|message| BacktestError::Trace { line, message }),
+            );
+        }
+    }
 }
 
 /// Hands out every pending decision; a rollback succeeds at once.

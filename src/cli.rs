@@ -8,10 +8,13 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use chrono::{DateTime, Utc};
+
 use crate::backtest::{self, Summary};
 use crate::engine::decision::Decision;
 use crate::engine::policy::Policy;
-use crate::{explain, policy};
+use crate::policy::units::HumanDuration;
+use crate::{explain, live, policy};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,15 +51,51 @@ pub enum Command {
     },
     /// Describe a policy in plain words, with each rule's time from fault to decision.
     Explain { path: PathBuf },
-    /// Replay a recorded trace (JSON Lines) through the engine.
+    /// Replay a recorded trace (JSON Lines), or a stretch of Prometheus history
+    /// (--from/--to, for a policy with a prometheus source), through the engine.
     Backtest {
         #[arg(long)]
         policy: PathBuf,
-        #[arg(long)]
-        trace: PathBuf,
+        #[arg(long, required_unless_present = "from", conflicts_with_all = ["from", "to"])]
+        trace: Option<PathBuf>,
+        /// Start of the history to replay (RFC 3339).
+        #[arg(long, requires = "to")]
+        from: Option<DateTime<Utc>>,
+        /// End of the history to replay (RFC 3339).
+        #[arg(long, requires = "from")]
+        to: Option<DateTime<Utc>>,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
+    /// Sample a target for a while, judge it and exit: 0 healthy, 3 page
+    /// recommended, 4 rollback recommended, 1 no data. The post-deploy gate.
+    Evaluate {
+        #[arg(long)]
+        policy: PathBuf,
+        /// How long to sample (default: the policy's shortest `for`).
+        #[arg(long = "for", value_parser = parse_duration)]
+        sample_for: Option<HumanDuration>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+        /// Write what was observed as a trace (JSON Lines) for a later backtest.
+        #[arg(long)]
+        record: Option<PathBuf>,
+    },
+    /// Watch targets until SIGINT/SIGTERM.
+    Run {
+        #[arg(long, required = true, num_args = 1..)]
+        policy: Vec<PathBuf>,
+        /// Print every decision as a recommendation; execute and send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write what was observed as a trace (JSON Lines).
+        #[arg(long)]
+        record: Option<PathBuf>,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<HumanDuration, String> {
+    HumanDuration::parse(text)
 }
 
 /// A failure and the exit code it maps to.
@@ -65,6 +104,8 @@ pub enum Failure {
     Usage(String),
     /// Exit 1: something failed while running.
     Runtime(anyhow::Error),
+    /// Exit with this code, the command having said why.
+    Exit(u8),
 }
 
 impl From<anyhow::Error> for Failure {
@@ -74,15 +115,7 @@ impl From<anyhow::Error> for Failure {
 }
 
 pub fn run(cli: Cli) -> ExitCode {
-    let result = match cli.command {
-        Command::Check { paths } => check(&paths),
-        Command::Explain { path } => load_policy(&path).map(|p| print!("{}", explain::explain(&p))),
-        Command::Backtest {
-            policy,
-            trace,
-            format,
-        } => run_backtest(&policy, &trace, format),
-    };
+    let result = dispatch(cli.command);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(message)) => {
@@ -93,7 +126,59 @@ pub fn run(cli: Cli) -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::from(1)
         }
+        Err(Failure::Exit(code)) => ExitCode::from(code),
     }
+}
+
+fn dispatch(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Check { paths } => check(&paths),
+        Command::Explain { path } => load_policy(&path).map(|p| print!("{}", explain::explain(&p))),
+        Command::Backtest {
+            policy,
+            trace: Some(trace),
+            format,
+            ..
+        } => run_backtest(&policy, &trace, format),
+        Command::Backtest {
+            policy,
+            from: Some(from),
+            to: Some(to),
+            format,
+            ..
+        } => runtime()?.block_on(backtest_history(&policy, from, to, format)),
+        Command::Backtest { .. } => Err(Failure::Usage(
+            "backtest needs --trace FILE, or --from and --to".into(),
+        )),
+        Command::Evaluate {
+            policy,
+            sample_for,
+            format,
+            record,
+        } => runtime()?.block_on(live::evaluate(
+            &policy,
+            sample_for,
+            format,
+            record.as_deref(),
+        )),
+        Command::Run {
+            policy,
+            dry_run,
+            record,
+        } => runtime()?.block_on(live::run(&policy, dry_run, record.as_deref())),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("starting the async runtime: {e}")))
+}
+
+pub(crate) fn load_target(path: &Path) -> Result<crate::policy::Compiled, Failure> {
+    policy::load_target(path).map_err(|errors| Failure::Usage(errors.to_string()))
 }
 
 fn load_policy(path: &Path) -> Result<Policy, Failure> {
@@ -130,6 +215,55 @@ fn run_backtest(
     let policy = Arc::new(load_policy(policy_path)?);
     let file = std::fs::File::open(trace_path)
         .map_err(|e| anyhow::anyhow!("cannot open trace {}: {e}", trace_path.display()))?;
+    print_backtest(format, |on_decision| {
+        backtest::replay(policy, BufReader::new(file), on_decision)
+    })
+    .map_err(|e| Failure::Runtime(anyhow::anyhow!("{}: {e:#}", trace_path.display())))
+}
+
+async fn backtest_history(
+    policy_path: &Path,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    format: OutputFormat,
+) -> Result<(), Failure> {
+    let target = load_target(policy_path)?;
+    let Some(source) = &target.source else {
+        return Err(Failure::Usage(format!(
+            "{}: backtest --from/--to needs a [source] with kind = \"prometheus\"",
+            policy_path.display()
+        )));
+    };
+    if !matches!(
+        source.kind,
+        crate::sources::config::SourceKind::Prometheus { .. }
+    ) {
+        return Err(Failure::Usage(format!(
+            "{}: backtest --from/--to needs kind = \"prometheus\"; a scrape source has no history",
+            policy_path.display()
+        )));
+    }
+    let items = crate::sources::history::fetch(source, from, to, target.policy.evaluation.interval)
+        .await
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("fetching history: {e}")))?;
+    let policy = Arc::new(target.policy);
+    let numbered = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| Ok((i + 1, item)));
+    print_backtest(format, |on_decision| {
+        backtest::replay_items(policy, numbered, on_decision)
+    })
+    .map_err(Failure::Runtime)
+}
+
+/// Prints decisions as they come and the summary at the end, in either format.
+fn print_backtest(
+    format: OutputFormat,
+    replay: impl FnOnce(
+        &mut dyn FnMut(&Decision) -> std::io::Result<()>,
+    ) -> Result<Summary, backtest::BacktestError>,
+) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     if format == OutputFormat::Table {
@@ -137,10 +271,20 @@ fn run_backtest(
             out,
             "{:<22} {:<19} {:<10} {:<20} EXPLANATION",
             "AT", "ACTION", "TIER", "RULE"
-        )
-        .map_err(anyhow::Error::from)?;
+        )?;
     }
-    let write_decision = |out: &mut BufWriter<_>, decision: &Decision| match format {
+    let summary = replay(&mut |decision| write_decision(&mut out, decision, format))?;
+    write_summary(&mut out, &summary, format)?;
+    out.flush()?;
+    Ok(())
+}
+
+fn write_decision(
+    out: &mut impl Write,
+    decision: &Decision,
+    format: OutputFormat,
+) -> std::io::Result<()> {
+    match format {
         OutputFormat::Json => {
             serde_json::to_writer(&mut *out, decision).map_err(std::io::Error::from)?;
             writeln!(out)
@@ -154,14 +298,7 @@ fn run_backtest(
             decision.rule,
             decision.explanation
         ),
-    };
-    let summary = backtest::replay(policy, BufReader::new(file), |d| {
-        write_decision(&mut out, d)
-    })
-    .map_err(|e| anyhow::anyhow!("{}: {e}", trace_path.display()))?;
-    write_summary(&mut out, &summary, format).map_err(anyhow::Error::from)?;
-    out.flush().map_err(anyhow::Error::from)?;
-    Ok(())
+    }
 }
 
 fn write_summary(

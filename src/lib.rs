@@ -3,6 +3,7 @@ pub mod backtest;
 pub mod cli;
 pub mod engine;
 pub mod explain;
+pub mod live;
 pub mod policy;
 pub mod procedure;
 pub mod runtime;

@@ -100,6 +100,10 @@ pub struct Incident {
 struct RuleState {
     /// First observation of the current unbroken breach.
     breach_since: Option<DateTime<Utc>>,
+    /// Unhealthy readings in the current breach.
+    breach_readings: u32,
+    /// The first conclusive reading since the latest deployment.
+    first_conclusive_at: Option<DateTime<Utc>>,
     /// First observation of the current unbroken stay in the watch band or above.
     band_since: Option<DateTime<Utc>>,
     firing: bool,
@@ -124,17 +128,23 @@ impl RuleState {
         match verdict {
             Verdict::Unhealthy => {
                 self.breach_since.get_or_insert(now);
+                self.breach_readings += 1;
                 self.band_since.get_or_insert(now);
             }
             Verdict::Watch => {
                 self.breach_since = None;
+                self.breach_readings = 0;
                 self.band_since.get_or_insert(now);
             }
             Verdict::Healthy => {
                 self.breach_since = None;
+                self.breach_readings = 0;
                 self.band_since = None;
             }
             Verdict::Inconclusive => {}
+        }
+        if verdict != Verdict::Inconclusive {
+            self.first_conclusive_at.get_or_insert(now);
         }
         if verdict == Verdict::Unhealthy {
             self.last_breach_at = Some(now);
@@ -371,6 +381,30 @@ impl Engine {
         {
             let saw_data = *saw_data;
             self.watch_ended(now, saw_data);
+        }
+        Ok(())
+    }
+
+    /// The end of a short sampling (`evaluate`): a rule that has read unhealthy
+    /// at every conclusive reading since the sampling began, at least twice,
+    /// counts as confirmed even when its `for` is longer than the sampling.
+    pub fn handle_sampling_end(&mut self, now: DateTime<Utc>) -> Result<(), InputError> {
+        self.advance(now)?;
+        let held_throughout: Vec<usize> = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                !s.firing
+                    && s.breach_readings >= 2
+                    && s.breach_since.is_some()
+                    && s.breach_since == s.first_conclusive_at
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for index in held_throughout {
+            self.rules[index].firing = true;
+            self.rule_fired(now, index);
         }
         Ok(())
     }

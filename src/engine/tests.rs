@@ -710,3 +710,24 @@ fn a_breach_anywhere_in_the_baseline_window_makes_the_regression_preexisting() {
         last.explanation
     );
 }
+
+#[test]
+fn a_rule_unhealthy_through_a_short_sampling_counts_as_confirmed() {
+    let mut sim = deployed(STAGING);
+    // Three unhealthy readings: far less than the 2m `for`.
+    sim.polls(3, errors(0.15));
+    assert!(sim.decisions.is_empty());
+    let end = sim.now;
+    sim.engine.handle_sampling_end(end).unwrap();
+    sim.drain();
+    assert_eq!(sim.log()[0], (1845, Action::Rollback, "error-rate".into()));
+    // A rule that was healthy once during the sampling is not confirmed (the
+    // poll stamped at the deploy instant is left out of the window: two polls).
+    let mut sim = deployed(STAGING);
+    sim.polls(2, errors(0.0));
+    sim.polls(3, errors(0.15));
+    let end = sim.now;
+    sim.engine.handle_sampling_end(end).unwrap();
+    sim.drain();
+    assert!(sim.decisions.is_empty(), "{:?}", sim.log());
+}

@@ -360,6 +360,10 @@ fn accepted_keys(table: &str) -> Vec<String> {
         "target" => "[target]\nzzz = 1\n".to_string(),
         "rule" => format!("{MINIMAL}zzz = 1\n"),
         "known_issue" => format!("{MINIMAL}[[known_issue]]\nzzz = 1\n"),
+        "check" => format!("{MINIMAL}[[check]]\nzzz = 1\n"),
+        "source.metrics" | "source.queries" => format!(
+            "{MINIMAL}[source]\nkind = \"scrape\"\nurl = \"http://x\"\n[{table}]\nzzz = 1\n"
+        ),
         other => format!("{MINIMAL}[{other}]\nzzz = 1\n"),
     };
     let message = compile(&text).unwrap_err().0[0].message.clone();
@@ -378,33 +382,36 @@ fn the_readme_policy_reference_lists_every_key_the_parser_accepts() {
         .split("## Policy reference")
         .nth(1)
         .expect("README has a policy reference");
-    for table in [
-        "target",
-        "evaluation",
-        "baseline",
-        "actions",
-        "stabilization",
-        "rule",
-        "known_issue",
-    ] {
-        let heading = if matches!(table, "rule" | "known_issue") {
-            format!("### `[[{table}]]`")
-        } else {
-            format!("### `[{table}]`")
-        };
-        let section = reference
-            .split(&heading)
+    let tables = [
+        ("target", "### `[target]`"),
+        ("evaluation", "### `[evaluation]`"),
+        ("baseline", "### `[baseline]`"),
+        ("actions", "### `[actions]`"),
+        ("stabilization", "### `[stabilization]`"),
+        ("rule", "### `[[rule]]`"),
+        ("known_issue", "### `[[known_issue]]`"),
+        ("source", "### `[source]`"),
+        ("source.metrics", "`[source.metrics]` holds"),
+        ("source.queries", "`[source.queries]` holds"),
+        ("health", "### `[health]`"),
+        ("check", "### `[[check]]`"),
+    ];
+    for (table, marker) in tables {
+        let after = reference
+            .split(marker)
             .nth(1)
-            .unwrap_or_else(|| panic!("README lacks {heading}"));
-        let section = section.split("\n### ").next().unwrap();
-        let documented: Vec<&str> = section
+            .unwrap_or_else(|| panic!("README lacks {marker}"));
+        // The first Markdown table after the marker documents the keys.
+        let documented: Vec<&str> = after
             .lines()
+            .skip_while(|line| !line.starts_with('|'))
+            .take_while(|line| line.starts_with('|'))
             .filter_map(|line| line.strip_prefix("| `")?.split('`').next())
             .collect();
-        let accepted = accepted_keys(table);
         assert_eq!(
-            documented, accepted,
-            "README {heading} and the parser disagree"
+            documented,
+            accepted_keys(table),
+            "README {marker} and the parser disagree"
         );
     }
 }

@@ -90,13 +90,10 @@ impl Poller {
             Some(Ok(found)) => {
                 unreadable_lines = found.unreadable_lines;
                 problems.extend(found.problems);
-                observation.requests = found.requests;
-                observation.errors = found.errors;
-                observation.latency_ms = found.latency_ms;
-                observation.users = found.users;
-                observation.users_affected = found.users_affected;
-                observation.version = found.version;
-                observation.up = found.up;
+                observation = Observation {
+                    at,
+                    ..found.observation
+                };
             }
             Some(Err(failure)) => {
                 source_failed = true;
@@ -221,16 +218,10 @@ async fn run_checks(
     join_all(runs).await
 }
 
-/// What the metrics source yielded.
+/// What the metrics source yielded: the observation's metric fields.
 #[derive(Debug, Default)]
 struct Metrics {
-    requests: Option<f64>,
-    errors: Option<f64>,
-    latency_ms: LatencyQuantiles,
-    users: Option<f64>,
-    users_affected: Option<f64>,
-    version: Option<String>,
-    up: Option<bool>,
+    observation: Observation,
     problems: Vec<String>,
     unreadable_lines: usize,
 }
@@ -282,14 +273,17 @@ async fn scrape(
         .collect();
     let derived = deriver.derive(&exposition);
     problems.extend(derived.problems);
-    Ok(Metrics {
+    let observation = Observation {
         requests: derived.requests,
         errors: derived.errors,
         latency_ms: derived.latency_ms,
         users: derived.users,
         users_affected: derived.users_affected,
         version: derived.version,
-        up: None,
+        ..Observation::default()
+    };
+    Ok(Metrics {
+        observation,
         problems,
         unreadable_lines: exposition.errors.len(),
     })
@@ -323,7 +317,7 @@ async fn query_all(
         match value {
             Ok(value) => {
                 answered += 1;
-                set_signal(&mut metrics, signal, value);
+                prometheus::set_signal(&mut metrics.observation, signal, value);
             }
             Err(reason) => metrics
                 .problems
@@ -333,7 +327,7 @@ async fn query_all(
     match version {
         Some(Ok(series)) => {
             answered += 1;
-            metrics.version = series
+            metrics.observation.version = series
                 .iter()
                 .find(|s| s.value != 0.0)
                 .and_then(|s| s.labels.get(&queries.version_label).cloned());
@@ -351,21 +345,6 @@ async fn query_all(
         });
     }
     Ok(metrics)
-}
-
-fn set_signal(metrics: &mut Metrics, signal: &str, value: f64) {
-    match signal {
-        "requests" => metrics.requests = Some(value),
-        "errors" => metrics.errors = Some(value),
-        "latency_p50" => metrics.latency_ms.p50 = Some(value),
-        "latency_p90" => metrics.latency_ms.p90 = Some(value),
-        "latency_p95" => metrics.latency_ms.p95 = Some(value),
-        "latency_p99" => metrics.latency_ms.p99 = Some(value),
-        "users" => metrics.users = Some(value),
-        "users_affected" => metrics.users_affected = Some(value),
-        "up" => metrics.up = Some(value != 0.0),
-        _ => {}
-    }
 }
 
 /// `15s`, `2s`, `1500ms`: a duration PromQL accepts in a range selector.

@@ -10,6 +10,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::Deserialize;
 
 use super::http::{FetchError, get};
+use crate::engine::input::Observation;
 
 /// One series of a result: its labels and value.
 #[derive(Clone, Debug, PartialEq)]
@@ -207,6 +208,22 @@ pub fn single_value(series: &[Series]) -> Result<f64, String> {
             "{} series, expected one: aggregate the query with sum(...)",
             many.len()
         )),
+    }
+}
+
+/// Puts a query's value into the observation field its signal names.
+pub fn set_signal(observation: &mut Observation, signal: &str, value: f64) {
+    match signal {
+        "requests" => observation.requests = Some(value),
+        "errors" => observation.errors = Some(value),
+        "latency_p50" => observation.latency_ms.p50 = Some(value),
+        "latency_p90" => observation.latency_ms.p90 = Some(value),
+        "latency_p95" => observation.latency_ms.p95 = Some(value),
+        "latency_p99" => observation.latency_ms.p99 = Some(value),
+        "users" => observation.users = Some(value),
+        "users_affected" => observation.users_affected = Some(value),
+        "up" => observation.up = Some(value != 0.0),
+        other => tracing::warn!(signal = other, "unknown signal: value ignored"),
     }
 }
 

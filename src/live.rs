@@ -1,0 +1,308 @@
+//! The live commands: `evaluate` (sample, judge, exit with a verdict) and
+//! `run --dry-run` (watch until a signal, printing every recommendation).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Failure, OutputFormat, load_target};
+use crate::engine::decision::Decision;
+use crate::engine::policy::Action;
+use crate::engine::{RuleStatus, time_text};
+use crate::policy::units::{HumanDuration, format_duration};
+use crate::runtime::record::Recorder;
+use crate::runtime::target;
+
+/// `evaluate` polls at least this often.
+const EVALUATE_MAX_POLL: Duration = Duration::from_secs(2);
+
+#[derive(Serialize)]
+struct Report<'a> {
+    verdict: &'static str,
+    exit_code: u8,
+    service: &'a str,
+    environment: &'a str,
+    policy: &'a str,
+    sha256: &'a str,
+    sampled_seconds: f64,
+    polls: usize,
+    polls_with_data: usize,
+    decisions: &'a [Decision],
+    rules: &'a [RuleStatus],
+}
+
+pub async fn evaluate(
+    path: &Path,
+    sample_for: Option<HumanDuration>,
+    format: OutputFormat,
+    record: Option<&Path>,
+) -> Result<(), Failure> {
+    let target = load_target(path)?;
+    if target.source.is_none() && target.health.is_none() && target.checks.is_empty() {
+        return Err(Failure::Usage(format!(
+            "{}: nothing to sample: add a [source], a [health] probe or a [[check]]",
+            path.display()
+        )));
+    }
+    let policy = &target.policy;
+    let shortest_for = policy
+        .rules
+        .iter()
+        .map(|r| r.hold_for)
+        .min()
+        .unwrap_or(policy.evaluation.interval);
+    let duration = sample_for
+        .map_or(shortest_for, |d| d.delta())
+        .to_std()
+        .unwrap_or(Duration::from_secs(30));
+    let every = policy
+        .evaluation
+        .interval
+        .to_std()
+        .unwrap_or(EVALUATE_MAX_POLL)
+        .min(EVALUATE_MAX_POLL);
+    let recorder = open_recorder(record)?;
+    eprintln!(
+        "sampling {} in {} for {}, every {}...",
+        policy.service,
+        policy.environment,
+        format_duration(chrono::TimeDelta::from_std(duration).unwrap_or_default()),
+        format_duration(chrono::TimeDelta::from_std(every).unwrap_or_default())
+    );
+    let result = target::evaluate(&target, duration, every, recorder)
+        .await
+        .map_err(Failure::Runtime)?;
+    if result.polls_with_data == 0 {
+        eprintln!(
+            "no data: none of {} polls of {} in {} returned anything to judge ({})",
+            result.polls,
+            policy.service,
+            policy.environment,
+            if result.last_problems.is_empty() {
+                "no reason given".to_string()
+            } else {
+                result.last_problems.join("; ")
+            }
+        );
+        return Err(Failure::Exit(1));
+    }
+    let strongest = result
+        .decisions
+        .iter()
+        .map(|d| d.action)
+        .max()
+        .unwrap_or(Action::None);
+    let (verdict, exit_code) = match strongest {
+        Action::Rollback => ("rollback", 4),
+        Action::Page | Action::PageThenRollback => ("page", 3),
+        Action::Notify | Action::None => ("healthy", 0),
+    };
+    let rules = result.engine.rule_status();
+    let report = Report {
+        verdict,
+        exit_code,
+        service: &policy.service,
+        environment: &policy.environment,
+        policy: &policy.path,
+        sha256: &policy.sha256,
+        sampled_seconds: duration.as_secs_f64(),
+        polls: result.polls,
+        polls_with_data: result.polls_with_data,
+        decisions: &result.decisions,
+        rules: &rules,
+    };
+    match format {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| Failure::Runtime(e.into()))?
+        ),
+        OutputFormat::Table => print_report(&report),
+    }
+    if exit_code == 0 {
+        Ok(())
+    } else {
+        Err(Failure::Exit(exit_code))
+    }
+}
+
+fn print_report(report: &Report<'_>) {
+    println!(
+        "{} in {}: sampled {} polls over {}s, {} with data [{} sha256:{}]",
+        report.service,
+        report.environment,
+        report.polls,
+        report.sampled_seconds,
+        report.polls_with_data,
+        report.policy,
+        &report.sha256[..12.min(report.sha256.len())]
+    );
+    for rule in report.rules {
+        let state = if rule.firing {
+            "FIRING"
+        } else if rule.pending_since.is_some() {
+            "breaching"
+        } else if rule.watching {
+            "watch band"
+        } else {
+            match rule.reading.as_ref().map(|r| r.verdict) {
+                Some(crate::engine::signals::Verdict::Inconclusive) | None => "inconclusive",
+                _ => "ok",
+            }
+        };
+        let detail = rule
+            .reading
+            .as_ref()
+            .and_then(|r| r.reason.clone())
+            .unwrap_or_default();
+        println!("  {:<22} {:<12} {detail}", rule.rule, state);
+    }
+    for decision in report.decisions {
+        println!(
+            "{} {} [{} {}] {}",
+            time_text(decision.at),
+            decision.action,
+            decision.tier,
+            decision.rule,
+            decision.explanation
+        );
+    }
+    let meaning = match report.verdict {
+        "rollback" => "rollback recommended",
+        "page" => "page recommended",
+        _ => "healthy: no rule fired",
+    };
+    println!("verdict: {meaning} (exit {})", report.exit_code);
+}
+
+fn open_recorder(path: Option<&Path>) -> Result<Option<Recorder>, Failure> {
+    path.map(|p| {
+        Recorder::create(p).map_err(|e| {
+            Failure::Runtime(anyhow::anyhow!(
+                "cannot write the recording {}: {e}",
+                p.display()
+            ))
+        })
+    })
+    .transpose()
+}
+
+pub async fn run(paths: &[PathBuf], dry_run: bool, record: Option<&Path>) -> Result<(), Failure> {
+    // Every policy is read and validated before anything starts.
+    let targets = paths
+        .iter()
+        .map(|p| load_target(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !dry_run {
+        return Err(Failure::Usage(
+            "run acts on decisions only once procedures and their store exist (the acting issue); use --dry-run".into(),
+        ));
+    }
+    let recorder = open_recorder(record)?;
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for target in targets {
+        let name = format!("{}/{}", target.policy.service, target.policy.environment);
+        let path = target.policy.path.clone();
+        let sources = describe_sources(&target);
+        println!(
+            "{} watching {name} with {path} ({sources}); dry run: nothing is executed or sent",
+            time_text(chrono::Utc::now())
+        );
+        let recorder = recorder.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let result = target::run_dry(target, recorder, shutdown, |decision| print_recommendation(&name, decision)).await;
+            if let Err(error) = &result {
+                tracing::error!(target_name = %name, error = %format!("{error:#}"), "target stopped");
+            }
+            result
+        });
+    }
+    wait_for_signal().await;
+    eprintln!("stopping");
+    shutdown.cancel();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(Err(error)) = joined {
+            return Err(Failure::Runtime(error));
+        }
+    }
+    Ok(())
+}
+
+fn describe_sources(target: &crate::policy::Compiled) -> String {
+    use crate::sources::config::SourceKind;
+    let mut parts = Vec::new();
+    match target.source.as_ref().map(|s| &s.kind) {
+        Some(SourceKind::Scrape { url, .. }) => parts.push(format!("scrape {url}")),
+        Some(SourceKind::Prometheus { url, .. }) => parts.push(format!("prometheus {url}")),
+        None => {}
+    }
+    if let Some(health) = &target.health {
+        parts.push(format!("health {}", health.url));
+    }
+    if !target.checks.is_empty() {
+        parts.push(format!("{} checks", target.checks.len()));
+    }
+    if parts.is_empty() {
+        "no sources configured".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// One line per decision: what rollwatch would do, and why.
+fn print_recommendation(name: &str, decision: &Decision) {
+    let would = match decision.action {
+        Action::Rollback => format!(
+            "WOULD ROLL BACK {} -> {}",
+            decision
+                .from_version
+                .as_deref()
+                .unwrap_or("the current version"),
+            decision
+                .to_version
+                .as_deref()
+                .unwrap_or("the previous version")
+        ),
+        Action::PageThenRollback => format!(
+            "WOULD PAGE on-call, then roll back at {} unless answered",
+            decision
+                .deadline
+                .map_or_else(|| "the deadline".into(), time_text)
+        ),
+        Action::Page => "WOULD PAGE on-call".into(),
+        Action::Notify => "WOULD NOTIFY the team".into(),
+        Action::None => "no action".into(),
+    };
+    println!(
+        "{} {name} DRY-RUN {would} [{} {}]: {}",
+        time_text(decision.at),
+        decision.tier,
+        decision.rule,
+        decision.explanation
+    );
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM; stopping on SIGINT only");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
