@@ -24,7 +24,8 @@ pub enum SourceKind {
     Prometheus { url: String, queries: Queries },
 }
 
-/// One PromQL query per signal; `$interval` stands for the poll interval.
+/// One PromQL query per signal; `$interval` stands for the poll interval as a
+/// PromQL duration (`15s`) and `$interval_seconds` for it in seconds (`15`).
 #[derive(Clone, Debug, Default)]
 pub struct Queries {
     pub requests: Option<String>,
@@ -60,8 +61,37 @@ impl Queries {
     }
 }
 
+/// Fills in `$interval_seconds` and `$interval` (`interval` as PromQL writes it, `15s`).
 pub fn render(query: &str, interval: &str) -> String {
-    query.replace("$interval", interval)
+    let seconds = interval
+        .strip_suffix("ms")
+        .and_then(|ms| ms.parse::<f64>().ok())
+        .map(|ms| ms / 1000.0)
+        .or_else(|| {
+            interval
+                .strip_suffix('s')
+                .and_then(|s| s.parse::<f64>().ok())
+        })
+        .map_or_else(|| interval.to_string(), |s| s.to_string());
+    query
+        .replace("$interval_seconds", &seconds)
+        .replace("$interval", interval)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn interval_placeholders() {
+        assert_eq!(
+            super::render("rate(x[1m]) * $interval_seconds", "15s"),
+            "rate(x[1m]) * 15"
+        );
+        assert_eq!(
+            super::render("increase(x[$interval])", "15s"),
+            "increase(x[15s])"
+        );
+        assert_eq!(super::render("$interval_seconds", "1500ms"), "1.5");
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -37,6 +37,8 @@ pub async fn fetch(
     let max_bytes = source.max_bytes.saturating_mul(16);
     let timeout = source.timeout.max(Duration::from_secs(30));
     let mut items = Vec::new();
+    // Steps fall on whole seconds, as the API is asked for them.
+    let from = DateTime::from_timestamp(from.timestamp(), 0).unwrap_or(from);
     let mut chunk_start = from;
     while chunk_start <= to {
         let chunk_end = (chunk_start + step * (MAX_POINTS_PER_QUERY - 1)).min(to);
