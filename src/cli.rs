@@ -91,6 +91,9 @@ pub enum Command {
         /// Write what was observed as a trace (JSON Lines).
         #[arg(long)]
         record: Option<PathBuf>,
+        /// Serve /healthz and /metrics here.
+        #[arg(long, default_value = "127.0.0.1:9797")]
+        listen: std::net::SocketAddr,
     },
 }
 
@@ -165,7 +168,8 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             policy,
             dry_run,
             record,
-        } => runtime()?.block_on(live::run(&policy, dry_run, record.as_deref())),
+            listen,
+        } => runtime()?.block_on(live::run(&policy, dry_run, record.as_deref(), listen)),
     }
 }
 

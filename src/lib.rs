@@ -7,5 +7,7 @@ pub mod live;
 pub mod policy;
 pub mod procedure;
 pub mod runtime;
+pub mod server;
 pub mod sources;
+pub mod telemetry;
 pub mod trace;

@@ -1,7 +1,9 @@
 //! The live commands: `evaluate` (sample, judge, exit with a verdict) and
 //! `run --dry-run` (watch until a signal, printing every recommendation).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -14,6 +16,7 @@ use crate::engine::{RuleStatus, time_text};
 use crate::policy::units::{HumanDuration, format_duration};
 use crate::runtime::record::Recorder;
 use crate::runtime::target;
+use crate::telemetry::Telemetry;
 
 /// `evaluate` polls at least this often.
 const EVALUATE_MAX_POLL: Duration = Duration::from_secs(2);
@@ -188,7 +191,12 @@ fn open_recorder(path: Option<&Path>) -> Result<Option<Recorder>, Failure> {
     .transpose()
 }
 
-pub async fn run(paths: &[PathBuf], dry_run: bool, record: Option<&Path>) -> Result<(), Failure> {
+pub async fn run(
+    paths: &[PathBuf],
+    dry_run: bool,
+    record: Option<&Path>,
+    listen: SocketAddr,
+) -> Result<(), Failure> {
     // Every policy is read and validated before anything starts.
     let targets = paths
         .iter()
@@ -201,6 +209,21 @@ pub async fn run(paths: &[PathBuf], dry_run: bool, record: Option<&Path>) -> Res
     }
     let recorder = open_recorder(record)?;
     let shutdown = CancellationToken::new();
+    let telemetry = Telemetry::new();
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot listen on {listen}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    eprintln!("serving /healthz and /metrics on http://{local}");
+    let server_shutdown = shutdown.clone();
+    let app = crate::server::app(Arc::clone(&telemetry));
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
+            .await
+    });
     let mut tasks = tokio::task::JoinSet::new();
     for target in targets {
         let name = format!("{}/{}", target.policy.service, target.policy.environment);
@@ -212,8 +235,10 @@ pub async fn run(paths: &[PathBuf], dry_run: bool, record: Option<&Path>) -> Res
         );
         let recorder = recorder.clone();
         let shutdown = shutdown.clone();
+        let telemetry = Arc::clone(&telemetry);
         tasks.spawn(async move {
-            let result = target::run_dry(target, recorder, shutdown, |decision| print_recommendation(&name, decision)).await;
+            let result =
+                target::run_dry(target, recorder, telemetry, shutdown, |decision| print_recommendation(&name, decision)).await;
             if let Err(error) = &result {
                 tracing::error!(target_name = %name, error = %format!("{error:#}"), "target stopped");
             }
@@ -223,12 +248,17 @@ pub async fn run(paths: &[PathBuf], dry_run: bool, record: Option<&Path>) -> Res
     wait_for_signal().await;
     eprintln!("stopping");
     shutdown.cancel();
+    let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
         if let Ok(Err(error)) = joined {
-            return Err(Failure::Runtime(error));
+            failure.get_or_insert(error);
         }
     }
-    Ok(())
+    let _ = server.await;
+    match failure {
+        Some(error) => Err(Failure::Runtime(error)),
+        None => Ok(()),
+    }
 }
 
 fn describe_sources(target: &crate::policy::Compiled) -> String {

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use assert_cmd::cargo::cargo_bin;
-use common::service::{Health, TestService};
+use common::service::{Health, MetricsMode, TestService};
 
 /// Runs `rollwatch evaluate` on the shipped scrape example for `seconds`,
 /// off the async runtime so the service keeps serving.
@@ -231,17 +231,37 @@ for = "2s"
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn dry_run_prints_the_recommendation_and_stops_cleanly_on_sigterm() {
+async fn dry_run_prints_the_recommendation_counts_in_its_metrics_and_stops_cleanly_on_sigterm() {
     let service = TestService::start().await;
+    service.set(|k| k.metrics = MetricsMode::OneBadLine);
     let dir = tempfile::tempdir().unwrap();
     let policy = fast_policy(dir.path(), &service.url());
     let mut child = Command::new(cargo_bin("rollwatch"))
-        .args(["run", "--dry-run", "--policy", policy.to_str().unwrap()])
+        .args([
+            "run",
+            "--dry-run",
+            "--listen",
+            "127.0.0.1:0",
+            "--policy",
+            policy.to_str().unwrap(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (address_tx, address_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = line.split("on http://").nth(1) {
+                let _ = address_tx.send(url.trim().to_string());
+            }
+        }
+    });
+    let address = address_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the sidecar says where it listens");
     // Healthy first: a deploy is seen as a version change, then errors start.
     tokio::time::sleep(Duration::from_secs(3)).await;
     service.set(|k| {
@@ -270,6 +290,39 @@ async fn dry_run_prints_the_recommendation_and_stops_cleanly_on_sigterm() {
         "{seen:#?}"
     );
     assert!(line.contains("[consider error-rate]"), "{line}");
+    let client = rollwatch::sources::http::client().unwrap();
+    let metrics = client
+        .get(format!("http://{address}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from\n{metrics}"))
+    };
+    assert!(value("rollwatch_polls_total{target=\"web/staging\"}") >= 5.0);
+    assert!(
+        value("rollwatch_exposition_unreadable_lines_total{target=\"web/staging\"}") >= 5.0,
+        "{metrics}"
+    );
+    assert!(
+        value(
+            "rollwatch_decisions_total{target=\"web/staging\",action=\"rollback\",tier=\"consider\"}"
+        ) >= 1.0
+    );
+    let health = client
+        .get(format!("http://{address}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }

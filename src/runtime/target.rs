@@ -15,6 +15,7 @@ use crate::engine::decision::Decision;
 use crate::engine::input::Event;
 use crate::engine::policy::Action;
 use crate::policy::Compiled;
+use crate::telemetry::{DecisionLabels, Telemetry};
 use crate::trace::TraceItem;
 
 use super::poll::{PollOutcome, Poller};
@@ -49,10 +50,13 @@ pub fn feed(engine: &mut Engine, outcome: &PollOutcome, recorder: Option<&Record
 pub async fn run_dry(
     target: Compiled,
     recorder: Option<Recorder>,
+    telemetry: Arc<Telemetry>,
     shutdown: CancellationToken,
     mut on_decision: impl FnMut(&Decision),
 ) -> anyhow::Result<()> {
     let policy = Arc::new(target.policy.clone());
+    let name = format!("{}/{}", policy.service, policy.environment);
+    let labels = Telemetry::target(&name);
     let interval = policy
         .evaluation
         .interval
@@ -76,7 +80,14 @@ pub async fn run_dry(
                 }
             }
             _ = tokio::time::sleep_until(next_poll) => {
+                let started = Instant::now();
                 let outcome = poller.poll(Utc::now()).await;
+                telemetry.poll_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+                telemetry.polls.get_or_create(&labels).inc();
+                if outcome.source_failed {
+                    telemetry.source_errors.get_or_create(&labels).inc();
+                }
+                telemetry.unreadable_lines.get_or_create(&labels).inc_by(outcome.unreadable_lines as u64);
                 feed(&mut engine, &outcome, recorder.as_ref());
                 next_poll += interval + jitter(interval, 0.05);
                 let now = Instant::now();
@@ -85,12 +96,19 @@ pub async fn run_dry(
                     let behind = now - next_poll;
                     let skipped = behind.as_nanos() / interval.as_nanos().max(1) + 1;
                     missed_ticks += skipped as u64;
-                    tracing::warn!(missed_ticks, "polling is behind the interval");
+                    telemetry.missed_ticks.get_or_create(&labels).inc_by(skipped as u64);
+                    tracing::warn!(target_name = %name, missed_ticks, "polling is behind the interval");
                     next_poll = now;
                 }
             }
         }
         while let Some(decision) = engine.poll_decision() {
+            let decision_labels = DecisionLabels {
+                target: name.clone(),
+                action: decision.action.name().to_string(),
+                tier: decision.tier.name().to_string(),
+            };
+            telemetry.decisions.get_or_create(&decision_labels).inc();
             on_decision(&decision);
             if decision.action == Action::Rollback
                 && let Some(incident) = decision.incident

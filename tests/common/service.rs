@@ -41,6 +41,8 @@ pub enum MetricsMode {
     Garbage,
     /// The latency histogram's buckets go down.
     NonMonotonic,
+    /// A normal exposition with one line that cannot be read.
+    OneBadLine,
 }
 
 #[derive(Debug)]
@@ -252,5 +254,8 @@ fn exposition(shared: &Shared, mode: MetricsMode) -> String {
         "app_build_info{{version=\"{}\"}} 1\n",
         knobs.version
     ));
+    if mode == MetricsMode::OneBadLine {
+        out.push_str("broken_metric{label=\"unterminated} 1\n");
+    }
     out
 }

@@ -1,0 +1,101 @@
+//! rollwatch's own metrics, in Prometheus conventions (`rollwatch_` prefix,
+//! base units, `_total` counters), served on `/metrics`. One place per event
+//! updates the counter and writes the log line.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    /// `service/environment`.
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub target: String,
+    pub action: String,
+    pub tier: String,
+}
+
+type HistogramFamily = Family<TargetLabels, Histogram, fn() -> Histogram>;
+
+pub struct Telemetry {
+    registry: Registry,
+    pub polls: Family<TargetLabels, Counter>,
+    pub source_errors: Family<TargetLabels, Counter>,
+    pub unreadable_lines: Family<TargetLabels, Counter>,
+    pub missed_ticks: Family<TargetLabels, Counter>,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub poll_duration: HistogramFamily,
+}
+
+fn poll_duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 14))
+}
+
+impl Telemetry {
+    pub fn new() -> Arc<Telemetry> {
+        let mut registry = Registry::default();
+        let polls = Family::<TargetLabels, Counter>::default();
+        let source_errors = Family::<TargetLabels, Counter>::default();
+        let unreadable_lines = Family::<TargetLabels, Counter>::default();
+        let missed_ticks = Family::<TargetLabels, Counter>::default();
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        let poll_duration: HistogramFamily = Family::new_with_constructor(poll_duration_histogram);
+        registry.register("rollwatch_polls", "Polls of a target", polls.clone());
+        registry.register(
+            "rollwatch_source_errors",
+            "Polls whose metrics source failed (no data)",
+            source_errors.clone(),
+        );
+        registry.register(
+            "rollwatch_exposition_unreadable_lines",
+            "Lines of a scraped exposition that could not be read",
+            unreadable_lines.clone(),
+        );
+        registry.register(
+            "rollwatch_missed_ticks",
+            "Polls skipped because the previous one overran the interval",
+            missed_ticks.clone(),
+        );
+        registry.register(
+            "rollwatch_decisions",
+            "Decisions by action and tier",
+            decisions.clone(),
+        );
+        registry.register(
+            "rollwatch_poll_duration_seconds",
+            "How long one poll of a target took",
+            poll_duration.clone(),
+        );
+        Arc::new(Telemetry {
+            registry,
+            polls,
+            source_errors,
+            unreadable_lines,
+            missed_ticks,
+            decisions,
+            poll_duration,
+        })
+    }
+
+    pub fn target(name: &str) -> TargetLabels {
+        TargetLabels {
+            target: name.to_string(),
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
