@@ -682,10 +682,15 @@ impl Engine {
             Some(Phase::RollingBack) | Some(Phase::Escalated) => {
                 tracing::info!(rule = %rule.name, "rule fired while the incident is already being handled");
             }
-            Some(Phase::Open) => {
+            Some(Phase::Open) | None => {
+                let opened = self.incident.is_none();
+                if opened {
+                    self.open_incident(now, rule.tier, &rule.name, rule.component.clone());
+                }
                 let (action, guard) = self.effective_action(now, tier_action, preexisting, false);
                 let strongest = self.incident.as_ref().map_or(Action::None, |i| i.strongest);
-                if action > strongest {
+                // One incident, one page: a later rule is announced only when it asks for more.
+                if opened || action > strongest {
                     let core = format!(
                         "{described}; {}",
                         self.consequence(now, action, guard.as_ref(), &rule.name)
@@ -703,24 +708,6 @@ impl Engine {
                 } else {
                     tracing::info!(rule = %rule.name, incident = ?self.incident.as_ref().map(|i| i.id), "rule fired within an open incident: already handled");
                 }
-            }
-            None => {
-                self.open_incident(now, rule.tier, &rule.name, rule.component.clone());
-                let (action, guard) = self.effective_action(now, tier_action, preexisting, false);
-                let core = format!(
-                    "{described}; {}",
-                    self.consequence(now, action, guard.as_ref(), &rule.name)
-                );
-                self.emit_incident_decision(
-                    now,
-                    action,
-                    Cause::RuleFired,
-                    guard,
-                    reading,
-                    core,
-                    rule.tier,
-                    &rule.name,
-                );
             }
         }
     }
