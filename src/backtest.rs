@@ -9,9 +9,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::drive::{self, DriveError, Rollbacks};
+use crate::engine::Engine;
 use crate::engine::decision::Decision;
 use crate::engine::policy::{Action, Policy};
-use crate::engine::{Engine, InputError};
 use crate::trace::{TraceItem, parse_line};
 
 #[derive(Debug, thiserror::Error)]
@@ -89,21 +90,23 @@ pub fn replay_items(
             });
         }
         previous_at = Some(at);
-        let backwards = |e: InputError| BacktestError::Trace {
-            line,
-            message: e.to_string(),
+        let mut count_and_write = |decision: &Decision| {
+            summary.count(decision);
+            on_decision(decision)
         };
-        while let Some(deadline) = engine.poll_timeout().filter(|d| *d <= at) {
-            engine.handle_timeout(deadline).map_err(backwards)?;
-            drain(&mut engine, &mut summary, &mut on_decision, line)?;
-        }
-        match item {
-            TraceItem::Observation(observation) => engine.handle_observation(&observation),
-            TraceItem::Event { at, event } => engine.handle_event(at, event),
-            TraceItem::NoData { at, reason } => engine.handle_no_data(at, &reason),
-        }
-        .map_err(backwards)?;
-        drain(&mut engine, &mut summary, &mut on_decision, line)?;
+        drive::feed(
+            &mut engine,
+            item,
+            Rollbacks::SucceedAtOnce,
+            &mut count_and_write,
+        )
+        .map_err(|error| match error {
+            DriveError::Output(io) => BacktestError::Io(io),
+            DriveError::Input(input) => BacktestError::Trace {
+                line,
+                message: input.to_string(),
+            },
+        })?;
     }
     summary.observations = engine.observations();
     Ok(summary)
@@ -140,28 +143,4 @@ impl<R: BufRead> Iterator for TraceLines<R> {
             );
         }
     }
-}
-
-/// Hands out every pending decision; a rollback succeeds at once.
-fn drain(
-    engine: &mut Engine,
-    summary: &mut Summary,
-    on_decision: &mut impl FnMut(&Decision) -> std::io::Result<()>,
-    line: usize,
-) -> Result<(), BacktestError> {
-    while let Some(decision) = engine.poll_decision() {
-        summary.count(&decision);
-        on_decision(&decision)?;
-        if decision.action == Action::Rollback
-            && let Some(incident) = decision.incident
-        {
-            engine
-                .handle_rollback_finished(decision.at, incident, Ok(()))
-                .map_err(|e| BacktestError::Trace {
-                    line,
-                    message: e.to_string(),
-                })?;
-        }
-    }
-    Ok(())
 }

@@ -1,6 +1,7 @@
 //! rollwatch: a watchdog that decides when to roll a deployment back.
 pub mod backtest;
 pub mod cli;
+pub mod drive;
 pub mod engine;
 pub mod explain;
 pub mod live;

@@ -229,10 +229,10 @@ pub async fn run(
         let name = format!("{}/{}", target.policy.service, target.policy.environment);
         let path = target.policy.path.clone();
         let sources = describe_sources(&target);
-        println!(
+        say(&format!(
             "{} watching {name} with {path} ({sources}); dry run: nothing is executed or sent",
             time_text(chrono::Utc::now())
-        );
+        ));
         let recorder = recorder.clone();
         let shutdown = shutdown.clone();
         let telemetry = Arc::clone(&telemetry);
@@ -245,13 +245,31 @@ pub async fn run(
             result
         });
     }
-    wait_for_signal().await;
-    eprintln!("stopping");
+    // A target that stops is a target nobody watches: stop loudly, so the
+    // supervisor (systemd, Kubernetes) restarts rollwatch.
+    let mut failure: Option<anyhow::Error> = None;
+    tokio::select! {
+        _ = wait_for_signal() => eprintln!("stopping"),
+        Some(joined) = tasks.join_next() => {
+            let error = match joined {
+                Ok(Ok(())) => anyhow::anyhow!("a target loop ended unexpectedly"),
+                Ok(Err(error)) => error,
+                Err(join) => anyhow::anyhow!("a target loop crashed: {join}"),
+            };
+            tracing::error!(error = %format!("{error:#}"), "stopping: a target is no longer watched");
+            failure = Some(error);
+        }
+    }
     shutdown.cancel();
-    let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
-        if let Ok(Err(error)) = joined {
-            failure.get_or_insert(error);
+        match joined {
+            Ok(Err(error)) => {
+                failure.get_or_insert(error);
+            }
+            Err(join) if join.is_panic() => {
+                failure.get_or_insert(anyhow::anyhow!("a target loop crashed: {join}"));
+            }
+            _ => {}
         }
     }
     let _ = server.await;
@@ -306,13 +324,23 @@ fn print_recommendation(name: &str, decision: &Decision) {
         Action::Notify => "WOULD NOTIFY the team".into(),
         Action::None => "no action".into(),
     };
-    println!(
+    say(&format!(
         "{} {name} DRY-RUN {would} [{} {}]: {}",
         time_text(decision.at),
         decision.tier,
         decision.rule,
         decision.explanation
-    );
+    ));
+}
+
+/// One line on stdout. A closed stdout (the reader went away) must not take
+/// the watchdog down with it: the line goes to the log instead.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(error) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        tracing::warn!(%error, "stdout is closed; the line follows here: {line}");
+    }
 }
 
 async fn wait_for_signal() {

@@ -252,11 +252,14 @@ async fn dry_run_prints_the_recommendation_counts_in_its_metrics_and_stops_clean
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (address_tx, address_rx) = std::sync::mpsc::channel();
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log_sink = std::sync::Arc::clone(&logs);
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(url) = line.split("on http://").nth(1) {
                 let _ = address_tx.send(url.trim().to_string());
             }
+            log_sink.lock().unwrap().push(line);
         }
     });
     let address = address_rx
@@ -291,11 +294,31 @@ async fn dry_run_prints_the_recommendation_counts_in_its_metrics_and_stops_clean
     );
     assert!(line.contains("[consider error-rate]"), "{line}");
     let client = rollwatch::sources::http::client().unwrap();
+    // Regression: stdout is closed now (the reader above is gone). The errors go
+    // on, so the stabilization watch fails and a page line is printed into the
+    // closed pipe; that must not take the watchdog down.
+    let page_line =
+        "rollwatch_decisions_total{target=\"web/staging\",action=\"page\",tier=\"consider\"}";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = match client.get(format!("http://{address}/metrics")).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(e) => panic!("the sidecar died: {e}: {:#?}", logs.lock().unwrap()),
+        };
+        if text.lines().any(|l| l.starts_with(page_line)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no escalation page within 20s:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let metrics = client
         .get(format!("http://{address}/metrics"))
         .send()
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}: {:#?}", logs.lock().unwrap()))
         .text()
         .await
         .unwrap();
@@ -321,7 +344,7 @@ async fn dry_run_prints_the_recommendation_counts_in_its_metrics_and_stops_clean
         .get(format!("http://{address}/healthz"))
         .send()
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}: {:#?}", logs.lock().unwrap()));
     assert_eq!(health.status().as_u16(), 200);
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
@@ -329,7 +352,7 @@ async fn dry_run_prints_the_recommendation_counts_in_its_metrics_and_stops_clean
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(status.code(), Some(0), "{:#?}", logs.lock().unwrap());
 }
 
 #[test]

@@ -30,6 +30,18 @@ impl Observation {
             ..Observation::default()
         }
     }
+
+    /// Nothing is known: every field is missing.
+    pub fn is_empty(&self) -> bool {
+        self.up.is_none()
+            && self.requests.is_none()
+            && self.errors.is_none()
+            && self.latency_ms == LatencyQuantiles::default()
+            && self.users.is_none()
+            && self.users_affected.is_none()
+            && self.checks.is_empty()
+            && self.version.is_none()
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

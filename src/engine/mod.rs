@@ -54,6 +54,8 @@ pub struct Deployment {
     pub migrations: Vec<String>,
     /// This deployment is a rollback: it is never rolled back automatically.
     pub rollback: bool,
+    /// Its version has been observed (an announced rollout may lag).
+    pub seen: bool,
 }
 
 /// Where an incident stands.
@@ -89,6 +91,8 @@ pub struct Incident {
     /// A page-then-rollback rolls back at this instant unless answered.
     pub deadline: Option<DateTime<Utc>>,
     pub phase: Phase,
+    /// Opened by a human's declaration rather than a rule.
+    pub declared: bool,
     clear_since: Option<DateTime<Utc>>,
     from_version: Option<String>,
     to_version: Option<String>,
@@ -102,58 +106,72 @@ struct RuleState {
     breach_since: Option<DateTime<Utc>>,
     /// Unhealthy readings in the current breach.
     breach_readings: u32,
-    /// The first conclusive reading since the latest deployment.
-    first_conclusive_at: Option<DateTime<Utc>>,
     /// First observation of the current unbroken stay in the watch band or above.
     band_since: Option<DateTime<Utc>>,
+    /// The latest reading in the breach, and in the band.
+    last_unhealthy_at: Option<DateTime<Utc>>,
+    last_band_at: Option<DateTime<Utc>>,
+    /// The first and the latest conclusive reading since the latest deployment.
+    first_conclusive_at: Option<DateTime<Utc>>,
+    last_conclusive_at: Option<DateTime<Utc>>,
     firing: bool,
     watching: bool,
+    /// When the rule last fired (held for its `for`); survives a deployment.
+    last_fired_at: Option<DateTime<Utc>>,
     /// The current firing was turned into a log line by a known issue.
     suppressed: bool,
-    /// The last instant the rule read unhealthy.
-    last_breach_at: Option<DateTime<Utc>>,
-    /// The rule breached within the baseline window before the latest deployment.
+    /// The rule fired within the baseline window before the latest deployment,
+    /// or was breaching as it happened.
     preexisting: bool,
     reading: Option<Reading>,
 }
 
 impl RuleState {
-    /// Applies a verdict; returns (fired, entered watch band).
+    /// Applies a verdict; returns (fired, entered watch band). A breach
+    /// interrupted by inconclusive readings for longer than `max_gap` starts over:
+    /// two failed probes an hour apart are not one minute of "down".
     fn update(
         &mut self,
         verdict: Verdict,
         now: DateTime<Utc>,
         hold_for: TimeDelta,
+        max_gap: TimeDelta,
     ) -> (bool, bool) {
-        match verdict {
-            Verdict::Unhealthy => {
-                self.breach_since.get_or_insert(now);
-                self.breach_readings += 1;
-                self.band_since.get_or_insert(now);
-            }
-            Verdict::Watch => {
-                self.breach_since = None;
-                self.breach_readings = 0;
-                self.band_since.get_or_insert(now);
-            }
-            Verdict::Healthy => {
-                self.breach_since = None;
-                self.breach_readings = 0;
-                self.band_since = None;
-            }
-            Verdict::Inconclusive => {}
-        }
-        if verdict != Verdict::Inconclusive {
-            self.first_conclusive_at.get_or_insert(now);
-        }
-        if verdict == Verdict::Unhealthy {
-            self.last_breach_at = Some(now);
-        }
         // An inconclusive reading keeps the state as it is: no data neither
         // confirms a rule (it must be seen breaching to fire) nor clears it.
         if verdict == Verdict::Inconclusive {
             return (false, false);
         }
+        let stale = |last: Option<DateTime<Utc>>| last.is_some_and(|t| now - t > max_gap);
+        if stale(self.last_unhealthy_at) {
+            self.breach_since = None;
+            self.breach_readings = 0;
+        }
+        if stale(self.last_band_at) {
+            self.band_since = None;
+        }
+        match verdict {
+            Verdict::Unhealthy => {
+                self.breach_since.get_or_insert(now);
+                self.breach_readings += 1;
+                self.band_since.get_or_insert(now);
+                self.last_unhealthy_at = Some(now);
+                self.last_band_at = Some(now);
+            }
+            Verdict::Watch => {
+                self.breach_since = None;
+                self.breach_readings = 0;
+                self.band_since.get_or_insert(now);
+                self.last_band_at = Some(now);
+            }
+            Verdict::Healthy | Verdict::Inconclusive => {
+                self.breach_since = None;
+                self.breach_readings = 0;
+                self.band_since = None;
+            }
+        }
+        self.first_conclusive_at.get_or_insert(now);
+        self.last_conclusive_at = Some(now);
         let held = |since: Option<DateTime<Utc>>| since.is_some_and(|s| now - s >= hold_for);
         let firing = held(self.breach_since);
         let watching = !firing && held(self.band_since);
@@ -161,17 +179,28 @@ impl RuleState {
         let entered_watch = watching && !self.watching;
         self.firing = firing;
         self.watching = watching;
+        if fired {
+            self.last_fired_at = Some(now);
+        }
         if !firing {
             self.suppressed = false;
         }
         (fired, entered_watch)
     }
 
-    fn reset(&mut self, preexisting: bool) {
+    /// Restarts the state machine at a new epoch.
+    fn reset(&mut self, preexisting: bool, last_fired_at: Option<DateTime<Utc>>) {
         *self = RuleState {
             preexisting,
+            last_fired_at,
             ..RuleState::default()
         };
+    }
+
+    /// The latest reading is conclusive and recent: the rule's state rests on
+    /// current evidence, not on what was seen before the data stopped.
+    fn evidence_is_current(&self, now: DateTime<Utc>, window: TimeDelta) -> bool {
+        self.last_conclusive_at.is_some_and(|t| now - t <= window)
     }
 }
 
@@ -255,7 +284,7 @@ impl Engine {
 
     /// Samples currently kept: bounded by the policy's widest window.
     pub fn history_len(&self) -> usize {
-        self.history.len()
+        self.history.sample_count()
     }
 
     pub fn rule_status(&self) -> Vec<RuleStatus> {
@@ -313,11 +342,18 @@ impl Engine {
         }
         let keep = self.policy.history_span() + self.policy.evaluation.interval;
         self.history.push(sample, keep);
-        if sample.has_data() {
+        // With metric rules, a health probe alone does not make the watchdog see:
+        // error rate, latency and users would be unjudgeable.
+        let sees = if self.policy.rules.iter().any(|r| r.signal.is_windowed()) {
+            sample.has_metrics()
+        } else {
+            sample.has_data()
+        };
+        if sees {
             self.last_data_at = Some(now);
             self.blind_paged = false;
         } else {
-            self.check_blind(now, "the observation carried no usable field");
+            self.check_blind(now, "observations carry no metrics");
         }
         self.evaluate_rules(now);
         self.maintain_incident(now);
@@ -341,11 +377,9 @@ impl Engine {
                 previous,
                 migrations,
             } => {
+                // The version counts as running once observed (a rollout may lag).
                 let previous = previous.or_else(|| self.last_seen_version.clone());
-                if version.is_some() {
-                    self.last_seen_version = version.clone();
-                }
-                self.deployed(at, version, previous, migrations);
+                self.deployed(at, version, previous, migrations, false);
             }
             Event::Declare {
                 tier,
@@ -404,6 +438,7 @@ impl Engine {
             .collect();
         for index in held_throughout {
             self.rules[index].firing = true;
+            self.rules[index].last_fired_at = Some(now);
             self.rule_fired(now, index);
         }
         Ok(())
@@ -443,6 +478,7 @@ impl Engine {
                     previous: from,
                     migrations: Vec::new(),
                     rollback: true,
+                    seen: true,
                 });
                 self.start_epoch(now, false);
                 let core = format!(
@@ -471,33 +507,56 @@ impl Engine {
     }
 
     fn observe_version(&mut self, now: DateTime<Utc>, version: &str) {
-        match &self.last_seen_version {
-            Some(seen) if seen == version => {}
-            None => self.last_seen_version = Some(version.to_string()),
-            Some(seen) => {
-                let previous = Some(seen.clone());
+        let Some(seen) = self.last_seen_version.clone() else {
+            self.last_seen_version = Some(version.to_string());
+            return;
+        };
+        if seen == version {
+            return;
+        }
+        if let Some(deployment) = &mut self.deployment
+            && !deployment.seen
+        {
+            if deployment.version.as_deref() == Some(version) {
+                // The announced version has rolled out.
+                deployment.seen = true;
                 self.last_seen_version = Some(version.to_string());
-                self.deployed(now, Some(version.to_string()), previous, Vec::new());
+                return;
+            }
+            if deployment.previous.as_deref() == Some(version) {
+                // The announced rollout is still in progress: old instances answer.
+                return;
             }
         }
+        self.last_seen_version = Some(version.to_string());
+        self.deployed(now, Some(version.to_string()), Some(seen), Vec::new(), true);
     }
 
+    /// A deployment, announced (`seen` false until its version is observed) or
+    /// observed as a version change.
     fn deployed(
         &mut self,
         now: DateTime<Utc>,
         version: Option<String>,
         previous: Option<String>,
         migrations: Vec<String>,
+        seen: bool,
     ) {
         if let Some(current) = &mut self.deployment
             && version.is_some()
-            && current.version == version
         {
-            // The announced version showing up, or our own rollback landing.
-            if !migrations.is_empty() {
-                current.migrations = migrations;
+            if current.version == version {
+                // The announced version showing up, or announced twice.
+                current.seen |= seen;
+                if !migrations.is_empty() {
+                    current.migrations = migrations;
+                }
+                return;
             }
-            return;
+            if current.previous == version {
+                self.rolled_back_to(now, version, seen);
+                return;
+            }
         }
         tracing::info!(
             target_service = %self.policy.service,
@@ -512,22 +571,58 @@ impl Engine {
             previous,
             migrations,
             rollback: false,
+            seen,
         });
         self.start_epoch(now, true);
     }
 
+    /// The previous version is back: rollwatch's own rollback landing before its
+    /// procedure reported, or a human's rollback. Either way it is a rollback
+    /// (never rolled back in turn) and the baseline, which describes that
+    /// version, stays.
+    fn rolled_back_to(&mut self, now: DateTime<Utc>, version: Option<String>, seen: bool) {
+        let ours = self
+            .incident
+            .as_ref()
+            .is_some_and(|i| i.phase == Phase::RollingBack);
+        let from = self.deployment.as_ref().and_then(|d| d.version.clone());
+        tracing::info!(
+            target_service = %self.policy.service,
+            version = version.as_deref().unwrap_or("unknown"),
+            by = if ours { "rollwatch" } else { "a human" },
+            "rollback landed"
+        );
+        self.deployment = Some(Deployment {
+            at: now,
+            version,
+            previous: from,
+            migrations: Vec::new(),
+            rollback: true,
+            seen,
+        });
+        if !ours {
+            // Judge the restored version on its own data; ours restarts at the watch.
+            self.start_epoch(now, false);
+        }
+    }
+
     /// Windows restart at `now`; rule states restart, remembering which rules
-    /// breached within the baseline window before it (a regression must be new).
+    /// fired within the baseline window before it, or were breaching as it came
+    /// (a regression must be new). A rollback forgets: those breaches belonged
+    /// to the version rolled back.
     fn start_epoch(&mut self, now: DateTime<Utc>, remember_breaches: bool) {
         self.epoch = Some(now);
         let since = now - self.policy.baseline.window;
         for state in &mut self.rules {
-            let preexisting = remember_breaches && state.last_breach_at.is_some_and(|t| t >= since);
-            state.reset(preexisting);
-            if !remember_breaches {
-                // A rollback: the breaches so far belonged to the version rolled back.
-                state.last_breach_at = None;
-            }
+            let fired_recently = state.last_fired_at.is_some_and(|t| t >= since);
+            let breaching = state.breach_since.is_some() && state.breach_readings >= 2;
+            let preexisting = remember_breaches && (fired_recently || breaching);
+            let last_fired_at = if remember_breaches {
+                state.last_fired_at
+            } else {
+                None
+            };
+            state.reset(preexisting, last_fired_at);
         }
     }
 
@@ -580,7 +675,9 @@ impl Engine {
             );
             let state = &mut self.rules[index];
             any_conclusive |= reading.verdict != Verdict::Inconclusive;
-            let (did_fire, did_enter_watch) = state.update(reading.verdict, now, rule.hold_for);
+            let max_gap = rule.hold_for + self.policy.evaluation.interval;
+            let (did_fire, did_enter_watch) =
+                state.update(reading.verdict, now, rule.hold_for, max_gap);
             state.reading = Some(reading);
             let suppression_lapsed = state.firing
                 && state.suppressed
@@ -925,6 +1022,7 @@ impl Engine {
             held: false,
             deadline: None,
             phase: Phase::Open,
+            declared: false,
             clear_since: None,
             from_version: None,
             to_version: None,
@@ -1040,20 +1138,32 @@ impl Engine {
         self.decisions.push_back(decision);
     }
 
-    fn maintain_incident(&mut self, now: DateTime<Utc>) {
-        let breaching = self
-            .policy
+    /// Rules of the consider and immediate tiers that are breaching now and not
+    /// silenced by a known issue.
+    fn breaching_rules(&self, now: DateTime<Utc>) -> Vec<usize> {
+        self.policy
             .rules
             .iter()
-            .zip(&self.rules)
-            .any(|(rule, state)| {
-                rule.tier >= Tier::Consider && (state.firing || state.breach_since.is_some())
-            });
+            .enumerate()
+            .filter(|(i, rule)| {
+                let state = &self.rules[*i];
+                rule.tier >= Tier::Consider
+                    && (state.firing || state.breach_since.is_some())
+                    && self.active_suppression(&rule.name, now).is_none()
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    fn maintain_incident(&mut self, now: DateTime<Utc>) {
+        let breaching = !self.breaching_rules(now).is_empty();
         let resolve_after = self.policy.evaluation.resolve_after;
         let Some(incident) = &mut self.incident else {
             return;
         };
-        if !matches!(incident.phase, Phase::Open | Phase::Escalated) {
+        // A human's declaration is not the metrics' to close while it waits for its rollback.
+        let awaiting_declared_rollback = incident.declared && incident.phase == Phase::Open;
+        if !matches!(incident.phase, Phase::Open | Phase::Escalated) || awaiting_declared_rollback {
             return;
         }
         if breaching {
@@ -1078,40 +1188,62 @@ impl Engine {
         }
     }
 
+    /// A page-then-rollback deadline passed unanswered: roll back if the breach
+    /// still stands on current evidence (or a human declared it), through the guards.
     fn deadline_passed(&mut self, now: DateTime<Utc>) {
         let Some(incident) = &mut self.incident else {
             return;
         };
         incident.deadline = None;
-        let rule_name = incident.rule.clone();
-        let still_breaching: Vec<usize> = self
-            .policy
-            .rules
-            .iter()
-            .enumerate()
-            .filter(|(i, rule)| {
-                rule.tier >= Tier::Consider && self.rules[*i].firing && !self.rules[*i].suppressed
-            })
-            .map(|(i, _)| i)
+        let (rule_name, declared) = (incident.rule.clone(), incident.declared);
+        let firing: Vec<usize> = self
+            .breaching_rules(now)
+            .into_iter()
+            .filter(|&i| self.rules[i].firing)
             .collect();
-        let Some(&first) = still_breaching.first() else {
-            let core = format!(
-                "page-then-rollback deadline passed unanswered, but {rule_name} is no longer breaching: not rolling back"
-            );
+        let current: Vec<usize> = firing
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let rule = &self.policy.rules[i];
+                self.rules[i].evidence_is_current(now, rule.window.max(rule.hold_for))
+            })
+            .collect();
+        let refusal = match (declared, firing.is_empty(), current.is_empty()) {
+            (true, _, _) | (false, false, false) => None,
+            (false, true, _) => Some((
+                Guard::Recovered,
+                format!(
+                    "page-then-rollback deadline passed unanswered, but {rule_name} is no longer breaching (or is a known issue): not rolling back"
+                ),
+            )),
+            (false, false, true) => Some((
+                Guard::NoData,
+                format!(
+                    "page-then-rollback deadline passed unanswered, but there is no current data to confirm {rule_name}: not rolling back on stale evidence; the page stands"
+                ),
+            )),
+        };
+        if let Some((guard, core)) = refusal {
             self.emit_for_incident(
                 now,
                 Action::None,
                 Cause::DeadlinePassed,
-                Some(Guard::Recovered),
+                Some(guard),
                 None,
                 core,
             );
             return;
-        };
-        let preexisting = still_breaching.iter().any(|&i| self.rules[i].preexisting);
+        }
+        let preexisting = current.iter().any(|&i| self.rules[i].preexisting);
         let (action, guard) = self.effective_action(now, Action::Rollback, preexisting, false);
-        let reading = self.rules[first].reading.clone();
-        let described = self.describe_rule(first, now);
+        let (reading, described) = match current.first() {
+            Some(&first) => (
+                self.rules[first].reading.clone(),
+                self.describe_rule(first, now),
+            ),
+            None => (None, format!("{rule_name} was declared by a human")),
+        };
         let (action, guard) = match (action, guard) {
             (Action::Rollback, None) => (Action::Rollback, None),
             // Already paged: a guard turns the rollback into nothing new.
@@ -1197,6 +1329,9 @@ impl Engine {
         let rule = "declare";
         if self.incident.is_none() {
             self.open_incident(now, tier, rule, component);
+        }
+        if let Some(incident) = &mut self.incident {
+            incident.declared = true;
         }
         let tier_action = self.policy.actions.for_tier(tier);
         let (action, guard) = self.effective_action(now, tier_action, false, true);

@@ -87,6 +87,11 @@ impl Sample {
         (sample, problems)
     }
 
+    /// Whether the sample holds a metric a windowed rule can judge.
+    pub fn has_metrics(&self) -> bool {
+        self.errors.is_some() || self.users.is_some() || self.latency_ms.is_some()
+    }
+
     /// Whether the sample holds anything a rule can judge.
     pub fn has_data(&self) -> bool {
         self.up.is_some()
@@ -159,12 +164,9 @@ impl History {
             .filter(move |s| s.at >= from && s.at < to)
     }
 
-    pub fn len(&self) -> usize {
+    /// How many samples are kept.
+    pub fn sample_count(&self) -> usize {
         self.samples.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.samples.is_empty()
     }
 }
 

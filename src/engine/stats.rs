@@ -15,18 +15,6 @@ pub fn wilson_lower_bound(successes: f64, trials: f64, z: f64) -> f64 {
     ((centre - margin) / (1.0 + z2 / trials)).clamp(0.0, 1.0)
 }
 
-/// Upper bound of the same interval.
-pub fn wilson_upper_bound(successes: f64, trials: f64, z: f64) -> f64 {
-    if trials <= 0.0 {
-        return 1.0;
-    }
-    let p = (successes / trials).clamp(0.0, 1.0);
-    let z2 = z * z;
-    let centre = p + z2 / (2.0 * trials);
-    let margin = z * (p * (1.0 - p) / trials + z2 / (4.0 * trials * trials)).sqrt();
-    ((centre + margin) / (1.0 + z2 / trials)).clamp(0.0, 1.0)
-}
-
 /// Median of the values (mean of the middle two for an even count). Sorts in place.
 pub fn median(values: &mut [f64]) -> Option<f64> {
     if values.is_empty() {
@@ -73,10 +61,9 @@ mod tests {
     }
 
     #[test]
-    fn upper_bound_lies_above_the_ratio_and_lower_below() {
+    fn the_lower_bound_lies_below_the_ratio() {
         let (k, n) = (30.0, 400.0);
         assert!(wilson_lower_bound(k, n, Z95) < k / n);
-        assert!(wilson_upper_bound(k, n, Z95) > k / n);
         assert_eq!(wilson_lower_bound(0.0, 0.0, Z95), 0.0);
     }
 

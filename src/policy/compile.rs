@@ -16,6 +16,7 @@ use crate::engine::policy::{
     Action, Actions, Baseline, BaselineMode, Evaluation, KnownIssue, Policy, Quantile, Rule,
     Signal, Tier,
 };
+use crate::engine::signals::MAX_CHECKS;
 use crate::procedure::command::CommandSpec;
 use crate::sources::config::{
     CheckConfig, DEFAULT_CHECK_TIMEOUT, DEFAULT_HEALTH_TIMEOUT, DEFAULT_MAX_BYTES, HealthConfig,
@@ -66,10 +67,12 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Compiled, V
         .health
         .map(|h| compile_health(&mut problems, h.into_inner()));
     let mut checks: Vec<CheckConfig> = Vec::new();
+    let mut check_spans: Vec<(String, Range<usize>)> = Vec::new();
     for raw_check in raw.check {
         let check = raw_check.into_inner();
         let name_span = check.name.span();
         let name = non_empty(&mut problems, check.name, "check name");
+        check_spans.push((name.clone(), name_span.clone()));
         if checks.iter().any(|c| c.name == name) {
             problems.add(
                 name_span,
@@ -96,6 +99,7 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Compiled, V
                 shell: check.shell.unwrap_or(false),
                 timeout,
                 env: Vec::new(),
+                kill_group_on_exit: true,
             },
         });
     }
@@ -117,7 +121,7 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Compiled, V
         .map(|d| positive(&mut problems, d, "stabilization duration"))
         .unwrap_or_else(|| TimeDelta::seconds(DEFAULT_STABILIZATION_SECS));
 
-    let mut check_names: Vec<String> = Vec::new();
+    let mut rule_checks: Vec<(String, Range<usize>)> = Vec::new();
     let mut rules: Vec<Rule> = Vec::new();
     let mut rule_spans: Vec<Range<usize>> = Vec::new();
     for raw_rule in raw.rule {
@@ -127,7 +131,7 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Compiled, V
             &mut problems,
             raw_rule.into_inner(),
             &evaluation,
-            &mut check_names,
+            &mut rule_checks,
         ) {
             if rules.iter().any(|existing| existing.name == rule.name) {
                 problems.add(
@@ -188,9 +192,29 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Compiled, V
         });
     }
 
+    // With check commands configured, every check a rule reads must have one:
+    // a misspelt name would leave its rule inconclusive forever.
+    if !checks.is_empty() {
+        for (name, span) in &rule_checks {
+            if !checks.iter().any(|c| &c.name == name) {
+                let known = checks.iter().map(|c| c.name.as_str());
+                problems.add(span.clone(), unknown_name_message("check", name, known));
+            }
+        }
+        for check in &checks {
+            if !rule_checks.iter().any(|(name, _)| *name == check.name) {
+                let span = check_spans
+                    .iter()
+                    .find(|(n, _)| *n == check.name)
+                    .map_or(0..0, |(_, s)| s.clone());
+                problems.add(span, format!("check \"{}\" is not read by any rule, expected a [[rule]] with signal = \"check\" and check = \"{}\"", check.name, check.name));
+            }
+        }
+    }
     if !problems.0.is_empty() {
         return Err(problems.0);
     }
+    let check_names: Vec<String> = rule_checks.into_iter().map(|(name, _)| name).collect();
     let policy = Policy {
         path: path.to_string(),
         sha256,
@@ -298,7 +322,7 @@ fn compile_baseline(
         None => TimeDelta::seconds(DEFAULT_BASELINE_WINDOW_SECS),
         Some(w) => at_least_interval(problems, w, "baseline window", evaluation.interval),
     };
-    let fixed_span = raw.fixed.as_ref().map(|f| f.span());
+    let mode_span = raw.mode.as_ref().map(|m| m.span());
     let fixed_ms = raw
         .fixed
         .map(|f| positive(problems, f, "fixed baseline").num_milliseconds() as f64);
@@ -317,7 +341,7 @@ fn compile_baseline(
     };
     if mode == BaselineMode::Fixed && fixed_ms.is_none() {
         problems.add(
-            fixed_span.unwrap_or(0..0),
+            mode_span.unwrap_or(0..0),
             "use = \"fixed\" needs a fixed baseline, expected e.g. fixed = \"300ms\"",
         );
     }
@@ -361,7 +385,7 @@ fn compile_rule(
     problems: &mut Problems,
     raw: RawRule,
     evaluation: &Evaluation,
-    checks: &mut Vec<String>,
+    checks: &mut Vec<(String, Range<usize>)>,
 ) -> Option<Rule> {
     let before = problems.0.len();
     let name = non_empty(problems, raw.name, "rule name");
@@ -520,20 +544,30 @@ fn compile_rule(
         };
     let signal = match signal_name {
         "down" => Signal::Down,
-        "check" => match raw.check {
-            None => {
-                problems.add(raw.signal.span(), "signal \"check\" needs the name of a check, expected e.g. check = \"data_integrity\"");
-                return None;
+        "check" => {
+            match raw.check {
+                None => {
+                    problems.add(raw.signal.span(), "signal \"check\" needs the name of a check, expected e.g. check = \"data_integrity\"");
+                    return None;
+                }
+                Some(check) => {
+                    let span = check.span();
+                    let check = non_empty(problems, check, "check");
+                    let index = match checks.iter().position(|(c, _)| *c == check) {
+                        Some(index) => index,
+                        None if checks.len() >= MAX_CHECKS => {
+                            problems.add(span, format!("more than {MAX_CHECKS} named checks, expected at most {MAX_CHECKS}"));
+                            return None;
+                        }
+                        None => {
+                            checks.push((check.clone(), span));
+                            checks.len() - 1
+                        }
+                    };
+                    Signal::Check { name: check, index }
+                }
             }
-            Some(check) => {
-                let check = non_empty(problems, check, "check");
-                let index = checks.iter().position(|c| *c == check).unwrap_or_else(|| {
-                    checks.push(check.clone());
-                    checks.len() - 1
-                });
-                Signal::Check { name: check, index }
-            }
-        },
+        }
         "error-rate" => Signal::ErrorRate {
             threshold: threshold.unwrap_or(1.0),
             min_requests: minimum(
@@ -547,6 +581,7 @@ fn compile_rule(
             threshold: threshold.unwrap_or(1.0),
             min_users: minimum(problems, raw.min_users, DEFAULT_MIN_USERS, "min_users") as f64,
         },
+        // The name was checked against Signal::NAMES above.
         _ => Signal::LatencyDegradation {
             threshold: threshold.unwrap_or(1.0),
             min_samples: minimum(

@@ -32,6 +32,9 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// No policy duration is longer: a year bounds every window and timer.
+pub const MAX_DURATION_DAYS: i64 = 366;
+
 const DURATION_EXPECTED: &str = "a duration like \"30s\", \"15m\", \"1h30m\" or \"250ms\"";
 
 fn parse_duration(text: &str) -> Result<TimeDelta, String> {
@@ -86,6 +89,12 @@ fn parse_duration(text: &str) -> Result<TimeDelta, String> {
         total = total
             .checked_add(&part)
             .ok_or_else(|| format!("duration \"{text}\" is too large"))?;
+    }
+    if total > TimeDelta::days(MAX_DURATION_DAYS) {
+        return Err(format!(
+            "duration \"{text}\" is longer than {MAX_DURATION_DAYS}d, expected at most {}h",
+            MAX_DURATION_DAYS * 24
+        ));
     }
     Ok(total)
 }

@@ -5,6 +5,7 @@
 //! that prints 100 MB costs a few kilobytes of memory.
 
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -25,6 +26,9 @@ pub struct CommandSpec {
     pub shell: bool,
     pub timeout: Duration,
     pub env: Vec<(String, String)>,
+    /// Once the command exits, end whatever it left running in its process
+    /// group (checks: yes; a step that starts services: no).
+    pub kill_group_on_exit: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,10 +106,15 @@ pub async fn run(spec: &CommandSpec) -> CommandOutcome {
         }
     };
     let pid = child.id();
-    let stdout = tokio::spawn(read_capped(child.stdout.take()));
-    let stderr = tokio::spawn(read_capped(child.stderr.take()));
+    let stdout = Capture::spawn(child.stdout.take());
+    let stderr = Capture::spawn(child.stderr.take());
     let ending = match tokio::time::timeout(spec.timeout, child.wait()).await {
-        Ok(Ok(status)) => ending_of(status),
+        Ok(Ok(status)) => {
+            if spec.kill_group_on_exit {
+                kill_group(pid, libc::SIGKILL);
+            }
+            ending_of(status)
+        }
         Ok(Err(error)) => Ending::FailedToStart(format!("waiting for the command failed: {error}")),
         Err(_) => {
             kill_group(pid, libc::SIGTERM);
@@ -121,8 +130,8 @@ pub async fn run(spec: &CommandSpec) -> CommandOutcome {
             Ending::TimedOut
         }
     };
-    let (out, out_dropped) = drain(stdout).await;
-    let (err, err_dropped) = drain(stderr).await;
+    let (out, out_dropped) = stdout.finish().await;
+    let (err, err_dropped) = stderr.finish().await;
     CommandOutcome {
         ending,
         stdout: out,
@@ -161,41 +170,68 @@ fn kill_group(pid: Option<u32>, signal: i32) {
     }
 }
 
-async fn drain(task: tokio::task::JoinHandle<(Vec<u8>, u64)>) -> (String, u64) {
-    match tokio::time::timeout(DRAIN_AFTER_EXIT, task).await {
-        Ok(Ok((bytes, dropped))) => (String::from_utf8_lossy(&bytes).into_owned(), dropped),
-        // Still held open by a backgrounded grandchild, or the reader panicked.
-        _ => (String::new(), 0),
+/// One output stream being read in the background into a capped buffer that
+/// stays readable even when the stream never closes.
+struct Capture {
+    buffer: Arc<Mutex<Captured>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Captured {
+    kept: Vec<u8>,
+    dropped: u64,
+}
+
+impl Captured {
+    /// Appends, keeping only the last `OUTPUT_CAP` bytes.
+    fn push(&mut self, bytes: &[u8]) {
+        self.kept.extend_from_slice(bytes);
+        if self.kept.len() > OUTPUT_CAP {
+            let excess = self.kept.len() - OUTPUT_CAP;
+            self.kept.drain(..excess);
+            self.dropped += excess as u64;
+        }
     }
 }
 
-/// Reads a stream to its end, keeping only the last `OUTPUT_CAP` bytes.
-async fn read_capped(stream: Option<impl AsyncRead + Unpin>) -> (Vec<u8>, u64) {
-    let Some(mut stream) = stream else {
-        return (Vec::new(), 0);
-    };
-    let mut kept: Vec<u8> = Vec::with_capacity(8 * 1024);
-    let mut dropped = 0u64;
-    let mut chunk = vec![0u8; 16 * 1024];
-    loop {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                kept.extend_from_slice(&chunk[..n]);
-                if kept.len() > 2 * OUTPUT_CAP {
-                    let excess = kept.len() - OUTPUT_CAP;
-                    kept.drain(..excess);
-                    dropped += excess as u64;
+impl Capture {
+    fn spawn(stream: Option<impl AsyncRead + Unpin + Send + 'static>) -> Capture {
+        let buffer = Arc::new(Mutex::new(Captured::default()));
+        let sink = Arc::clone(&buffer);
+        let reader = tokio::spawn(async move {
+            let Some(mut stream) = stream else { return };
+            let mut chunk = vec![0u8; 16 * 1024];
+            while let Ok(n) = stream.read(&mut chunk).await {
+                if n == 0 {
+                    break;
                 }
+                sink.lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push(&chunk[..n]);
             }
+        });
+        Capture { buffer, reader }
+    }
+
+    /// Waits briefly for the end of the stream (a backgrounded grandchild may
+    /// hold it open), stops reading, and returns what was kept.
+    async fn finish(mut self) -> (String, u64) {
+        if tokio::time::timeout(DRAIN_AFTER_EXIT, &mut self.reader)
+            .await
+            .is_err()
+        {
+            self.reader.abort();
         }
+        let captured = self
+            .buffer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (
+            String::from_utf8_lossy(&captured.kept).into_owned(),
+            captured.dropped,
+        )
     }
-    if kept.len() > OUTPUT_CAP {
-        let excess = kept.len() - OUTPUT_CAP;
-        kept.drain(..excess);
-        dropped += excess as u64;
-    }
-    (kept, dropped)
 }
 
 #[cfg(test)]
@@ -208,6 +244,7 @@ mod tests {
             shell: false,
             timeout: Duration::from_millis(timeout_ms),
             env: vec![("ROLLWATCH_TEST".into(), "yes".into())],
+            kill_group_on_exit: true,
         }
     }
 

@@ -8,20 +8,17 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 
-use crate::engine::input::{LatencyQuantiles, Observation};
+use crate::engine::input::Observation;
 use crate::policy::Compiled;
 use crate::procedure::command::{self, Ending};
 use crate::sources::config::{
     CheckConfig, HealthConfig, Queries, SourceConfig, SourceKind, render,
 };
 use crate::sources::exposition::{self, Format};
-use crate::sources::http::{self, FetchError};
+use crate::sources::http;
 use crate::sources::prometheus;
 use crate::sources::scrape::Deriver;
 use crate::trace::TraceItem;
-
-/// Health responses are small; anything larger is a misconfigured probe.
-const HEALTH_MAX_BYTES: u64 = 64 * 1024;
 
 /// What one poll produced and what went wrong on the way.
 #[derive(Debug)]
@@ -107,10 +104,8 @@ impl Poller {
         match health {
             None => {}
             Some(Ok(up)) => observation.up = Some(up),
-            Some(Err(reason)) => {
-                problems.push(reason);
-                observation.up = Some(false);
-            }
+            // The probe could not be judged: no data for "down", never down.
+            Some(Err(reason)) => problems.push(reason),
         }
         for (name, result) in checks {
             match result {
@@ -118,13 +113,7 @@ impl Poller {
                 Err(reason) => problems.push(format!("check {name}: {reason}")),
             }
         }
-        let has_anything = observation.up.is_some()
-            || observation.requests.is_some()
-            || observation.latency_ms != LatencyQuantiles::default()
-            || observation.users.is_some()
-            || !observation.checks.is_empty()
-            || observation.version.is_some();
-        let item = if source_failed && !has_anything {
+        let item = if source_failed && observation.is_empty() {
             TraceItem::NoData {
                 at,
                 reason: problems.join("; "),
@@ -169,24 +158,21 @@ async fn poll_metrics(
     })
 }
 
+/// The health probe: the expected status is up; any other status, a refusal or
+/// a timeout is down; anything else (a broken URL, a TLS failure) is no data.
 async fn probe_health(
     client: &reqwest::Client,
     health: Option<&HealthConfig>,
 ) -> Option<Result<bool, String>> {
     let health = health?;
     Some(
-        match http::get(client, &health.url, health.timeout, HEALTH_MAX_BYTES).await {
-            Ok(fetched) => {
-                if fetched.status != health.expect_status {
-                    tracing::debug!(url = %health.url, status = fetched.status, "health probe failed");
+        match http::status(client, &health.url, health.timeout).await {
+            Ok(status) => {
+                if status != health.expect_status {
+                    tracing::debug!(url = %health.url, status, "health probe failed");
                 }
-                Ok(fetched.status == health.expect_status)
+                Ok(status == health.expect_status)
             }
-            // It answered with a large body: the status was not checked, so say nothing.
-            Err(FetchError::TooLarge(limit)) => Err(format!(
-                "health probe {}: response larger than {limit} bytes",
-                health.url
-            )),
             Err(error) if error.target_unreachable() => Ok(false),
             Err(error) => Err(format!("health probe {}: {error}", health.url)),
         },

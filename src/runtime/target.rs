@@ -1,19 +1,21 @@
 //! The loop for one target: poll on the interval (with a little jitter, never
-//! two polls of one target at once), feed the engine, wake it at its deadlines,
-//! and hand its decisions out. Owns the clock: the engine never reads it.
+//! two polls of one target at once), feed the engine through `drive`, wake it
+//! at its deadlines, and hand its decisions out. Owns the clock: the engine
+//! never reads it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, TimeDelta, Utc};
 use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::drive::{self, DriveError, Rollbacks};
 use crate::engine::Engine;
 use crate::engine::decision::Decision;
 use crate::engine::input::Event;
-use crate::engine::policy::Action;
+use crate::engine::policy::Policy;
 use crate::policy::Compiled;
 use crate::telemetry::{DecisionLabels, Telemetry};
 use crate::trace::TraceItem;
@@ -21,9 +23,42 @@ use crate::trace::TraceItem;
 use super::poll::{PollOutcome, Poller};
 use super::record::Recorder;
 
-/// Feeds one poll's outcome to the engine (and the recording). Returns whether
-/// the poll carried any usable data.
-pub fn feed(engine: &mut Engine, outcome: &PollOutcome, recorder: Option<&Recorder>) -> bool {
+/// Wall-clock time that never jumps: read once, then advanced by the monotonic
+/// clock. An NTP step can neither fire a page-then-rollback deadline early nor
+/// make every input "go back in time".
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    wall: DateTime<Utc>,
+    monotonic: Instant,
+}
+
+impl Clock {
+    pub fn start() -> Clock {
+        Clock {
+            wall: Utc::now(),
+            monotonic: Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.wall + TimeDelta::from_std(self.monotonic.elapsed()).unwrap_or_default()
+    }
+
+    /// The monotonic instant of a wall time (now, when it has passed).
+    pub fn instant_of(&self, at: DateTime<Utc>) -> Instant {
+        let after = (at - self.wall).to_std().unwrap_or(Duration::ZERO);
+        self.monotonic + after
+    }
+}
+
+/// Logs the poll's problems, records it, and feeds it to the engine.
+fn feed(
+    engine: &mut Engine,
+    outcome: PollOutcome,
+    recorder: Option<&Recorder>,
+    rollbacks: Rollbacks,
+    on_decision: &mut dyn FnMut(&Decision) -> std::io::Result<()>,
+) -> Result<(), DriveError> {
     let service = engine.policy().service.clone();
     for problem in &outcome.problems {
         tracing::warn!(target_service = %service, "{problem}");
@@ -31,18 +66,7 @@ pub fn feed(engine: &mut Engine, outcome: &PollOutcome, recorder: Option<&Record
     if let Some(recorder) = recorder {
         recorder.record(&outcome.item);
     }
-    let result = match &outcome.item {
-        TraceItem::Observation(observation) => {
-            engine.handle_observation(observation).map(|()| true)
-        }
-        TraceItem::NoData { at, reason } => engine.handle_no_data(*at, reason).map(|()| false),
-        TraceItem::Event { at, event } => engine.handle_event(*at, event.clone()).map(|()| false),
-    };
-    result.unwrap_or_else(|error| {
-        // The wall clock stepped back (NTP): skip this poll rather than corrupt the state.
-        tracing::warn!(target_service = %service, %error, "poll skipped");
-        false
-    })
+    drive::feed(engine, outcome.item, rollbacks, on_decision)
 }
 
 /// The dry-run loop: polls until `shutdown`, handing each decision to `on_decision`.
@@ -64,56 +88,49 @@ pub async fn run_dry(
         .unwrap_or(Duration::from_secs(15));
     let mut poller = Poller::new(&target, interval)?;
     let mut engine = Engine::new(policy);
+    let clock = Clock::start();
+    let mut sink = |decision: &Decision| {
+        let decision_labels = DecisionLabels {
+            target: name.clone(),
+            action: decision.action.name().to_string(),
+            tier: decision.tier.name().to_string(),
+        };
+        telemetry.decisions.get_or_create(&decision_labels).inc();
+        on_decision(decision);
+        Ok(())
+    };
     // Spread many targets over the interval rather than polling them all at once.
     let mut next_poll = Instant::now() + jitter(interval, 0.5);
-    let mut missed_ticks: u64 = 0;
     loop {
-        let deadline = engine.poll_timeout().map(|at| {
-            let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-            Instant::now() + wait
-        });
+        let deadline = engine
+            .poll_timeout()
+            .map(|at| clock.instant_of(at))
+            .filter(|d| *d < next_poll);
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep_until(deadline.unwrap_or(next_poll)), if deadline.is_some_and(|d| d < next_poll) => {
-                if let Some(at) = engine.poll_timeout() {
-                    let _ = engine.handle_timeout(at.max(Utc::now()));
-                }
+            _ = tokio::time::sleep_until(deadline.unwrap_or(next_poll)), if deadline.is_some() => {
+                drive::wake(&mut engine, clock.now(), Rollbacks::SucceedAtOnce, &mut sink)?;
             }
             _ = tokio::time::sleep_until(next_poll) => {
                 let started = Instant::now();
-                let outcome = poller.poll(Utc::now()).await;
+                let outcome = poller.poll(clock.now()).await;
                 telemetry.poll_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
                 telemetry.polls.get_or_create(&labels).inc();
                 if outcome.source_failed {
                     telemetry.source_errors.get_or_create(&labels).inc();
                 }
                 telemetry.unreadable_lines.get_or_create(&labels).inc_by(outcome.unreadable_lines as u64);
-                feed(&mut engine, &outcome, recorder.as_ref());
+                feed(&mut engine, outcome, recorder.as_ref(), Rollbacks::SucceedAtOnce, &mut sink)?;
                 next_poll += interval + jitter(interval, 0.05);
                 let now = Instant::now();
                 if next_poll < now {
                     // The poll took longer than the interval: count the ticks skipped.
                     let behind = now - next_poll;
-                    let skipped = behind.as_nanos() / interval.as_nanos().max(1) + 1;
-                    missed_ticks += skipped as u64;
-                    telemetry.missed_ticks.get_or_create(&labels).inc_by(skipped as u64);
-                    tracing::warn!(target_name = %name, missed_ticks, "polling is behind the interval");
+                    let skipped = (behind.as_nanos() / interval.as_nanos().max(1) + 1) as u64;
+                    telemetry.missed_ticks.get_or_create(&labels).inc_by(skipped);
+                    tracing::warn!(target_name = %name, skipped, "polling is behind the interval");
                     next_poll = now;
                 }
-            }
-        }
-        while let Some(decision) = engine.poll_decision() {
-            let decision_labels = DecisionLabels {
-                target: name.clone(),
-                action: decision.action.name().to_string(),
-                tier: decision.tier.name().to_string(),
-            };
-            telemetry.decisions.get_or_create(&decision_labels).inc();
-            on_decision(&decision);
-            if decision.action == Action::Rollback
-                && let Some(incident) = decision.incident
-            {
-                let _ = engine.handle_rollback_finished(decision.at, incident, Ok(()));
             }
         }
     }
@@ -145,17 +162,20 @@ pub async fn evaluate(
     let mut poller = Poller::new(target, every)?;
     let mut engine = Engine::new(policy);
     let mut decisions = Vec::new();
+    let mut sink = |decision: &Decision| {
+        decisions.push(decision.clone());
+        Ok(())
+    };
+    let clock = Clock::start();
     let started = Instant::now();
     let total_polls = (duration.as_millis() / every.as_millis().max(1)) as u32 + 1;
-    let mut polls = 0;
     let mut polls_with_data = 0;
     let mut last_problems = Vec::new();
     for index in 0..total_polls {
-        let tick = started + every * index;
-        tokio::time::sleep_until(tick).await;
-        let at = Utc::now();
+        tokio::time::sleep_until(started + every * index).await;
+        let at = clock.now();
         let outcome = poller.poll(at).await;
-        if polls == 0 {
+        if index == 0 {
             let version = match &outcome.item {
                 TraceItem::Observation(o) => o.version.clone(),
                 _ => None,
@@ -171,27 +191,26 @@ pub async fn evaluate(
             if let Some(recorder) = &recorder {
                 recorder.record(&deploy);
             }
-            if let TraceItem::Event { at, event } = deploy {
-                let _ = engine.handle_event(at, event);
-            }
+            drive::feed(&mut engine, deploy, Rollbacks::Reported, &mut sink)?;
         }
-        polls += 1;
-        if feed(&mut engine, &outcome, recorder.as_ref()) {
+        if matches!(&outcome.item, TraceItem::Observation(o) if !o.is_empty()) {
             polls_with_data += 1;
         }
-        last_problems = outcome.problems;
-        while let Some(decision) = engine.poll_decision() {
-            decisions.push(decision);
-        }
+        last_problems = outcome.problems.clone();
+        feed(
+            &mut engine,
+            outcome,
+            recorder.as_ref(),
+            Rollbacks::Reported,
+            &mut sink,
+        )?;
     }
-    let _ = engine.handle_sampling_end(Utc::now());
-    while let Some(decision) = engine.poll_decision() {
-        decisions.push(decision);
-    }
+    engine.handle_sampling_end(clock.now())?;
+    drive::drain(&mut engine, Rollbacks::Reported, &mut sink)?;
     Ok(Evaluation {
         decisions,
         engine,
-        polls,
+        polls: total_polls as usize,
         polls_with_data,
         last_problems,
     })
@@ -199,12 +218,9 @@ pub async fn evaluate(
 
 /// The policy as `evaluate` applies it: polls every `every`. (A rule that holds
 /// through the whole sampling is confirmed by `Engine::handle_sampling_end`.)
-pub fn evaluation_policy(
-    policy: &crate::engine::policy::Policy,
-    every: Duration,
-) -> crate::engine::policy::Policy {
+pub fn evaluation_policy(policy: &Policy, every: Duration) -> Policy {
     let mut policy = policy.clone();
-    let every = chrono::TimeDelta::from_std(every).unwrap_or(chrono::TimeDelta::seconds(2));
+    let every = TimeDelta::from_std(every).unwrap_or(TimeDelta::seconds(2));
     policy.evaluation.interval = every;
     for rule in &mut policy.rules {
         rule.window = rule.window.max(every);

@@ -325,8 +325,14 @@ fn parse_quoted(text: &str) -> Option<(String, &str)> {
                     b'n' => value.push('\n'),
                     b'\\' => value.push('\\'),
                     b'"' => value.push('"'),
-                    // Unknown escapes are kept as written, as Prometheus does.
-                    _ => value.push_str(&text[i..i + 2]),
+                    // An unknown escape keeps its backslash, as Prometheus does; the
+                    // character after it (maybe multi-byte) is copied as it stands.
+                    _ => {
+                        value.push('\\');
+                        i += 1;
+                        start = i;
+                        continue;
+                    }
                 }
                 i += 2;
                 start = i;

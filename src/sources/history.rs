@@ -116,12 +116,7 @@ async fn fetch_chunk(
     Ok(observations
         .into_values()
         .map(|o| {
-            let empty = o.up.is_none()
-                && o.requests.is_none()
-                && o.latency_ms == Default::default()
-                && o.users.is_none()
-                && o.version.is_none();
-            if empty {
+            if o.is_empty() {
                 TraceItem::NoData {
                     at: o.at,
                     reason: "no samples in Prometheus history at this step".into(),

@@ -42,6 +42,29 @@ impl FetchError {
     }
 }
 
+/// GETs `url` for its status alone: the body is never read (a health endpoint
+/// may answer 200 with a large or binary page).
+pub async fn status(
+    client: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+) -> Result<u16, FetchError> {
+    let request = async {
+        let response = client.get(url).send().await.map_err(|e| {
+            if e.is_connect() {
+                FetchError::Connect(error_chain(&e))
+            } else {
+                FetchError::Other(error_chain(&e))
+            }
+        })?;
+        Ok(response.status().as_u16())
+    };
+    match tokio::time::timeout(timeout, request).await {
+        Ok(result) => result,
+        Err(_) => Err(FetchError::Timeout(timeout)),
+    }
+}
+
 /// GETs `url`, reading at most `max_bytes` of body, all within `timeout`.
 pub async fn get(
     client: &reqwest::Client,
