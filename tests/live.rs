@@ -195,6 +195,18 @@ async fn a_recording_of_an_evaluation_is_a_trace_that_backtest_replays() {
     );
 }
 
+/// Kills the child process if the test fails before stopping it.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: sends SIGKILL to the child this test started.
+        unsafe {
+            libc::kill(self.0 as i32, libc::SIGKILL);
+        }
+    }
+}
+
 /// A policy for the dry-run: 1 s polls, errors confirmed after 2 s.
 fn fast_policy(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
     let path = dir.join("fast.toml");
@@ -251,6 +263,7 @@ async fn dry_run_prints_the_recommendation_counts_in_its_metrics_and_stops_clean
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
+    let guard = KillOnDrop(child.id());
     let (address_tx, address_rx) = std::sync::mpsc::channel();
     let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let log_sink = std::sync::Arc::clone(&logs);
@@ -349,6 +362,7 @@ async fn dry_run_prints_the_recommendation_counts_in_its_metrics_and_stops_clean
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
+    std::mem::forget(guard);
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();
