@@ -662,11 +662,11 @@ fn main() {
     let full = args.iter().any(|a| a == "--bench");
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
     let mut cases = Cases::new();
-    // Each iteration takes milliseconds: 50 samples over 5 s keep the run short on 2 cores.
+    // Each iteration takes milliseconds: 30 samples over 7 s keep the run short on 2 cores.
     let mut c = Criterion::default()
-        .sample_size(50)
+        .sample_size(30)
         .warm_up_time(Duration::from_secs(2))
-        .measurement_time(Duration::from_secs(5))
+        .measurement_time(Duration::from_secs(7))
         .configure_from_args();
     benches(&mut c, &mut cases);
     c.final_summary();
