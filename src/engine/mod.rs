@@ -32,7 +32,7 @@ use crate::policy::units::format_duration;
 use decision::{Cause, Decision, Guard};
 use input::{Event, Observation};
 use policy::{Action, BaselineMode, KnownIssue, Policy, Signal, Tier};
-use signals::{History, LatencyBaseline, Reading, Sample, Verdict};
+use signals::{History, LatencyBaseline, LatencyTrail, Reading, Sample, Verdict};
 
 /// An input the engine refuses.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -222,6 +222,8 @@ pub struct Engine {
     policy: Arc<Policy>,
     now: Option<DateTime<Utc>>,
     history: History,
+    /// Latency for the pre-deployment baseline (absent when none is taken).
+    latency_trail: Option<LatencyTrail>,
     rules: Vec<RuleState>,
     last_seen_version: Option<String>,
     deployment: Option<Deployment>,
@@ -241,12 +243,17 @@ pub struct Engine {
 impl Engine {
     pub fn new(policy: Arc<Policy>) -> Engine {
         let baseline = fixed_baseline(&policy);
+        let history = History::with_capacity(history_capacity(&policy));
+        let latency_trail = policy
+            .needs_latency_trail()
+            .then(|| LatencyTrail::new(policy.baseline.window, policy.evaluation.interval));
         Engine {
             rules: vec![RuleState::default(); policy.rules.len()],
             suppressions: policy.known_issues.clone(),
             policy,
             now: None,
-            history: History::default(),
+            history,
+            latency_trail,
             last_seen_version: None,
             deployment: None,
             baseline,
@@ -340,8 +347,11 @@ impl Engine {
         if let Some(version) = &observation.version {
             self.observe_version(now, version);
         }
-        let keep = self.policy.history_span() + self.policy.evaluation.interval;
+        let keep = self.policy.rules_span() + self.policy.evaluation.interval;
         self.history.push(sample, keep);
+        if let (Some(trail), Some(latency)) = (&mut self.latency_trail, sample.latency_ms) {
+            trail.push(now, latency);
+        }
         // With metric rules, a health probe alone does not make the watchdog see:
         // error rate, latency and users would be unjudgeable.
         let sees = if self.policy.rules.iter().any(|r| r.signal.is_windowed()) {
@@ -640,10 +650,14 @@ impl Engine {
             })
             .unwrap_or(3);
         let mut values: Vec<f64> = self
-            .history
-            .between(deploy_at - self.policy.baseline.window, deploy_at)
-            .filter_map(|s| s.latency_ms)
-            .collect();
+            .latency_trail
+            .as_ref()
+            .map(|trail| {
+                trail
+                    .between(deploy_at - self.policy.baseline.window, deploy_at)
+                    .collect()
+            })
+            .unwrap_or_default();
         if values.len() >= min_samples
             && let Some(ms) = stats::median(&mut values)
             && ms > 0.0
@@ -1418,6 +1432,12 @@ impl Engine {
             }
         }
     }
+}
+
+/// Samples the widest rule window holds at the policy's interval, plus slack.
+fn history_capacity(policy: &Policy) -> usize {
+    let interval = policy.evaluation.interval.num_milliseconds().max(1);
+    (policy.rules_span().num_milliseconds() / interval) as usize + 3
 }
 
 fn fixed_baseline(policy: &Policy) -> Option<LatencyBaseline> {

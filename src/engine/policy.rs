@@ -283,15 +283,22 @@ impl Policy {
         self.rules.iter().find(|rule| rule.name == name)
     }
 
-    /// The longest span of history any judgement needs: memory is bounded by it.
-    pub fn history_span(&self) -> TimeDelta {
-        let widest_rule = self
-            .rules
+    /// The widest rule window: full samples are kept this far back, no further.
+    pub fn rules_span(&self) -> TimeDelta {
+        self.rules
             .iter()
             .map(|rule| rule.window)
             .max()
-            .unwrap_or_else(TimeDelta::zero);
-        widest_rule.max(self.baseline.window)
+            .unwrap_or_else(TimeDelta::zero)
+    }
+
+    /// Whether a pre-deployment latency baseline is ever taken.
+    pub fn needs_latency_trail(&self) -> bool {
+        self.baseline.mode == BaselineMode::PreDeploy
+            && self
+                .rules
+                .iter()
+                .any(|r| matches!(r.signal, Signal::LatencyDegradation { .. }))
     }
 
     /// The short form of the content hash used in explanations.

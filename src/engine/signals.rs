@@ -122,13 +122,21 @@ fn counts_pair(
     }
 }
 
-/// Observations back to the longest span any judgement needs, oldest first.
+/// Observations back to the widest rule window, oldest first.
 #[derive(Debug, Default)]
 pub struct History {
     samples: VecDeque<Sample>,
 }
 
 impl History {
+    /// Room for `capacity` samples up front: the window never needs more, and
+    /// a growing buffer would double its memory.
+    pub fn with_capacity(capacity: usize) -> History {
+        History {
+            samples: VecDeque::with_capacity(capacity),
+        }
+    }
+
     pub fn push(&mut self, sample: Sample, keep: TimeDelta) {
         let oldest = sample.at - keep;
         while self.samples.front().is_some_and(|s| s.at < oldest) {
@@ -157,16 +165,68 @@ impl History {
             .take_while(move |s| s.at > start && from.is_none_or(|from| s.at > from))
     }
 
-    /// Samples in `[from, to)`: the baseline window before a deployment.
-    pub fn between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> impl Iterator<Item = &Sample> {
-        self.samples
-            .iter()
-            .filter(move |s| s.at >= from && s.at < to)
-    }
-
     /// How many samples are kept.
     pub fn sample_count(&self) -> usize {
         self.samples.len()
+    }
+}
+
+/// The latency values the pre-deployment baseline is taken from, over the
+/// baseline window, thinned to at most `LatencyTrail::POINTS` points (one per
+/// poll at 15 s over 30 min, one in fifteen at 1 s): the median of an even
+/// subsample estimates the median, and 1,000 targets stay small.
+#[derive(Debug)]
+pub struct LatencyTrail {
+    points: VecDeque<(DateTime<Utc>, f64)>,
+    span: TimeDelta,
+    step: TimeDelta,
+}
+
+impl LatencyTrail {
+    pub const POINTS: i32 = 120;
+
+    pub fn new(span: TimeDelta, interval: TimeDelta) -> LatencyTrail {
+        let step = (span / LatencyTrail::POINTS).max(interval);
+        LatencyTrail {
+            points: VecDeque::with_capacity(LatencyTrail::POINTS as usize + 2),
+            span,
+            step,
+        }
+    }
+
+    pub fn push(&mut self, at: DateTime<Utc>, latency_ms: f64) {
+        if self
+            .points
+            .back()
+            .is_some_and(|(last, _)| at - *last < self.step)
+        {
+            return;
+        }
+        let oldest = at - self.span - self.step;
+        while self.points.front().is_some_and(|(t, _)| *t < oldest) {
+            self.points.pop_front();
+        }
+        self.points.push_back((at, latency_ms));
+    }
+
+    /// Values in `[from, to)`.
+    pub fn between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> impl Iterator<Item = f64> + '_ {
+        self.points
+            .iter()
+            .filter(move |(t, _)| *t >= from && *t < to)
+            .map(|(_, v)| *v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
     }
 }
 
@@ -455,4 +515,34 @@ fn window_span(rule: &Rule, now: DateTime<Utc>, epoch: Option<DateTime<Utc>>) ->
     let full = rule.window;
     let clipped = epoch.map_or(full, |e| (now - e).min(full));
     clipped.num_seconds().max(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap()
+    }
+
+    #[test]
+    fn the_latency_trail_keeps_every_poll_at_15s_and_thins_faster_polls() {
+        let mut every_poll = LatencyTrail::new(TimeDelta::minutes(30), TimeDelta::seconds(15));
+        for i in 0..400 {
+            every_poll.push(at(i * 15), i as f64);
+        }
+        // 30 min at 15 s, plus the step of slack.
+        assert_eq!(every_poll.len(), 122);
+        let mut thinned = LatencyTrail::new(TimeDelta::minutes(30), TimeDelta::seconds(1));
+        for i in 0..7200 {
+            thinned.push(at(i), 200.0);
+        }
+        assert!(
+            thinned.len() <= LatencyTrail::POINTS as usize + 2,
+            "{}",
+            thinned.len()
+        );
+        let recent: Vec<f64> = thinned.between(at(7200 - 1800), at(7200)).collect();
+        assert_eq!(recent.len(), 120);
+    }
 }

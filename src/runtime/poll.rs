@@ -38,6 +38,9 @@ pub struct Poller {
     health: Option<HealthConfig>,
     checks: Vec<CheckConfig>,
     client: reqwest::Client,
+    /// The health probe and the scrape go to one host: run them one after the
+    /// other on one connection.
+    one_connection: bool,
     deriver: Option<Deriver>,
     /// The interval as PromQL writes it, for `$interval`.
     interval_text: String,
@@ -54,7 +57,22 @@ impl Poller {
             _ => None,
         };
         let policy = &target.policy;
+        let scrape_url = match &target.source {
+            Some(SourceConfig {
+                kind: SourceKind::Scrape { url, .. },
+                ..
+            }) => Some(url.as_str()),
+            _ => None,
+        };
+        let one_connection = match (scrape_url, &target.health) {
+            (Some(scrape), Some(health)) => {
+                http::authority(scrape).is_some()
+                    && http::authority(scrape) == http::authority(&health.url)
+            }
+            _ => false,
+        };
         Ok(Poller {
+            one_connection,
             source: target.source.clone(),
             health: target.health.clone(),
             checks: target.checks.clone(),
@@ -77,7 +95,14 @@ impl Poller {
         );
         let health = probe_health(&self.client, self.health.as_ref());
         let checks = run_checks(&self.checks, &self.check_env);
-        let (metrics, health, checks) = tokio::join!(metrics, health, checks);
+        let (metrics, health, checks) = if self.one_connection {
+            // One host serves both: one kept-alive connection, not two per target.
+            let ((health, metrics), checks) =
+                tokio::join!(async { (health.await, metrics.await) }, checks);
+            (metrics, health, checks)
+        } else {
+            tokio::join!(metrics, health, checks)
+        };
         let mut problems = Vec::new();
         let mut observation = Observation::new(at);
         let mut unreadable_lines = 0;

@@ -2,17 +2,31 @@
 //! a response size limit, so a slow, hung or flooding target costs at most
 //! that much time and memory.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
-/// A reqwest client on rustls with the ring provider.
+/// The process's one reqwest client (rustls, ring provider), handed out as
+/// clones that share its connection pool and TLS setup: a client per target
+/// would load the certificate store a thousand times.
 pub fn client() -> Result<reqwest::Client, reqwest::Error> {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    if let Some(client) = CLIENT.get() {
+        return Ok(client.clone());
+    }
     // Installing twice fails harmlessly: the first provider stays.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    let client = reqwest::Client::builder()
         .user_agent(concat!("rollwatch/", env!("CARGO_PKG_VERSION")))
         .no_proxy()
         .pool_max_idle_per_host(2)
-        .build()
+        .build()?;
+    Ok(CLIENT.get_or_init(|| client).clone())
+}
+
+/// `(host, port)` of a URL, to tell whether two URLs share a connection.
+pub fn authority(url: &str) -> Option<(String, u16)> {
+    let url = reqwest::Url::parse(url).ok()?;
+    Some((url.host_str()?.to_string(), url.port_or_known_default()?))
 }
 
 #[derive(Clone, Debug)]
