@@ -349,7 +349,7 @@ impl Engine {
         }
         let keep = self.policy.rules_span() + self.policy.evaluation.interval;
         self.history.push(sample, keep);
-        if let (Some(trail), Some(latency)) = (&mut self.latency_trail, sample.latency_ms) {
+        if let (Some(trail), Some(latency)) = (&mut self.latency_trail, sample.latency_ms()) {
             trail.push(now, latency);
         }
         // With metric rules, a health probe alone does not make the watchdog see:

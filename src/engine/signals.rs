@@ -13,17 +13,19 @@ use super::policy::{Policy, Quantile, Rule, Signal};
 use super::stats::{median, wilson_lower_bound};
 use crate::policy::units::{format_duration, format_percent};
 
-/// The parts of an observation the rules read, kept compactly.
+/// The parts of an observation the rules read, kept compactly: a thousand
+/// targets at 1 s polls keep 300 samples each, so the values are `f32`
+/// (per-interval counts and milliseconds need no more) and read back as `f64`.
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {
     pub at: DateTime<Utc>,
     pub up: Option<bool>,
     /// (requests, errors), present only when both are known and sane.
-    pub errors: Option<(f64, f64)>,
+    errors: Option<(f32, f32)>,
     /// (users, users affected), same rule.
-    pub users: Option<(f64, f64)>,
+    users: Option<(f32, f32)>,
     /// The policy's latency quantile, in milliseconds.
-    pub latency_ms: Option<f64>,
+    latency_ms: Option<f32>,
     /// Bit i set: `Policy::checks[i]` was reported.
     pub checks_known: u64,
     /// Bit i set: `Policy::checks[i]` failed.
@@ -75,16 +77,34 @@ impl Sample {
                 }
             }
         }
+        let pair = |p: Option<(f64, f64)>| p.map(|(total, part)| (total as f32, part as f32));
         let sample = Sample {
             at: obs.at,
             up: obs.up,
-            errors,
-            users,
-            latency_ms,
+            errors: pair(errors),
+            users: pair(users),
+            latency_ms: latency_ms.map(|ms| ms as f32),
             checks_known,
             checks_failed,
         };
         (sample, problems)
+    }
+
+    /// (requests, errors) in the interval.
+    pub fn errors(&self) -> Option<(f64, f64)> {
+        self.errors
+            .map(|(total, part)| (f64::from(total), f64::from(part)))
+    }
+
+    /// (users, users affected) in the interval.
+    pub fn users(&self) -> Option<(f64, f64)> {
+        self.users
+            .map(|(total, part)| (f64::from(total), f64::from(part)))
+    }
+
+    /// The policy's latency quantile, in milliseconds.
+    pub fn latency_ms(&self) -> Option<f64> {
+        self.latency_ms.map(f64::from)
     }
 
     /// Whether the sample holds a metric a windowed rule can judge.
@@ -406,7 +426,7 @@ pub fn read(
             threshold,
             min_requests,
         } => {
-            let pick = |s: &Sample| s.errors;
+            let pick = |s: &Sample| s.errors();
             read_proportion(
                 rule,
                 history,
@@ -423,7 +443,7 @@ pub fn read(
             threshold,
             min_users,
         } => {
-            let pick = |s: &Sample| s.users;
+            let pick = |s: &Sample| s.users();
             read_proportion(
                 rule, history, now, epoch, z, *threshold, *min_users, pick, "users",
             )
@@ -434,7 +454,7 @@ pub fn read(
         } => {
             let mut values: Vec<f64> = history
                 .window(now, rule.window, epoch)
-                .filter_map(|s| s.latency_ms)
+                .filter_map(|s| s.latency_ms())
                 .collect();
             let count = values.len();
             if count < *min_samples {
@@ -523,6 +543,16 @@ mod tests {
 
     fn at(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap()
+    }
+
+    #[test]
+    fn a_sample_stays_small() {
+        // 1,000 targets x 300 samples at 1 s polls: each byte is 300 KB.
+        assert!(
+            std::mem::size_of::<Sample>() <= 64,
+            "{}",
+            std::mem::size_of::<Sample>()
+        );
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! `http_requests_total{code=~"5..",job="web"}`: a metric name and label
 //! matchers with `=`, `!=`, `=~` and `!~` (regexes fully anchored, as in PromQL).
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Mutex, OnceLock};
 
 use regex::Regex;
 
@@ -104,7 +106,7 @@ impl Selector {
                 rest = after[close + 1..].trim_start();
                 let regex = match op {
                     MatchOp::Regex | MatchOp::NotRegex => {
-                        Some(Regex::new(&format!("^(?:{value})$")).map_err(|e| {
+                        Some(anchored_regex(&value).map_err(|e| {
                             format!("invalid regex \"{value}\" in selector \"{text}\": {e}")
                         })?)
                     }
@@ -147,6 +149,22 @@ impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
     }
+}
+
+/// `^(?:pattern)$`, compiled once per process: a thousand policies with the
+/// same selector share one compiled regex.
+fn anchored_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    static COMPILED: OnceLock<Mutex<HashMap<String, Regex>>> = OnceLock::new();
+    let cache = COMPILED.get_or_init(Mutex::default);
+    let mut cache = cache
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(regex) = cache.get(pattern) {
+        return Ok(regex.clone());
+    }
+    let regex = Regex::new(&format!("^(?:{pattern})$"))?;
+    cache.insert(pattern.to_string(), regex.clone());
+    Ok(regex)
 }
 
 fn find_closing_quote(text: &str) -> Option<usize> {
