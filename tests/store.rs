@@ -1,0 +1,846 @@
+//! The store against both backends: every case runs on SQLite (a temporary
+//! file, always) and on PostgreSQL (`ROLLWATCH_TEST_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`), each PostgreSQL test in a fresh
+//! schema dropped at its end. Without a reachable PostgreSQL the PostgreSQL
+//! half is skipped, except under CI (`CI` set), where it fails.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use rollwatch::engine::decision::{Cause, Decision, Guard};
+use rollwatch::engine::policy::{Action, Policy, Tier};
+use rollwatch::engine::signals::{Reading, Verdict};
+use rollwatch::store::*;
+use sqlx::AssertSqlSafe;
+use sqlx::postgres::PgPoolOptions;
+
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+const TARGET: &str = "web/production";
+
+/// Where one test's database lives; `open` may be called again (a restart).
+struct TestDb {
+    url: String,
+}
+
+impl TestDb {
+    async fn open(&self) -> Store {
+        Store::open(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.url))
+    }
+}
+
+type Case = fn(TestDb) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+async fn run_on_sqlite(case: Case) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rollwatch.db");
+    let url = format!("sqlite://{}", path.display());
+    case(TestDb { url }).await;
+}
+
+async fn run_on_postgres(case: Case) {
+    let base = std::env::var("ROLLWATCH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_string());
+    let admin = match PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(&base)
+        .await
+    {
+        Ok(pool) => pool,
+        Err(error) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("PostgreSQL unreachable at {base} under CI: {error}");
+            }
+            eprintln!("skipped: PostgreSQL unreachable ({base}: {error})");
+            return;
+        }
+    };
+    let schema = format!("rw_test_{:016x}", rand::random::<u64>());
+    // The schema name is ours (hex digits), so it is safe to splice in.
+    sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+    // A panicking case still drops its schema.
+    let outcome = tokio::spawn(case(TestDb { url })).await;
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    if let Err(error) = outcome {
+        std::panic::resume_unwind(error.into_panic());
+    }
+}
+
+/// Each named case becomes `NAME::sqlite` and `NAME::postgres`.
+macro_rules! on_both_backends {
+    ($($case:ident),+ $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::run_on_sqlite(|db| Box::pin(super::$case(db))).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::run_on_postgres(|db| Box::pin(super::$case(db))).await
+            }
+        }
+    )+};
+}
+
+on_both_backends!(
+    migrations_apply_again_when_reopened,
+    a_started_step_without_an_end_is_reported_as_unfinished,
+    the_dedupe_key_suppresses_a_second_page,
+    due_notifications_come_in_order_and_not_after_being_sent,
+    answers_round_trip_and_set_the_incident_flags,
+    suppressions_round_trip_and_expire,
+    the_timeline_is_in_time_order,
+    times_round_trip_to_the_microsecond,
+    a_target_has_one_unresolved_incident,
+    a_decision_round_trips_with_its_policy_hash,
+);
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 5, 1, 12, 0, 0).unwrap()
+}
+
+fn secs(s: i64) -> DateTime<Utc> {
+    t0() + TimeDelta::seconds(s)
+}
+
+fn new_incident(target: &str, kind: IncidentKind, at: DateTime<Utc>) -> NewIncident {
+    NewIncident {
+        target: target.to_string(),
+        kind,
+        tier: "immediate".to_string(),
+        rule: "error-rate".to_string(),
+        reason: String::new(),
+        component: Some("backend".to_string()),
+        from_version: Some("v2".to_string()),
+        to_version: Some("v1".to_string()),
+        opened_at: at,
+        deadline: None,
+    }
+}
+
+fn step(name: &str, stage: StepStage) -> NewStep {
+    NewStep {
+        name: name.to_string(),
+        stage,
+        component: None,
+        argv: vec![
+            "./rollback.sh".to_string(),
+            "--to".to_string(),
+            "v1".to_string(),
+        ],
+    }
+}
+
+fn page(incident: Option<i64>, key: &str, at: DateTime<Utc>) -> NewNotification {
+    NewNotification {
+        incident,
+        kind: NotificationKind::Page,
+        channel: "email".to_string(),
+        recipients: vec!["oncall@example.com".to_string()],
+        subject: format!("page {key}"),
+        body: "error rate 12% > 5%".to_string(),
+        dedupe_key: key.to_string(),
+        created_at: at,
+    }
+}
+
+fn staging_policy() -> Policy {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/staging.toml");
+    rollwatch::policy::load(&path).expect("the shipped staging policy loads")
+}
+
+async fn migrations_apply_again_when_reopened(db: TestDb) {
+    let store = db.open().await;
+    let id = store
+        .open_incident(&new_incident(TARGET, IncidentKind::Rule, t0()))
+        .await
+        .unwrap();
+    store.close().await;
+
+    let reopened = db.open().await;
+    let again = db.open().await;
+    let listed = again.list_incidents(10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, id);
+    assert_eq!(
+        reopened.incident(id).await.unwrap().unwrap().incident.id,
+        id
+    );
+}
+
+async fn a_started_step_without_an_end_is_reported_as_unfinished(db: TestDb) {
+    let store = db.open().await;
+    let incident = store
+        .open_incident(&new_incident(TARGET, IncidentKind::Rule, t0()))
+        .await
+        .unwrap();
+    let other = store
+        .open_incident(&new_incident("api/production", IncidentKind::Rule, t0()))
+        .await
+        .unwrap();
+    store
+        .set_incident_phase(incident, IncidentPhase::RollingBack, secs(1), None)
+        .await
+        .unwrap();
+    let backup = store
+        .step_started(incident, &step("backup", StepStage::Backup), secs(2))
+        .await
+        .unwrap();
+    store
+        .step_finished(
+            backup,
+            &StepEnd {
+                outcome: StepOutcome::Succeeded,
+                exit_code: Some(0),
+                detail: None,
+                stdout: "backup written\n".to_string(),
+                stderr: String::new(),
+                duration: Duration::from_millis(1500),
+                ended_at: secs(3),
+            },
+        )
+        .await
+        .unwrap();
+    let rollback = store
+        .step_started(incident, &step("rollback", StepStage::Application), secs(4))
+        .await
+        .unwrap();
+    store.close().await;
+
+    // A restart: a new store on the same database.
+    let store = db.open().await;
+    let unfinished = store.unfinished_incidents(TARGET).await.unwrap();
+    assert_eq!(unfinished.len(), 1, "only this target's incident");
+    let found = &unfinished[0];
+    assert_eq!(found.incident.id, incident);
+    assert_eq!(
+        found.incident.state,
+        IncidentState::Active {
+            phase: IncidentPhase::RollingBack
+        }
+    );
+    assert_eq!(found.steps.len(), 2);
+    assert_eq!(found.steps[0].outcome, StepOutcome::Succeeded);
+    assert_eq!(found.steps[0].duration, Some(Duration::from_millis(1500)));
+    assert_eq!(found.steps[0].stdout, "backup written\n");
+    let interrupted: Vec<i64> = found.interrupted_steps().map(|s| s.id).collect();
+    assert_eq!(interrupted, vec![rollback]);
+    assert_eq!(found.steps[1].ended_at, None);
+    assert_eq!(
+        found.steps[1].argv,
+        step("rollback", StepStage::Application).argv
+    );
+
+    store
+        .mark_step_unknown(rollback, secs(60), "rollwatch restarted while it ran")
+        .await
+        .unwrap();
+    let late_end = StepEnd {
+        outcome: StepOutcome::Failed,
+        exit_code: Some(1),
+        detail: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        duration: Duration::ZERO,
+        ended_at: secs(61),
+    };
+    assert!(matches!(
+        store.step_finished(rollback, &late_end).await,
+        Err(StoreError::StepNotRunning(id)) if id == rollback
+    ));
+    assert!(matches!(
+        store
+            .step_started(9999, &step("x", StepStage::Notify), secs(1))
+            .await,
+        Err(StoreError::NoSuchIncident(9999))
+    ));
+    store
+        .resolve_incident(incident, IncidentOutcome::Escalated, secs(70))
+        .await
+        .unwrap();
+    assert!(store.unfinished_incidents(TARGET).await.unwrap().is_empty());
+    assert_eq!(
+        store.unfinished_incidents("api/production").await.unwrap()[0]
+            .incident
+            .id,
+        other
+    );
+}
+
+async fn the_dedupe_key_suppresses_a_second_page(db: TestDb) {
+    let store = db.open().await;
+    let incident = store
+        .open_incident(&new_incident(TARGET, IncidentKind::Rule, t0()))
+        .await
+        .unwrap();
+    let key = format!("incident:{incident}:page:email");
+    let first = store
+        .enqueue_notification(&page(Some(incident), &key, secs(1)))
+        .await
+        .unwrap();
+    let second = store
+        .enqueue_notification(&page(Some(incident), &key, secs(2)))
+        .await
+        .unwrap();
+    assert!(matches!(first, Enqueued::New(_)));
+    assert_eq!(second, Enqueued::Duplicate(first.id()));
+
+    // Still one after it was sent: a page is never repeated.
+    store
+        .mark_notification_sent(first.id(), secs(3))
+        .await
+        .unwrap();
+    let third = store
+        .enqueue_notification(&page(Some(incident), &key, secs(4)))
+        .await
+        .unwrap();
+    assert_eq!(third, Enqueued::Duplicate(first.id()));
+    let stored = store.notifications(incident).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].subject, format!("page {key}"));
+}
+
+async fn due_notifications_come_in_order_and_not_after_being_sent(db: TestDb) {
+    let store = db.open().await;
+    let late = store
+        .enqueue_notification(&page(None, "c", secs(20)))
+        .await
+        .unwrap()
+        .id();
+    let early = store
+        .enqueue_notification(&page(None, "a", secs(0)))
+        .await
+        .unwrap()
+        .id();
+    let middle = store
+        .enqueue_notification(&page(None, "b", secs(10)))
+        .await
+        .unwrap()
+        .id();
+    let future = store
+        .enqueue_notification(&page(None, "d", secs(100)))
+        .await
+        .unwrap()
+        .id();
+
+    let ids = |list: Vec<NotificationRecord>| list.into_iter().map(|n| n.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.due_notifications(secs(30), 10).await.unwrap()),
+        vec![early, middle, late]
+    );
+    assert_eq!(
+        ids(store.due_notifications(secs(30), 2).await.unwrap()),
+        vec![early, middle]
+    );
+    assert_eq!(
+        ids(store.due_notifications(secs(10), 10).await.unwrap()),
+        vec![early, middle]
+    );
+
+    store.mark_notification_sent(early, secs(31)).await.unwrap();
+    store
+        .mark_notification_failed(middle, "smtp: connection refused", Some(secs(90)))
+        .await
+        .unwrap();
+    store
+        .mark_notification_failed(late, "550 no such user", None)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .due_notifications(secs(60), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let due = store.due_notifications(secs(120), 10).await.unwrap();
+    assert_eq!(ids(due.clone()), vec![middle, future]);
+    assert_eq!(due[0].attempts, 1);
+    assert_eq!(
+        due[0].last_error.as_deref(),
+        Some("smtp: connection refused")
+    );
+    assert_eq!(due[0].next_attempt_at, secs(90));
+    assert_eq!(due[0].state, NotificationState::Pending);
+
+    // Settled ones stay settled; unknown ids are an error.
+    store.mark_notification_sent(late, secs(121)).await.unwrap();
+    assert!(!ids(store.due_notifications(secs(999), 10).await.unwrap()).contains(&late));
+    assert!(matches!(
+        store.mark_notification_sent(424242, secs(1)).await,
+        Err(StoreError::NoSuchNotification(424242))
+    ));
+}
+
+async fn answers_round_trip_and_set_the_incident_flags(db: TestDb) {
+    let store = db.open().await;
+    let incident = store
+        .open_incident(&new_incident(TARGET, IncidentKind::Rule, t0()))
+        .await
+        .unwrap();
+    let ack = NewAnswer {
+        incident,
+        kind: AnswerKind::Ack,
+        by: "alice".to_string(),
+        at: secs(5),
+        note: None,
+    };
+    let hold = NewAnswer {
+        incident,
+        kind: AnswerKind::Hold,
+        by: "bob".to_string(),
+        at: secs(7),
+        note: Some("investigating the cache".to_string()),
+    };
+    // Stored out of order; read back in time order.
+    let hold_id = store.record_answer(&hold).await.unwrap();
+    let ack_id = store.record_answer(&ack).await.unwrap();
+    let answers = store.answers(incident).await.unwrap();
+    assert_eq!(
+        answers,
+        vec![
+            AnswerRecord {
+                id: ack_id,
+                incident,
+                kind: AnswerKind::Ack,
+                by: "alice".into(),
+                at: secs(5),
+                note: None
+            },
+            AnswerRecord {
+                id: hold_id,
+                incident,
+                kind: AnswerKind::Hold,
+                by: "bob".into(),
+                at: secs(7),
+                note: Some("investigating the cache".into()),
+            },
+        ]
+    );
+    let record = store.incident(incident).await.unwrap().unwrap().incident;
+    assert!(record.acknowledged && record.held);
+    assert!(matches!(
+        store
+            .record_answer(&NewAnswer {
+                incident: 777,
+                ..ack
+            })
+            .await,
+        Err(StoreError::NoSuchIncident(777))
+    ));
+}
+
+async fn suppressions_round_trip_and_expire(db: TestDb) {
+    let store = db.open().await;
+    let suppression = |rule: Option<&str>, until: DateTime<Utc>| NewSuppression {
+        target: TARGET.to_string(),
+        rule: rule.map(str::to_string),
+        until,
+        reason: "known issue JIRA-42".to_string(),
+        created_by: "carol".to_string(),
+        created_at: t0(),
+    };
+    let later = store
+        .add_suppression(&suppression(None, secs(7200)))
+        .await
+        .unwrap();
+    let sooner = store
+        .add_suppression(&suppression(Some("latency-p95"), secs(3600)))
+        .await
+        .unwrap();
+    store
+        .add_suppression(&suppression(Some("old"), secs(60)))
+        .await
+        .unwrap();
+    let mut elsewhere = suppression(None, secs(7200));
+    elsewhere.target = "api/production".to_string();
+    store.add_suppression(&elsewhere).await.unwrap();
+
+    let active = store.active_suppressions(TARGET, secs(60)).await.unwrap();
+    assert_eq!(
+        active.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![sooner, later]
+    );
+    assert_eq!(
+        active[0],
+        SuppressionRecord {
+            id: sooner,
+            target: TARGET.to_string(),
+            rule: Some("latency-p95".to_string()),
+            until: secs(3600),
+            reason: "known issue JIRA-42".to_string(),
+            created_by: "carol".to_string(),
+            created_at: t0(),
+        }
+    );
+    assert_eq!(
+        store
+            .active_suppressions(TARGET, secs(3600))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .active_suppressions(TARGET, secs(7200))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        store.add_suppression(&suppression(None, t0())).await,
+        Err(StoreError::Invalid { .. })
+    ));
+}
+
+fn decision(at: DateTime<Utc>, incident: Option<u64>) -> Decision {
+    Decision {
+        at,
+        action: Action::Rollback,
+        tier: Tier::Immediate,
+        rule: "error-rate".to_string(),
+        explanation: "error rate 12% (bound 10.4%) > 5% over 5m".to_string(),
+        cause: Cause::RuleFired,
+        incident,
+        guard: Some(Guard::Cooldown),
+        reading: Some(Reading {
+            signal: "error_rate",
+            verdict: Verdict::Unhealthy,
+            value: Some(0.12),
+            bound: Some(0.104),
+            threshold: Some(0.05),
+            count: Some(2500.0),
+            window_seconds: Some(300),
+            current_ms: None,
+            baseline: None,
+            reason: None,
+        }),
+        deadline: Some(at + TimeDelta::minutes(10)),
+        component: Some("backend".to_string()),
+        from_version: Some("v2".to_string()),
+        to_version: Some("v1".to_string()),
+        migrations: vec![],
+    }
+}
+
+async fn a_decision_round_trips_with_its_policy_hash(db: TestDb) {
+    let store = db.open().await;
+    let policy = staging_policy();
+    let incident = store
+        .open_incident(&new_incident(TARGET, IncidentKind::Rule, t0()))
+        .await
+        .unwrap();
+    let id = store
+        .record_decision(TARGET, Some(incident), &decision(secs(1), Some(1)), &policy)
+        .await
+        .unwrap();
+    store
+        .record_decision(TARGET, None, &decision(secs(2), None), &policy)
+        .await
+        .unwrap();
+    let stored = store.decisions(incident).await.unwrap();
+    assert_eq!(
+        stored.len(),
+        1,
+        "the decision without an incident is not in its timeline"
+    );
+    let d = &stored[0];
+    assert_eq!(d.id, id);
+    assert_eq!(
+        (d.action.as_str(), d.tier.as_str(), d.cause.as_str()),
+        ("rollback", "immediate", "rule-fired")
+    );
+    assert_eq!(d.guard.as_deref(), Some("cooldown"));
+    assert_eq!(d.policy_sha256, policy.sha256);
+    assert_eq!(d.policy_path, policy.path);
+    assert_eq!(d.deadline, Some(secs(601)));
+    let reading = d.reading.as_ref().unwrap();
+    assert_eq!(reading["threshold"], serde_json::json!(0.05));
+    assert_eq!(reading["verdict"], serde_json::json!("unhealthy"));
+    assert!(matches!(
+        store
+            .record_decision(TARGET, Some(5555), &decision(secs(3), None), &policy)
+            .await,
+        Err(StoreError::NoSuchIncident(5555))
+    ));
+}
+
+async fn the_timeline_is_in_time_order(db: TestDb) {
+    let store = db.open().await;
+    let policy = staging_policy();
+    let incident = store
+        .open_incident(&new_incident(TARGET, IncidentKind::Rule, t0()))
+        .await
+        .unwrap();
+    // Written out of time order on purpose.
+    let verify = store
+        .step_started(
+            incident,
+            &step("smoke-test", StepStage::Verification),
+            secs(40),
+        )
+        .await
+        .unwrap();
+    let rollback = store
+        .step_started(
+            incident,
+            &step("rollback", StepStage::Application),
+            secs(20),
+        )
+        .await
+        .unwrap();
+    store
+        .record_answer(&NewAnswer {
+            incident,
+            kind: AnswerKind::Approve,
+            by: "alice".to_string(),
+            at: secs(15),
+            note: None,
+        })
+        .await
+        .unwrap();
+    store
+        .record_decision(
+            TARGET,
+            Some(incident),
+            &decision(secs(10), Some(1)),
+            &policy,
+        )
+        .await
+        .unwrap();
+    store
+        .enqueue_notification(&page(Some(incident), "incident:page", secs(11)))
+        .await
+        .unwrap();
+    store
+        .resolve_incident(incident, IncidentOutcome::Stable, secs(1000))
+        .await
+        .unwrap();
+
+    let timeline = store.incident(incident).await.unwrap().unwrap();
+    assert_eq!(
+        timeline.steps.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![rollback, verify]
+    );
+    let entries = timeline.entries();
+    let kinds: Vec<&str> = entries
+        .iter()
+        .map(|e| match e {
+            TimelineEntry::Opened(_) => "opened",
+            TimelineEntry::Decision(_) => "decision",
+            TimelineEntry::Step(_) => "step",
+            TimelineEntry::Answer(_) => "answer",
+            TimelineEntry::Notification(_) => "notification",
+            TimelineEntry::Resolved(_) => "resolved",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "opened",
+            "decision",
+            "notification",
+            "answer",
+            "step",
+            "step",
+            "resolved"
+        ]
+    );
+    assert!(entries.windows(2).all(|w| w[0].at() <= w[1].at()));
+    assert_eq!(
+        timeline.incident.state,
+        IncidentState::Resolved {
+            at: secs(1000),
+            outcome: IncidentOutcome::Stable
+        }
+    );
+    assert!(store.incident(123456).await.unwrap().is_none());
+}
+
+async fn times_round_trip_to_the_microsecond(db: TestDb) {
+    let store = db.open().await;
+    let precise = t0() + TimeDelta::microseconds(123_456);
+    let with_nanos = precise + TimeDelta::nanoseconds(789);
+    let deployment = NewDeployment {
+        target: TARGET.to_string(),
+        version: Some("v2".to_string()),
+        previous: Some("v1".to_string()),
+        migrations: vec!["0042_add_index".to_string()],
+        at: with_nanos,
+        rollback: false,
+        source: DeploymentSource::Announced,
+    };
+    let id = store.record_deployment(&deployment).await.unwrap();
+    let earlier = NewDeployment {
+        at: precise - TimeDelta::microseconds(1),
+        version: Some("v1".into()),
+        ..deployment.clone()
+    };
+    store.record_deployment(&earlier).await.unwrap();
+    let stored = store.deployments(TARGET, 10).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(
+        stored[0],
+        DeploymentRecord {
+            id,
+            target: TARGET.to_string(),
+            version: Some("v2".to_string()),
+            previous: Some("v1".to_string()),
+            migrations: vec!["0042_add_index".to_string()],
+            at: precise,
+            rollback: false,
+            source: DeploymentSource::Announced,
+        },
+        "nanoseconds are truncated, microseconds kept, newest first"
+    );
+    assert_eq!(to_stored_precision(with_nanos), precise);
+    assert_eq!(stored[1].at, precise - TimeDelta::microseconds(1));
+
+    let mut new = new_incident(TARGET, IncidentKind::Declared, precise);
+    new.deadline = Some(precise + TimeDelta::microseconds(1));
+    let incident = store.open_incident(&new).await.unwrap();
+    let watch_until = precise + TimeDelta::minutes(15) + TimeDelta::microseconds(7);
+    store
+        .set_incident_phase(
+            incident,
+            IncidentPhase::Watching,
+            precise,
+            Some(watch_until),
+        )
+        .await
+        .unwrap();
+    let record = store.incident(incident).await.unwrap().unwrap().incident;
+    assert_eq!(record.opened_at, precise);
+    assert_eq!(record.deadline, Some(precise + TimeDelta::microseconds(1)));
+    assert_eq!(record.watch_until, Some(watch_until));
+    assert_eq!(record.kind, IncidentKind::Declared);
+    assert_eq!(record.component.as_deref(), Some("backend"));
+}
+
+async fn a_target_has_one_unresolved_incident(db: TestDb) {
+    let store = db.open().await;
+    let first = store
+        .open_incident(&new_incident(TARGET, IncidentKind::Rule, t0()))
+        .await
+        .unwrap();
+    match store
+        .open_incident(&new_incident(TARGET, IncidentKind::Declared, secs(1)))
+        .await
+    {
+        Err(StoreError::IncidentAlreadyOpen { target, existing }) => {
+            assert_eq!((target.as_str(), existing), (TARGET, first));
+        }
+        other => panic!("expected IncidentAlreadyOpen, got {other:?}"),
+    }
+    // A drill runs beside it.
+    store
+        .open_incident(&new_incident(TARGET, IncidentKind::Drill, secs(2)))
+        .await
+        .unwrap();
+    store
+        .set_incident_phase(first, IncidentPhase::Escalated, secs(3), None)
+        .await
+        .unwrap();
+    store
+        .resolve_incident(first, IncidentOutcome::Escalated, secs(4))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.set_incident_phase(first, IncidentPhase::Open, secs(5), None).await,
+        Err(StoreError::IncidentResolved(id)) if id == first
+    ));
+    assert!(matches!(
+        store
+            .resolve_incident(31337, IncidentOutcome::Stable, secs(5))
+            .await,
+        Err(StoreError::NoSuchIncident(31337))
+    ));
+    let second = store
+        .open_incident(&new_incident(TARGET, IncidentKind::Rule, secs(6)))
+        .await
+        .unwrap();
+    let listed: Vec<i64> = store
+        .list_incidents(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(listed.len(), 3);
+    assert_eq!((listed[0], listed[2]), (second, first), "newest first");
+}
+
+/// An unreachable database is a clear `Open` error after the connect
+/// timeout, never a hang (the outer timeout only catches a hang).
+#[tokio::test]
+async fn an_unreachable_postgres_is_an_open_error() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("postgres://rollwatch:s3cret@127.0.0.1:{port}/rollwatch");
+    let options = OpenOptions {
+        connect_timeout: Duration::from_secs(2),
+        ..OpenOptions::default()
+    };
+    let opened = tokio::time::timeout(Duration::from_secs(60), Store::open_with(&url, &options))
+        .await
+        .expect("opening an unreachable database must not hang");
+    let error = opened.expect_err("nothing listens there");
+    assert!(matches!(error, StoreError::Open { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!(
+            "cannot open database postgres://rollwatch:***@127.0.0.1:{port}/rollwatch"
+        )),
+        "{message}"
+    );
+    assert!(message.contains("refused"), "{message}");
+    assert!(!message.contains("s3cret"), "{message}");
+}
+
+#[tokio::test]
+async fn an_unwritable_sqlite_path_is_an_open_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let path = file.join("rollwatch.db");
+    let error = Store::open(path.to_str().unwrap())
+        .await
+        .expect_err("a file is not a directory");
+    assert!(matches!(error, StoreError::Open { .. }), "{error:?}");
+    assert!(
+        error.to_string().starts_with("cannot open database "),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_bare_path_is_a_sqlite_file_created_on_first_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(DEFAULT_DATABASE);
+    let store = Store::open(path.to_str().unwrap()).await.unwrap();
+    assert_eq!(store.backend(), Backend::Sqlite);
+    assert!(path.exists());
+    assert!(matches!(
+        Store::open("mysql://localhost/x").await,
+        Err(StoreError::BadUrl { .. })
+    ));
+}
