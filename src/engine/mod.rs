@@ -240,6 +240,19 @@ pub struct Engine {
     decisions: VecDeque<Decision>,
 }
 
+/// A decision before the engine stamps it with the time, tier, rule, incident
+/// and versions.
+struct Draft {
+    action: Action,
+    cause: Cause,
+    guard: Option<Guard>,
+    reading: Option<Reading>,
+    /// What happened and what follows; the policy and its hash are appended.
+    core: String,
+    /// When a page-then-rollback rolls back unless answered.
+    deadline: Option<DateTime<Utc>>,
+}
+
 impl Engine {
     pub fn new(policy: Arc<Policy>) -> Engine {
         let baseline = fixed_baseline(&policy);
@@ -499,18 +512,31 @@ impl Engine {
                 );
                 self.emit_for_incident(
                     now,
-                    Action::None,
-                    Cause::RollbackFinished,
-                    None,
-                    None,
-                    core,
+                    Draft {
+                        action: Action::None,
+                        cause: Cause::RollbackFinished,
+                        guard: None,
+                        reading: None,
+                        core,
+                        deadline: None,
+                    },
                 );
             }
             Err(reason) => {
                 current.phase = Phase::Escalated;
                 let core =
                     format!("rollback failed: {reason}; escalating to the escalation contacts");
-                self.emit_for_incident(now, Action::Page, Cause::RollbackFailed, None, None, core);
+                self.emit_for_incident(
+                    now,
+                    Draft {
+                        action: Action::Page,
+                        cause: Cause::RollbackFailed,
+                        guard: None,
+                        reading: None,
+                        core,
+                        deadline: None,
+                    },
+                );
             }
         }
         Ok(())
@@ -738,13 +764,16 @@ impl Engine {
                 let core = format!("{described}; watching only, no page");
                 self.emit(
                     now,
-                    action,
                     rule.tier,
                     &rule.name,
-                    Cause::RuleFired,
-                    None,
-                    reading,
-                    core,
+                    Draft {
+                        action,
+                        cause: Cause::RuleFired,
+                        guard: None,
+                        reading,
+                        core,
+                        deadline: None,
+                    },
                 );
             }
             return;
@@ -758,13 +787,16 @@ impl Engine {
             self.rules[index].suppressed = true;
             self.emit(
                 now,
-                Action::None,
                 rule.tier,
                 &rule.name,
-                Cause::RuleFired,
-                Some(Guard::KnownIssue),
-                reading,
-                core,
+                Draft {
+                    action: Action::None,
+                    cause: Cause::RuleFired,
+                    guard: Some(Guard::KnownIssue),
+                    reading,
+                    core,
+                    deadline: None,
+                },
             );
             return;
         }
@@ -781,13 +813,16 @@ impl Engine {
                 }
                 self.emit_incident_decision(
                     now,
-                    Action::Page,
-                    Cause::WatchFailed,
-                    Some(Guard::RollbackOfRollback),
-                    reading,
-                    core,
                     rule.tier,
                     &rule.name,
+                    Draft {
+                        action: Action::Page,
+                        cause: Cause::WatchFailed,
+                        guard: Some(Guard::RollbackOfRollback),
+                        reading,
+                        core,
+                        deadline: None,
+                    },
                 );
             }
             Some(Phase::RollingBack) | Some(Phase::Escalated) => {
@@ -808,13 +843,16 @@ impl Engine {
                     );
                     self.emit_incident_decision(
                         now,
-                        action,
-                        Cause::RuleFired,
-                        guard,
-                        reading,
-                        core,
                         rule.tier,
                         &rule.name,
+                        Draft {
+                            action,
+                            cause: Cause::RuleFired,
+                            guard,
+                            reading,
+                            core,
+                            deadline: None,
+                        },
                     );
                 } else {
                     tracing::info!(rule = %rule.name, incident = ?self.incident.as_ref().map(|i| i.id), "rule fired within an open incident: already handled");
@@ -837,13 +875,16 @@ impl Engine {
         );
         self.emit(
             now,
-            action,
             Tier::Watch,
             &name,
-            Cause::WatchBand,
-            None,
-            reading,
-            core,
+            Draft {
+                action,
+                cause: Cause::WatchBand,
+                guard: None,
+                reading,
+                core,
+                deadline: None,
+            },
         );
     }
 
@@ -1044,17 +1085,12 @@ impl Engine {
     }
 
     /// Emits a decision in the open incident and applies what it starts.
-    #[allow(clippy::too_many_arguments)]
     fn emit_incident_decision(
         &mut self,
         now: DateTime<Utc>,
-        action: Action,
-        cause: Cause,
-        guard: Option<Guard>,
-        reading: Option<Reading>,
-        core: String,
         tier: Tier,
         rule: &str,
+        mut draft: Draft,
     ) {
         let (from, to) = self.rollback_versions();
         let page_timeout = self.policy.actions.page_timeout;
@@ -1062,12 +1098,11 @@ impl Engine {
             tracing::error!("incident decision without an incident: dropped");
             return;
         };
-        incident.strongest = incident.strongest.max(action);
-        let mut deadline = None;
-        match action {
+        incident.strongest = incident.strongest.max(draft.action);
+        match draft.action {
             Action::PageThenRollback => {
-                deadline = Some(now + page_timeout);
-                incident.deadline = deadline;
+                draft.deadline = Some(now + page_timeout);
+                incident.deadline = draft.deadline;
             }
             Action::Rollback => {
                 incident.phase = Phase::RollingBack;
@@ -1078,41 +1113,27 @@ impl Engine {
             }
             _ => {}
         }
-        self.emit(now, action, tier, rule, cause, guard, reading, core);
-        if let Some(decision) = self.decisions.back_mut() {
-            decision.deadline = deadline;
-        }
+        self.emit(now, tier, rule, draft);
     }
 
     /// Emits a decision that belongs to the open incident, with its tier and rule.
-    fn emit_for_incident(
-        &mut self,
-        now: DateTime<Utc>,
-        action: Action,
-        cause: Cause,
-        guard: Option<Guard>,
-        reading: Option<Reading>,
-        core: String,
-    ) {
+    fn emit_for_incident(&mut self, now: DateTime<Utc>, draft: Draft) {
         let Some(incident) = &self.incident else {
             return;
         };
         let (tier, rule) = (incident.tier, incident.rule.clone());
-        self.emit_incident_decision(now, action, cause, guard, reading, core, tier, &rule);
+        self.emit_incident_decision(now, tier, &rule, draft);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn emit(
-        &mut self,
-        now: DateTime<Utc>,
-        action: Action,
-        tier: Tier,
-        rule: &str,
-        cause: Cause,
-        guard: Option<Guard>,
-        reading: Option<Reading>,
-        core: String,
-    ) {
+    fn emit(&mut self, now: DateTime<Utc>, tier: Tier, rule: &str, draft: Draft) {
+        let Draft {
+            action,
+            cause,
+            guard,
+            reading,
+            core,
+            deadline,
+        } = draft;
         let policy = &self.policy;
         let explanation = format!("{core} [{} sha256:{}]", policy.path, policy.short_hash());
         let incident = self.incident.as_ref();
@@ -1135,7 +1156,7 @@ impl Engine {
             incident: incident.map(|i| i.id),
             guard,
             reading,
-            deadline: None,
+            deadline,
             component: incident.and_then(|i| i.component.clone()),
             from_version,
             to_version,
@@ -1192,11 +1213,14 @@ impl Engine {
             );
             self.emit_for_incident(
                 now,
-                Action::Notify,
-                Cause::Recovered,
-                Some(Guard::Recovered),
-                None,
-                core,
+                Draft {
+                    action: Action::Notify,
+                    cause: Cause::Recovered,
+                    guard: Some(Guard::Recovered),
+                    reading: None,
+                    core,
+                    deadline: None,
+                },
             );
             self.incident = None;
         }
@@ -1241,11 +1265,14 @@ impl Engine {
         if let Some((guard, core)) = refusal {
             self.emit_for_incident(
                 now,
-                Action::None,
-                Cause::DeadlinePassed,
-                Some(guard),
-                None,
-                core,
+                Draft {
+                    action: Action::None,
+                    cause: Cause::DeadlinePassed,
+                    guard: Some(guard),
+                    reading: None,
+                    core,
+                    deadline: None,
+                },
             );
             return;
         }
@@ -1268,14 +1295,34 @@ impl Engine {
             format_duration(self.policy.actions.page_timeout),
             self.consequence(now, action, guard.as_ref(), &rule_name)
         );
-        self.emit_for_incident(now, action, Cause::DeadlinePassed, guard, reading, core);
+        self.emit_for_incident(
+            now,
+            Draft {
+                action,
+                cause: Cause::DeadlinePassed,
+                guard,
+                reading,
+                core,
+                deadline: None,
+            },
+        );
     }
 
     fn watch_ended(&mut self, now: DateTime<Utc>, saw_data: bool) {
         let duration = format_duration(self.policy.stabilization);
         if saw_data {
             let core = format!("stable for {duration} after the rollback: incident resolved");
-            self.emit_for_incident(now, Action::Notify, Cause::Stable, None, None, core);
+            self.emit_for_incident(
+                now,
+                Draft {
+                    action: Action::Notify,
+                    cause: Cause::Stable,
+                    guard: None,
+                    reading: None,
+                    core,
+                    deadline: None,
+                },
+            );
             self.incident = None;
         } else {
             if let Some(incident) = &mut self.incident {
@@ -1286,11 +1333,14 @@ impl Engine {
             );
             self.emit_for_incident(
                 now,
-                Action::Page,
-                Cause::WatchFailed,
-                Some(Guard::NoData),
-                None,
-                core,
+                Draft {
+                    action: Action::Page,
+                    cause: Cause::WatchFailed,
+                    guard: Some(Guard::NoData),
+                    reading: None,
+                    core,
+                    deadline: None,
+                },
             );
         }
     }
@@ -1323,13 +1373,16 @@ impl Engine {
         );
         self.emit(
             now,
-            Action::Page,
             Tier::Consider,
             "watchdog-blind",
-            Cause::Blind,
-            Some(Guard::NoData),
-            None,
-            core,
+            Draft {
+                action: Action::Page,
+                cause: Cause::Blind,
+                guard: Some(Guard::NoData),
+                reading: None,
+                core,
+                deadline: None,
+            },
         );
     }
 
@@ -1353,7 +1406,19 @@ impl Engine {
             "declared {tier} by a human: {reason}; {}",
             self.consequence(now, action, guard.as_ref(), rule)
         );
-        self.emit_incident_decision(now, action, Cause::Declared, guard, None, core, tier, rule);
+        self.emit_incident_decision(
+            now,
+            tier,
+            rule,
+            Draft {
+                action,
+                cause: Cause::Declared,
+                guard,
+                reading: None,
+                core,
+                deadline: None,
+            },
+        );
     }
 
     fn approved(&mut self, now: DateTime<Utc>, by: Option<String>) {
@@ -1380,7 +1445,17 @@ impl Engine {
             "rollback approved by {by}; {}",
             self.consequence(now, action, guard.as_ref(), &rule)
         );
-        self.emit_for_incident(now, action, Cause::Approved, guard, None, core);
+        self.emit_for_incident(
+            now,
+            Draft {
+                action,
+                cause: Cause::Approved,
+                guard,
+                reading: None,
+                core,
+                deadline: None,
+            },
+        );
     }
 
     fn answered(&mut self, now: DateTime<Utc>, cause: Cause, by: Option<String>) {
@@ -1406,7 +1481,17 @@ impl Engine {
             "escalation stops; approve or hold to decide"
         };
         let core = format!("{verb} by {by}{cancelled}; {next}");
-        self.emit_for_incident(now, Action::None, cause, Some(guard), None, core);
+        self.emit_for_incident(
+            now,
+            Draft {
+                action: Action::None,
+                cause,
+                guard: Some(guard),
+                reading: None,
+                core,
+                deadline: None,
+            },
+        );
     }
 
     fn suppress(&mut self, now: DateTime<Utc>, rule: String, until: DateTime<Utc>, reason: String) {
