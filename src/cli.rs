@@ -136,7 +136,10 @@ pub fn run(cli: Cli) -> ExitCode {
 fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
         Command::Check { paths } => check(&paths),
-        Command::Explain { path } => load_policy(&path).map(|p| print!("{}", explain::explain(&p))),
+        Command::Explain { path } => load_target(&path).map(|target| {
+            print!("{}", explain::explain(&target.policy));
+            print!("{}", explain::explain_procedure(target.procedure.as_ref()));
+        }),
         Command::Backtest {
             policy,
             trace: Some(trace),

@@ -7,6 +7,7 @@ use chrono::TimeDelta;
 
 use crate::engine::policy::{Action, BaselineMode, Policy, Rule, Signal, Tier};
 use crate::policy::units::{format_duration, format_percent};
+use crate::procedure::config::{Procedure, Stage};
 
 pub fn explain(policy: &Policy) -> String {
     let mut out = String::new();
@@ -227,4 +228,60 @@ fn timing(policy: &Policy, rule: &Rule) -> String {
         return text.replace("fault to decision", "fault to log line");
     }
     text
+}
+
+/// The rollback procedure in plain words, stage by stage.
+pub fn explain_procedure(procedure: Option<&Procedure>) -> String {
+    let Some(procedure) = procedure else {
+        return "\nNo [procedure]: rollbacks are decided and announced, but rollwatch has no steps to run.\n".to_string();
+    };
+    let mut out = String::from(
+        "\nRollback procedure (full rollback; partial rollbacks run their component's steps):\n",
+    );
+    for (_, stage) in Stage::ALL {
+        let steps: Vec<String> = procedure
+            .steps_for(stage, None)
+            .map(|s| {
+                format!(
+                    "{} ({}, at most {})",
+                    s.name,
+                    s.command.argv.join(" "),
+                    std_duration(s.command.timeout)
+                )
+            })
+            .collect();
+        let note = match stage {
+            Stage::Backup => format!(
+                " — skipped for an immediate rollback when it could take longer than {}",
+                std_duration(procedure.backup_budget)
+            ),
+            Stage::Database if !procedure.database_rollback => {
+                " — disabled (database_rollback = false)".to_string()
+            }
+            Stage::Database => " — only for a deployment that carried migrations".to_string(),
+            Stage::Recovery => {
+                " — only when a stage fails, then the escalation contacts are paged".to_string()
+            }
+            _ => String::new(),
+        };
+        let listed = if steps.is_empty() {
+            "none".to_string()
+        } else {
+            steps.join("; ")
+        };
+        let _ = writeln!(out, "  {}: {listed}{note}", stage.name());
+    }
+    let components = procedure.components();
+    if !components.is_empty() {
+        let _ = writeln!(
+            out,
+            "  components that can be rolled back alone: {}",
+            components.join(", ")
+        );
+    }
+    out
+}
+
+fn std_duration(duration: std::time::Duration) -> String {
+    format_duration(TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX))
 }

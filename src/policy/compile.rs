@@ -9,7 +9,7 @@ use statrs::distribution::{ContinuousCDF, Normal};
 use toml::Spanned;
 
 use super::raw::{
-    RawActions, RawBaseline, RawEvaluation, RawHealth, RawPolicy, RawRule, RawSource,
+    RawActions, RawBaseline, RawEvaluation, RawHealth, RawPolicy, RawProcedure, RawRule, RawSource,
 };
 use super::units::{HumanDuration, Ratio, format_duration};
 use crate::engine::policy::{
@@ -18,6 +18,7 @@ use crate::engine::policy::{
 };
 use crate::engine::signals::MAX_CHECKS;
 use crate::procedure::command::CommandSpec;
+use crate::procedure::config::{Procedure, Stage, Step};
 use crate::sources::config::{
     CheckConfig, DEFAULT_CHECK_TIMEOUT, DEFAULT_HEALTH_TIMEOUT, DEFAULT_MAX_BYTES, HealthConfig,
     Queries, SourceConfig, SourceKind,
@@ -56,6 +57,7 @@ pub struct Compiled {
     pub source: Option<SourceConfig>,
     pub health: Option<HealthConfig>,
     pub checks: Vec<CheckConfig>,
+    pub procedure: Option<Procedure>,
 }
 
 pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Compiled, Vec<Problem>> {
@@ -63,6 +65,9 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Compiled, V
     let source = raw
         .source
         .map(|s| compile_source(&mut problems, s.into_inner()));
+    let procedure = raw
+        .procedure
+        .map(|p| compile_procedure(&mut problems, p.into_inner()));
     let health = raw
         .health
         .map(|h| compile_health(&mut problems, h.into_inner()));
@@ -192,6 +197,37 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Compiled, V
         });
     }
 
+    if let Some(procedure) = &procedure {
+        let components = procedure.components();
+        for (rule, span) in rules.iter().zip(&rule_spans) {
+            if let Some(component) = &rule.component
+                && !components.contains(&component.as_str())
+            {
+                problems.add(
+                    span.clone(),
+                    unknown_name_message("component", component, components.iter().copied())
+                        .replace(
+                            "expected one of",
+                            "expected a component some [[procedure.step]] names, one of",
+                        ),
+                );
+            }
+        }
+        let rolls_back = [actions.immediate, actions.consider]
+            .iter()
+            .any(|a| a.may_roll_back());
+        if rolls_back
+            && procedure
+                .steps_for(Stage::Application, None)
+                .next()
+                .is_none()
+        {
+            problems.add(
+                target_span.clone(),
+                "the actions can roll back but [procedure] has no step with stage = \"application\", expected the rollback command",
+            );
+        }
+    }
     // With check commands configured, every check a rule reads must have one:
     // a misspelt name would leave its rule inconclusive forever.
     if !checks.is_empty() {
@@ -233,6 +269,7 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Compiled, V
         source,
         health,
         checks,
+        procedure,
     })
 }
 
@@ -921,4 +958,63 @@ fn http_url(problems: &mut Problems, value: Spanned<String>) -> String {
         );
     }
     url.to_string()
+}
+
+pub const DEFAULT_STEP_TIMEOUT_SECS: i64 = 10 * 60;
+pub const DEFAULT_BACKUP_BUDGET_SECS: i64 = 2 * 60;
+
+fn compile_procedure(problems: &mut Problems, raw: RawProcedure) -> Procedure {
+    let backup_budget = raw
+        .backup_budget
+        .map_or(TimeDelta::seconds(DEFAULT_BACKUP_BUDGET_SECS), |b| {
+            b.into_inner().delta()
+        })
+        .to_std()
+        .unwrap_or_default();
+    let mut steps: Vec<Step> = Vec::new();
+    for raw_step in raw.step {
+        let step = raw_step.into_inner();
+        let name_span = step.name.span();
+        let name = non_empty(problems, step.name, "step name");
+        if steps.iter().any(|s| s.name == name) {
+            problems.add(
+                name_span,
+                format!("duplicate step \"{name}\", expected each step once"),
+            );
+        }
+        let stage = lookup_name(problems, &step.stage, "stage", &Stage::ALL);
+        let command_span = step.command.span();
+        let argv = step.command.into_inner();
+        if argv.is_empty() || argv[0].trim().is_empty() {
+            problems.add(command_span, "command is empty, expected e.g. command = [\"./scripts/deployment/rollback/rollback-production.sh\"]");
+        }
+        let timeout = step
+            .timeout
+            .map_or(TimeDelta::seconds(DEFAULT_STEP_TIMEOUT_SECS), |t| {
+                positive(problems, t, "step timeout")
+            })
+            .to_std()
+            .unwrap_or_default();
+        let component = step.component.map(|c| non_empty(problems, c, "component"));
+        let Some(stage) = stage else { continue };
+        // A step that starts services must leave them running: only a timeout ends its group.
+        let command = CommandSpec {
+            argv,
+            shell: step.shell.unwrap_or(false),
+            timeout,
+            env: Vec::new(),
+            kill_group_on_exit: false,
+        };
+        steps.push(Step {
+            name,
+            stage,
+            component,
+            command,
+        });
+    }
+    Procedure {
+        steps,
+        backup_budget,
+        database_rollback: raw.database_rollback.unwrap_or(false),
+    }
 }

@@ -30,6 +30,8 @@ pub struct RawPolicy {
     #[serde(default)]
     pub check: Vec<S<RawCheck>>,
     #[serde(default)]
+    pub procedure: Option<S<RawProcedure>>,
+    #[serde(default)]
     pub rule: Vec<S<RawRule>>,
 }
 
@@ -157,4 +159,24 @@ pub struct RawCheck {
     pub command: S<Vec<String>>,
     pub shell: Option<bool>,
     pub timeout: Option<S<HumanDuration>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProcedure {
+    pub backup_budget: Option<S<HumanDuration>>,
+    pub database_rollback: Option<bool>,
+    #[serde(default)]
+    pub step: Vec<S<RawStep>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    pub name: S<String>,
+    pub stage: S<String>,
+    pub command: S<Vec<String>>,
+    pub timeout: Option<S<HumanDuration>>,
+    pub component: Option<S<String>>,
+    pub shell: Option<bool>,
 }

@@ -361,6 +361,8 @@ fn accepted_keys(table: &str) -> Vec<String> {
         "rule" => format!("{MINIMAL}zzz = 1\n"),
         "known_issue" => format!("{MINIMAL}[[known_issue]]\nzzz = 1\n"),
         "check" => format!("{MINIMAL}[[check]]\nzzz = 1\n"),
+        "procedure" => format!("{MINIMAL}[procedure]\nzzz = 1\n"),
+        "procedure.step" => format!("{MINIMAL}[[procedure.step]]\nzzz = 1\n"),
         "source.metrics" | "source.queries" => format!(
             "{MINIMAL}[source]\nkind = \"scrape\"\nurl = \"http://x\"\n[{table}]\nzzz = 1\n"
         ),
@@ -395,6 +397,8 @@ fn the_readme_policy_reference_lists_every_key_the_parser_accepts() {
         ("source.queries", "`[source.queries]` holds"),
         ("health", "### `[health]`"),
         ("check", "### `[[check]]`"),
+        ("procedure", "### `[procedure]`"),
+        ("procedure.step", "`[[procedure.step]]`, in the order"),
     ];
     for (table, marker) in tables {
         let after = reference
@@ -414,4 +418,50 @@ fn the_readme_policy_reference_lists_every_key_the_parser_accepts() {
             "README {marker} and the parser disagree"
         );
     }
+}
+
+#[test]
+fn procedures_are_validated_against_the_rules_and_actions() {
+    let step = |stage: &str, extra: &str| {
+        format!(
+            "[[procedure.step]]\nname = \"{stage}-step\"\nstage = \"{stage}\"\ncommand = [\"./{stage}.sh\"]\n{extra}"
+        )
+    };
+    let with_rollback =
+        MINIMAL.replace("[[rule]]", "[actions]\nconsider = \"rollback\"\n\n[[rule]]");
+    // Rolling back needs an application step.
+    let text = format!("{with_rollback}[procedure]\n{}", step("verification", ""));
+    let errors = compile(&text).unwrap_err().to_string();
+    assert!(
+        errors.contains("has no step with stage = \"application\""),
+        "{errors}"
+    );
+    // A rule's component must be one a step names.
+    let text = format!(
+        "{with_rollback}component = \"frontend\"\n[procedure]\n{}",
+        step("application", "component = \"backend\"\n")
+    );
+    let errors = compile(&text).unwrap_err().to_string();
+    assert!(
+        errors.contains("unknown component \"frontend\""),
+        "{errors}"
+    );
+    // Unknown stages and empty commands are named.
+    let text = format!(
+        "{with_rollback}[procedure]\n{}{}",
+        step("application", ""),
+        step("rollback", "")
+    );
+    let errors = compile(&text).unwrap_err().to_string();
+    assert!(errors.contains("unknown stage \"rollback\""), "{errors}");
+    // The shipped policies carry the runbook's procedure.
+    let compiled = compile_bytes("production.toml", PRODUCTION.as_bytes(), no_env).unwrap();
+    let procedure = compiled.procedure.expect("a procedure");
+    let names: Vec<&str> = procedure
+        .steps_for(crate::procedure::config::Stage::Application, None)
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(names, ["rollback-application"]);
+    assert!(procedure.database_rollback);
+    assert_eq!(procedure.components(), ["backend", "database", "frontend"]);
 }
