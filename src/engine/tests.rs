@@ -156,6 +156,13 @@ impl Sim {
             .collect()
     }
 
+    fn rollback_decisions(&self) -> Vec<&Decision> {
+        self.decisions
+            .iter()
+            .filter(|d| d.action == Action::Rollback)
+            .collect()
+    }
+
     fn rollbacks(&self) -> usize {
         self.decisions
             .iter()
@@ -731,4 +738,223 @@ fn a_rule_unhealthy_through_a_short_sampling_counts_as_confirmed() {
     sim.engine.handle_sampling_end(end).unwrap();
     sim.drain();
     assert!(sim.decisions.is_empty(), "{:?}", sim.log());
+}
+
+// ---------------------------------------------------------------------------
+// 1. Wrong decisions
+// ---------------------------------------------------------------------------
+
+/// SPEC 3: "A known-issue suppression turns that rule's firing into a log line."
+/// On-call is paged for error-rate, recognises a known issue and suppresses the
+/// rule well before the page-then-rollback deadline. `deadline_passed` filters
+/// on the `suppressed` flag, which is only set when a rule *fires* under an
+/// active suppression, so the rollback goes ahead at the deadline anyway.
+#[test]
+fn regression_suppression_added_after_the_page_stops_the_rollback_at_the_deadline() {
+    let mut sim = deployed(PRODUCTION);
+    sim.polls(10, errors(0.15)); // fires at 1935: page-then-rollback, deadline 2535
+    assert_eq!(sim.decisions[0].action, Action::PageThenRollback);
+    let until = sim.now + TimeDelta::hours(2);
+    sim.event(Event::Suppress {
+        rule: "error-rate".into(),
+        until,
+        reason: "known retry storm, fix in review".into(),
+    });
+    sim.polls(50, errors(0.15)); // well past the 2535 deadline
+    assert!(
+        sim.rollback_decisions().is_empty(),
+        "a suppressed rule rolled back at the deadline: {:?}",
+        sim.log()
+    );
+}
+
+/// "One bad interval is a blip", but a single failed health probe 20 min before
+/// a deploy marks `system-down` as preexisting for the whole epoch
+/// (`last_breach_at` is set by any one unhealthy reading). When the new version
+/// then takes the system completely down, the immediate tier pages instead of
+/// rolling back.
+#[test]
+fn regression_one_failed_probe_before_the_deploy_does_not_block_the_rollback() {
+    let mut sim = Sim::new(STAGING);
+    sim.healthy(40);
+    sim.poll(|o| o.up = Some(false)); // a blip at 600 s: never fired
+    sim.healthy(79);
+    sim.deploy("v2"); // 1800 s
+    sim.polls(20, |o| o.up = Some(false)); // v2 is completely down
+    assert_eq!(
+        sim.rollback_decisions().len(),
+        1,
+        "system completely down after a deploy was not rolled back: {:?}",
+        sim.log()
+    );
+}
+
+/// SPEC 3: a rule must hold for its `for` time over consecutive observations.
+/// An inconclusive reading keeps `breach_since`, and the time it covers counts
+/// toward `for` without bound: one failed probe, an hour with no probe result,
+/// then one more failed probe fires `system-down` (for = 1m) and rolls back.
+#[test]
+fn regression_two_failed_probes_an_hour_apart_do_not_make_one_minute_down() {
+    let mut sim = deployed(STAGING);
+    sim.healthy(4);
+    sim.poll(|o| o.up = Some(false));
+    sim.polls(240, |o| o.up = None); // an hour without a probe result
+    sim.poll(|o| o.up = Some(false));
+    assert!(
+        sim.rollback_decisions().is_empty(),
+        "two failed probes an hour apart fired a 1m rule: {:?}",
+        sim.log()
+    );
+}
+
+/// SPEC 3: a metrics outage after a deploy is no data and must page "watchdog
+/// blind". With a `[health]` probe configured (as `policies/examples/scrape.toml`
+/// does) the poller turns every failed scrape into an observation carrying only
+/// `up` (poll.rs: `source_failed && !has_anything`), and `Sample::has_data`
+/// counts `up` as data, so the blind page never comes while error rate, latency
+/// and users are unjudgeable.
+#[test]
+fn regression_a_metrics_outage_with_a_healthy_probe_pages_blind() {
+    let mut sim = deployed(PRODUCTION);
+    // What poll.rs hands the engine when /metrics fails and /healthz answers 200.
+    for _ in 0..40 {
+        sim.wake_until(sim.now);
+        let observation = Observation {
+            up: Some(true),
+            ..Observation::new(sim.now)
+        };
+        sim.engine.handle_observation(&observation).unwrap();
+        sim.drain();
+        sim.now += TimeDelta::seconds(15);
+    }
+    assert!(
+        sim.decisions.iter().any(|d| d.cause == Cause::Blind),
+        "10 min without metrics after a deploy and no blind page: {:?}",
+        sim.log()
+    );
+}
+
+/// SPEC 3: "never a rollback of a rollback". On-call rolls back by hand (the
+/// runbook's script) while the page is open: the version goes back to v1, and
+/// `deployed()` records that as an ordinary forward deployment (rollback: false).
+/// When v1 then fails its data-integrity check against v2's migrated schema,
+/// rollwatch "rolls back" v1 -> v2, to the version the human just removed.
+#[test]
+fn regression_a_manual_rollback_is_never_rolled_forward() {
+    let mut sim = deployed(PRODUCTION);
+    sim.polls(10, errors(0.15)); // page-then-rollback at 1935
+    sim.version = "v1".into(); // on-call ran rollback-production.sh
+    sim.healthy(4);
+    sim.polls(10, |o| {
+        o.checks = vec![
+            ("data_integrity".into(), false),
+            ("critical_features".into(), true),
+        ]
+    });
+    let forward: Vec<_> = sim
+        .rollback_decisions()
+        .into_iter()
+        .filter(|d| d.to_version.as_deref() == Some("v2"))
+        .map(|d| (d.from_version.clone(), d.to_version.clone(), d.rule.clone()))
+        .collect();
+    assert!(
+        forward.is_empty(),
+        "rolled a manual rollback forward to the bad version: {forward:?}"
+    );
+}
+
+/// Live, a rollback procedure runs for minutes and the scraped build_info shows
+/// the target version before `handle_rollback_finished` arrives. `deployed()`
+/// treats that as a new forward deployment and recomputes the latency baseline
+/// from the 30 min before it, which by then is mostly the bad version. The
+/// stabilization watch then judges the unchanged +150 % latency against that
+/// polluted baseline and reports "stable" instead of escalating.
+#[test]
+fn regression_our_rollback_landing_early_keeps_the_baseline_and_the_watch_escalates() {
+    let slow = |o: &mut Observation| o.latency_ms.p95 = Some(500.0);
+    let mut sim = deployed(PRODUCTION);
+    sim.finish_rollbacks = false;
+    sim.polls(66, slow); // fires at 2160, deadline 2760: rollback decided
+    let rollback = sim.rollback_decisions()[0].clone();
+    sim.version = "v1".into(); // the procedure has deployed v1; smoke tests still running
+    sim.polls(4, slow);
+    sim.engine
+        .handle_rollback_finished(sim.now, rollback.incident.unwrap(), Ok(()))
+        .unwrap();
+    sim.drain();
+    sim.polls(70, slow); // the rollback did not help: latency is still +150 %
+    let after: Vec<_> = sim
+        .decisions
+        .iter()
+        .filter(|d| matches!(d.cause, Cause::Stable | Cause::WatchFailed))
+        .map(|d| d.cause)
+        .collect();
+    assert_eq!(
+        after,
+        [Cause::WatchFailed],
+        "baseline after the early landing: {:?}; {:?}",
+        sim.engine.baseline(),
+        sim.log()
+    );
+}
+
+/// A rolling deploy: v2 is announced at 1800 and serves errors at once, but the
+/// scraped build_info still says v1 for the first polls. Each observed version
+/// change is a new deployment, so v1 "is deployed" at 1800 and v2 again at
+/// 1845; the errors seen in between count as a breach *before* v2, v2's
+/// regression is marked preexisting, and staging pages instead of rolling back.
+#[test]
+fn regression_old_version_seen_during_a_rollout_is_not_a_deployment() {
+    let mut sim = deployed(STAGING);
+    sim.version = "v1".into(); // build_info not yet updated
+    sim.polls(3, errors(0.15));
+    sim.version = "v2".into();
+    sim.polls(20, errors(0.15));
+    assert_eq!(
+        sim.rollback_decisions().len(),
+        1,
+        "v2's regression was not rolled back: {:?}",
+        sim.log()
+    );
+}
+
+/// A human declares a consider-tier incident in production (something the
+/// metrics cannot see). The page says "rolling back at T unless acknowledged or
+/// held", but `maintain_incident` only looks at metric rules: with every rule
+/// clear it resolves the declared incident after `resolve_after` (5 min),
+/// silently dropping the announced deadline. (Had it survived, `deadline_passed`
+/// would also not roll back: it only looks for firing rules.)
+#[test]
+fn regression_a_declared_consider_incident_rolls_back_at_its_deadline() {
+    let mut sim = deployed(PRODUCTION);
+    sim.healthy(4);
+    sim.event(Event::Declare {
+        tier: Tier::Consider,
+        reason: "checkout broken for EU customers".into(),
+        component: None,
+    });
+    assert_eq!(sim.decisions[0].action, Action::PageThenRollback);
+    let deadline = sim.decisions[0].deadline.expect("a deadline");
+    sim.healthy(50); // nobody answers; metrics cannot see the problem
+    assert!(
+        sim.rollback_decisions().iter().any(|d| d.at == deadline),
+        "the rollback announced for {deadline} did not happen: {:?}",
+        sim.log()
+    );
+}
+
+/// SPEC 3: "sustained no-data after a deploy pages a human but never rolls
+/// back". After a page-then-rollback, the metrics source dies; `deadline_passed`
+/// trusts the `firing` flag from readings up to 10 minutes old and rolls back
+/// without any current evidence.
+#[test]
+fn regression_the_deadline_never_rolls_back_on_stale_evidence() {
+    let mut sim = deployed(PRODUCTION);
+    sim.polls(10, errors(0.15)); // page-then-rollback at 1935, deadline 2535
+    sim.no_data(60); // Prometheus down from 1950 to 2850
+    assert!(
+        sim.rollback_decisions().is_empty(),
+        "rolled back after 10 min without data: {:?}",
+        sim.log()
+    );
 }
