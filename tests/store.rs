@@ -108,6 +108,7 @@ on_both_backends!(
     times_round_trip_to_the_microsecond,
     a_target_has_one_unresolved_incident,
     a_decision_round_trips_with_its_policy_hash,
+    an_incidents_samples_round_trip_once_each,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -843,4 +844,37 @@ async fn a_bare_path_is_a_sqlite_file_created_on_first_open() {
         Store::open("mysql://localhost/x").await,
         Err(StoreError::BadUrl { .. })
     ));
+}
+
+async fn an_incidents_samples_round_trip_once_each(db: TestDb) {
+    let store = db.open().await;
+    let id = store
+        .open_incident(&new_incident(TARGET, IncidentKind::Rule, t0()))
+        .await
+        .unwrap();
+    let point = |s: i64, errors: Option<f64>| SamplePoint {
+        at: secs(s),
+        up: Some(true),
+        requests: Some(100.0),
+        errors,
+        users: None,
+        users_affected: None,
+        latency_ms: Some(212.5),
+    };
+    store
+        .record_samples(id, &[point(0, Some(1.0)), point(15, None)])
+        .await
+        .unwrap();
+    // A restart writes the history again: the instants already stored are kept once.
+    store
+        .record_samples(id, &[point(15, Some(9.0)), point(30, Some(12.0))])
+        .await
+        .unwrap();
+    let samples = store.samples(id).await.unwrap();
+    assert_eq!(
+        samples,
+        vec![point(0, Some(1.0)), point(15, None), point(30, Some(12.0))]
+    );
+    assert_eq!(samples[2].error_rate(), Some(0.12));
+    assert_eq!(samples[1].error_rate(), None);
 }

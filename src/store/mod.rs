@@ -19,6 +19,7 @@
 mod model;
 mod ops;
 mod outbox;
+mod samples;
 mod time;
 
 use std::str::FromStr;
@@ -32,6 +33,7 @@ use sqlx::sqlite::{
 };
 
 pub use model::*;
+pub use samples::SamplePoint;
 pub use time::to_stored_precision;
 
 /// The database used when none is given: a SQLite file in the working directory.
