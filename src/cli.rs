@@ -14,7 +14,7 @@ use crate::backtest::{self, Summary};
 use crate::engine::decision::Decision;
 use crate::engine::policy::Policy;
 use crate::policy::units::HumanDuration;
-use crate::{explain, live, policy};
+use crate::{explain, incidents, live, manual, policy};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -94,6 +94,75 @@ pub enum Command {
         /// Serve /healthz and /metrics here.
         #[arg(long, default_value = "127.0.0.1:9797")]
         listen: std::net::SocketAddr,
+        /// Where incidents are stored: a SQLite file (created on first run) or
+        /// postgres://... (not used by --dry-run).
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: String,
+    },
+    /// Emergency rollback: the policy's whole procedure (backup, rollback,
+    /// verification, stabilization watch) for a human's reason.
+    Rollback {
+        #[arg(long)]
+        policy: PathBuf,
+        /// Why: recorded with the incident and given to every step.
+        #[arg(long)]
+        reason: String,
+        /// Roll back only this component (frontend, backend, database).
+        #[arg(long)]
+        component: Option<String>,
+        /// The version to go back to (default: the one before the latest deployment).
+        #[arg(long)]
+        to: Option<String>,
+        /// Print the plan and the guards; run and store nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Roll back even though the running version is itself a recent rollback.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: String,
+    },
+    /// Rollback drill: run the (staging) procedure and its verification, and
+    /// record how long it took and whether it worked.
+    Drill {
+        #[arg(long)]
+        policy: PathBuf,
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: String,
+    },
+    /// Stored incidents: list, show one, or write its post-mortem report.
+    Incidents {
+        #[command(subcommand)]
+        command: IncidentsCommand,
+        #[arg(long, global = true, default_value = DEFAULT_DB)]
+        db: String,
+    },
+}
+
+/// The store `run`, `rollback`, `drill` and `incidents` use unless `--db` says otherwise.
+pub const DEFAULT_DB: &str = "rollwatch.db";
+
+#[derive(Subcommand, Debug)]
+pub enum IncidentsCommand {
+    /// The newest incidents first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// One incident with its whole timeline.
+    Show {
+        id: i64,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// The post-mortem report in Markdown on stdout; the chart is written as SVG.
+    Report {
+        id: i64,
+        /// Where to write the chart (default: incident-ID.svg in the current directory).
+        #[arg(long)]
+        chart: Option<PathBuf>,
     },
 }
 
@@ -172,7 +241,27 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             dry_run,
             record,
             listen,
-        } => runtime()?.block_on(live::run(&policy, dry_run, record.as_deref(), listen)),
+            db,
+        } => runtime()?.block_on(live::run(&policy, dry_run, record.as_deref(), listen, &db)),
+        Command::Rollback {
+            policy,
+            reason,
+            component,
+            to,
+            dry_run,
+            force,
+            db,
+        } => runtime()?.block_on(manual::rollback(manual::RollbackRequest {
+            policy: &policy,
+            reason: &reason,
+            component: component.as_deref(),
+            to: to.as_deref(),
+            dry_run,
+            force,
+            db: &db,
+        })),
+        Command::Drill { policy, db } => runtime()?.block_on(manual::drill(&policy, &db)),
+        Command::Incidents { command, db } => runtime()?.block_on(incidents::run(command, &db)),
     }
 }
 

@@ -1,12 +1,16 @@
 //! rollwatch: a watchdog that decides when to roll a deployment back.
+pub mod act;
 pub mod backtest;
 pub mod cli;
 pub mod drive;
 pub mod engine;
 pub mod explain;
+pub mod incidents;
 pub mod live;
+pub mod manual;
 pub mod policy;
 pub mod procedure;
+pub mod report;
 pub mod runtime;
 pub mod server;
 pub mod sources;

@@ -196,17 +196,30 @@ pub async fn run(
     dry_run: bool,
     record: Option<&Path>,
     listen: SocketAddr,
+    db: &str,
 ) -> Result<(), Failure> {
     // Every policy is read and validated before anything starts.
     let targets = paths
         .iter()
         .map(|p| load_target(p))
         .collect::<Result<Vec<_>, _>>()?;
-    if !dry_run {
-        return Err(Failure::Usage(
-            "run acts on decisions only once procedures and their store exist (the acting issue); use --dry-run".into(),
-        ));
-    }
+    let store = if dry_run {
+        None
+    } else {
+        for target in &targets {
+            if target.procedure.is_none() {
+                eprintln!(
+                    "warning: {} has no [procedure]: its rollback decisions will fail and escalate; add one, or use --dry-run",
+                    target.policy.path
+                );
+            }
+        }
+        let store = crate::store::Store::open(db)
+            .await
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!("{e}")))?;
+        eprintln!("incidents are stored in {}", store.database());
+        Some(store)
+    };
     let recorder = open_recorder(record)?;
     let shutdown = CancellationToken::new();
     let telemetry = Telemetry::new();
@@ -229,20 +242,28 @@ pub async fn run(
         let name = format!("{}/{}", target.policy.service, target.policy.environment);
         let path = target.policy.path.clone();
         let sources = describe_sources(&target);
+        let mode = if dry_run {
+            "dry run: nothing is executed or sent"
+        } else {
+            "acting: rollbacks run the policy's procedure"
+        };
         say(&format!(
-            "{} watching {name} with {path} ({sources}); dry run: nothing is executed or sent",
+            "{} watching {name} with {path} ({sources}); {mode}",
             time_text(chrono::Utc::now())
         ));
+        let actor = store.as_ref().map(|store| {
+            crate::act::actor::Actor::new(store.clone(), Arc::new(target.clone()), Arc::new(say))
+        });
         let recorder = recorder.clone();
         let shutdown = shutdown.clone();
         let telemetry = Arc::clone(&telemetry);
         tasks.spawn(async move {
             let result =
-                target::run_dry(target, recorder, telemetry, shutdown, |decision| print_recommendation(&name, decision)).await;
+                target::run_target(target, recorder, telemetry, shutdown, |decision| print_decision(&name, decision, dry_run), actor).await;
             if let Err(error) = &result {
                 tracing::error!(target_name = %name, error = %format!("{error:#}"), "target stopped");
             }
-            result
+            result.map(|_| ())
         });
     }
     // A target that stops is a target nobody watches: stop loudly, so the
@@ -300,11 +321,16 @@ fn describe_sources(target: &crate::policy::Compiled) -> String {
     }
 }
 
-/// One line per decision: what rollwatch would do, and why.
-fn print_recommendation(name: &str, decision: &Decision) {
-    let would = match decision.action {
+/// One line per decision: what rollwatch does (or, in a dry run, would do), and why.
+pub fn print_decision(name: &str, decision: &Decision, dry_run: bool) {
+    let (would, mode) = if dry_run {
+        ("WOULD ", " DRY-RUN")
+    } else {
+        ("", "")
+    };
+    let what = match decision.action {
         Action::Rollback => format!(
-            "WOULD ROLL BACK {} -> {}",
+            "{would}ROLL BACK {} -> {}",
             decision
                 .from_version
                 .as_deref()
@@ -315,17 +341,17 @@ fn print_recommendation(name: &str, decision: &Decision) {
                 .unwrap_or("the previous version")
         ),
         Action::PageThenRollback => format!(
-            "WOULD PAGE on-call, then roll back at {} unless answered",
+            "{would}PAGE on-call, then roll back at {} unless answered",
             decision
                 .deadline
                 .map_or_else(|| "the deadline".into(), time_text)
         ),
-        Action::Page => "WOULD PAGE on-call".into(),
-        Action::Notify => "WOULD NOTIFY the team".into(),
+        Action::Page => format!("{would}PAGE on-call"),
+        Action::Notify => format!("{would}NOTIFY the team"),
         Action::None => "no action".into(),
     };
     say(&format!(
-        "{} {name} DRY-RUN {would} [{} {}]: {}",
+        "{} {name}{mode} {what} [{} {}]: {}",
         time_text(decision.at),
         decision.tier,
         decision.rule,
@@ -335,7 +361,7 @@ fn print_recommendation(name: &str, decision: &Decision) {
 
 /// One line on stdout. A closed stdout (the reader went away) must not take
 /// the watchdog down with it: the line goes to the log instead.
-fn say(line: &str) {
+pub fn say(line: &str) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     if let Err(error) = writeln!(out, "{line}").and_then(|()| out.flush()) {

@@ -370,11 +370,23 @@ async fn dry_run_prints_the_recommendation_counts_in_its_metrics_and_stops_clean
 }
 
 #[test]
-fn run_without_dry_run_refuses_until_acting_exists() {
+fn run_acting_with_an_unreachable_database_refuses_to_start_and_says_why() {
     let out = Command::new(cargo_bin("rollwatch"))
-        .args(["run", "--policy", "policies/production.toml"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            "postgres://postgres@127.0.0.1:1/nowhere",
+            "--policy",
+            "policies/production.toml",
+        ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("--dry-run"));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot open database postgres://postgres@127.0.0.1:1/nowhere"),
+        "{stderr}"
+    );
 }

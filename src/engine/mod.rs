@@ -98,6 +98,26 @@ pub struct Incident {
     to_version: Option<String>,
 }
 
+/// An unfinished incident handed back to the engine: see `Engine::resume_incident`.
+#[derive(Clone, Debug)]
+pub struct Resumed {
+    pub opened_at: DateTime<Utc>,
+    pub tier: Tier,
+    pub rule: String,
+    pub component: Option<String>,
+    pub phase: Phase,
+    /// When the phase began (the rollback's start, the watch's start).
+    pub phase_at: DateTime<Utc>,
+    /// The strongest action already announced (one incident, one page).
+    pub announced: Action,
+    pub acknowledged: bool,
+    pub held: bool,
+    pub deadline: Option<DateTime<Utc>>,
+    pub declared: bool,
+    pub from_version: Option<String>,
+    pub to_version: Option<String>,
+}
+
 /// A rule's place in Inactive → Pending → Firing, as in Prometheus alerting,
 /// plus the same for its watch band.
 #[derive(Clone, Debug, Default)]
@@ -302,6 +322,11 @@ impl Engine {
         self.baseline.as_ref()
     }
 
+    /// The samples kept (back to the policy's widest window), oldest first.
+    pub fn samples(&self) -> impl Iterator<Item = &Sample> {
+        self.history.iter()
+    }
+
     /// Samples currently kept: bounded by the policy's widest window.
     pub fn history_len(&self) -> usize {
         self.history.sample_count()
@@ -440,6 +465,75 @@ impl Engine {
             self.watch_ended(now, saw_data);
         }
         Ok(())
+    }
+
+    /// Takes up the latest deployment a previous run recorded, so a restart
+    /// still knows what changed recently (and whether it was a rollback).
+    pub fn restore_deployment(&mut self, deployment: Deployment) {
+        if deployment.seen && deployment.version.is_some() {
+            self.last_seen_version = deployment.version.clone();
+        }
+        if deployment.rollback {
+            self.last_rollback_at = Some(deployment.at);
+        }
+        self.epoch = Some(deployment.at);
+        self.deployment = Some(deployment);
+    }
+
+    /// Takes up an incident a previous run left unfinished (a restart after a
+    /// crash, or a manual rollback handed to the loop), in its stored phase;
+    /// returns the engine's id for it. `RollingBack`: the caller goes on with
+    /// the procedure and reports its end. `Watching`: the watch runs to its
+    /// stored end, on this run's data. `Escalated`: humans have it; it closes
+    /// when every rule has been clear for `resolve_after`. An incident already
+    /// open in the engine is replaced (there is one per target).
+    pub fn resume_incident(
+        &mut self,
+        now: DateTime<Utc>,
+        resumed: Resumed,
+    ) -> Result<u64, InputError> {
+        self.advance(now)?;
+        self.incidents_opened += 1;
+        let id = self.incidents_opened;
+        match resumed.phase {
+            Phase::RollingBack => self.last_rollback_at = Some(resumed.phase_at),
+            Phase::Watching { .. } => {
+                self.last_rollback_at = Some(resumed.phase_at);
+                self.deployment = Some(Deployment {
+                    at: resumed.phase_at,
+                    version: resumed.to_version.clone(),
+                    previous: resumed.from_version.clone(),
+                    migrations: Vec::new(),
+                    rollback: true,
+                    seen: true,
+                });
+                // The restored version is judged on its own data.
+                self.start_epoch(now, false);
+            }
+            Phase::Open | Phase::Escalated => {}
+        }
+        let strongest = match resumed.phase {
+            Phase::Open if resumed.deadline.is_some() => Action::PageThenRollback,
+            Phase::Open => resumed.announced,
+            _ => Action::Rollback,
+        };
+        self.incident = Some(Incident {
+            id,
+            opened_at: resumed.opened_at,
+            tier: resumed.tier,
+            rule: resumed.rule,
+            component: resumed.component,
+            strongest: strongest.max(resumed.announced),
+            acknowledged: resumed.acknowledged,
+            held: resumed.held,
+            deadline: resumed.deadline.filter(|_| resumed.phase == Phase::Open),
+            phase: resumed.phase,
+            declared: resumed.declared,
+            clear_since: None,
+            from_version: resumed.from_version,
+            to_version: resumed.to_version,
+        });
+        Ok(id)
     }
 
     /// The end of a short sampling (`evaluate`): a rule that has read unhealthy
@@ -1310,6 +1404,37 @@ impl Engine {
 
     fn watch_ended(&mut self, now: DateTime<Utc>, saw_data: bool) {
         let duration = format_duration(self.policy.stabilization);
+        // Stable means inside the bounds to the end: a breach still building
+        // up when the watch ends (not yet held for its `for`) is not stable.
+        let still_breaching = self
+            .breaching_rules(now)
+            .into_iter()
+            .find(|&i| self.rules[i].breach_since.is_some());
+        if saw_data && let Some(index) = still_breaching {
+            let rule = self.policy.rules[index].clone();
+            let reading = self.rules[index].reading.clone();
+            let core = format!(
+                "{}; still breaching at the end of the {duration} stabilization watch: not stable after the rollback, escalating (never a second automatic rollback)",
+                self.describe_rule(index, now)
+            );
+            if let Some(incident) = &mut self.incident {
+                incident.phase = Phase::Escalated;
+            }
+            self.emit_incident_decision(
+                now,
+                rule.tier,
+                &rule.name,
+                Draft {
+                    action: Action::Page,
+                    cause: Cause::WatchFailed,
+                    guard: Some(Guard::RollbackOfRollback),
+                    reading,
+                    core,
+                    deadline: None,
+                },
+            );
+            return;
+        }
         if saw_data {
             let core = format!("stable for {duration} after the rollback: incident resolved");
             self.emit_for_incident(

@@ -185,6 +185,11 @@ impl History {
             .take_while(move |s| s.at > start && from.is_none_or(|from| s.at > from))
     }
 
+    /// Every sample kept, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Sample> {
+        self.samples.iter()
+    }
+
     /// How many samples are kept.
     pub fn sample_count(&self) -> usize {
         self.samples.len()

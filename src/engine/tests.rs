@@ -466,6 +466,30 @@ fn a_rollback_that_does_not_help_escalates_and_never_rolls_back_twice() {
 }
 
 #[test]
+fn a_breach_still_building_when_the_watch_ends_is_not_stable() {
+    let mut sim = deployed(STAGING);
+    sim.polls(10, errors(0.15));
+    assert_eq!(sim.rollbacks(), 1);
+    sim.version = "v1".into();
+    // Errors come back in the watch's last minute: too short to fire (2m), not stable either.
+    sim.healthy(56);
+    sim.polls(6, errors(0.15));
+    let last = sim.decisions.last().unwrap();
+    assert_eq!(
+        (last.action, last.cause),
+        (Action::Page, Cause::WatchFailed)
+    );
+    assert_eq!((last.at - start()).num_seconds(), 1935 + 900);
+    assert!(
+        last.explanation
+            .contains("still breaching at the end of the 15m stabilization watch"),
+        "{}",
+        last.explanation
+    );
+    assert_eq!(sim.rollbacks(), 1, "never a second automatic rollback");
+}
+
+#[test]
 fn a_stable_watch_resolves_the_incident() {
     let mut sim = deployed(STAGING);
     sim.polls(10, errors(0.15));

@@ -22,6 +22,7 @@ use crate::trace::TraceItem;
 
 use super::poll::{PollOutcome, Poller};
 use super::record::Recorder;
+use crate::act::actor::{Actor, Followup, IncidentEnd};
 
 /// Wall-clock time that never jumps: read once, then advanced by the monotonic
 /// clock. An NTP step can neither fire a page-then-rollback deadline early nor
@@ -69,15 +70,19 @@ fn feed(
     drive::feed(engine, outcome.item, rollbacks, on_decision)
 }
 
-/// The dry-run loop: polls until `shutdown`, handing each decision to `on_decision`.
-/// Nothing is executed or sent; a rollback counts as succeeded at once, as in backtest.
-pub async fn run_dry(
+/// The loop for one target: polls until `shutdown`, handing each decision to
+/// `on_decision`. Without an actor it is the dry run: nothing is executed or
+/// sent and a rollback counts as succeeded at once, as in backtest. With one,
+/// decisions become stored incidents and procedures, and the loop also ends
+/// when the incident the actor waits for has ended.
+pub async fn run_target(
     target: Compiled,
     recorder: Option<Recorder>,
     telemetry: Arc<Telemetry>,
     shutdown: CancellationToken,
     mut on_decision: impl FnMut(&Decision),
-) -> anyhow::Result<()> {
+    mut actor: Option<Actor>,
+) -> anyhow::Result<Option<IncidentEnd>> {
     let policy = Arc::new(target.policy.clone());
     let name = format!("{}/{}", policy.service, policy.environment);
     let labels = Telemetry::target(&name);
@@ -89,29 +94,76 @@ pub async fn run_dry(
     let mut poller = Poller::new(&target, interval)?;
     let mut engine = Engine::new(policy);
     let clock = Clock::start();
-    let mut sink = |decision: &Decision| {
-        let decision_labels = DecisionLabels {
-            target: name.clone(),
-            action: decision.action.name().to_string(),
-            tier: decision.tier.name().to_string(),
-        };
-        telemetry.decisions.get_or_create(&decision_labels).inc();
-        on_decision(decision);
+    let rollbacks = if actor.is_some() {
+        Rollbacks::Reported
+    } else {
+        Rollbacks::SucceedAtOnce
+    };
+    let mut pending: Vec<Decision> = Vec::new();
+    let mut hand_out = async |engine: &mut Engine,
+                              decisions: &mut Vec<Decision>,
+                              actor: &mut Option<Actor>|
+           -> Result<(), DriveError> {
+        while !decisions.is_empty() {
+            for decision in std::mem::take(decisions) {
+                let decision_labels = DecisionLabels {
+                    target: name.clone(),
+                    action: decision.action.name().to_string(),
+                    tier: decision.tier.name().to_string(),
+                };
+                telemetry.decisions.get_or_create(&decision_labels).inc();
+                on_decision(&decision);
+                let Some(actor) = actor.as_mut() else {
+                    continue;
+                };
+                if let Followup::RollbackRefused {
+                    engine_incident,
+                    reason,
+                } = actor.handle(&decision, engine).await
+                {
+                    engine.handle_rollback_finished(decision.at, engine_incident, Err(reason))?;
+                }
+            }
+            drive::drain(engine, rollbacks, &mut collect(decisions))?;
+        }
+        if let Some(actor) = actor.as_mut() {
+            actor.observed(engine).await;
+        }
         Ok(())
     };
+    if let Some(actor) = actor.as_mut() {
+        actor.try_resume(&mut engine, clock.now()).await;
+    }
     // Spread many targets over the interval rather than polling them all at once.
     let mut next_poll = Instant::now() + jitter(interval, 0.5);
     loop {
+        if let Some(end) = actor.as_ref().and_then(Actor::done) {
+            return Ok(Some(end));
+        }
         let deadline = engine
             .poll_timeout()
             .map(|at| clock.instant_of(at))
             .filter(|d| *d < next_poll);
+        let procedure = async {
+            match actor.as_mut() {
+                Some(actor) => actor.procedure_ended().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return Ok(None),
+            (engine_incident, ended) = procedure => {
+                let now = clock.now();
+                engine.handle_rollback_finished(now, engine_incident, ended.result)?;
+                drive::drain(&mut engine, rollbacks, &mut collect(&mut pending))?;
+            }
             _ = tokio::time::sleep_until(deadline.unwrap_or(next_poll)), if deadline.is_some() => {
-                drive::wake(&mut engine, clock.now(), Rollbacks::SucceedAtOnce, &mut sink)?;
+                drive::wake(&mut engine, clock.now(), rollbacks, &mut collect(&mut pending))?;
             }
             _ = tokio::time::sleep_until(next_poll) => {
+                if let Some(actor) = actor.as_mut() {
+                    actor.try_resume(&mut engine, clock.now()).await;
+                }
                 let started = Instant::now();
                 let outcome = poller.poll(clock.now()).await;
                 telemetry.poll_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
@@ -120,7 +172,7 @@ pub async fn run_dry(
                     telemetry.source_errors.get_or_create(&labels).inc();
                 }
                 telemetry.unreadable_lines.get_or_create(&labels).inc_by(outcome.unreadable_lines as u64);
-                feed(&mut engine, outcome, recorder.as_ref(), Rollbacks::SucceedAtOnce, &mut sink)?;
+                feed(&mut engine, outcome, recorder.as_ref(), rollbacks, &mut collect(&mut pending))?;
                 next_poll += interval + jitter(interval, 0.05);
                 let now = Instant::now();
                 if next_poll < now {
@@ -133,6 +185,15 @@ pub async fn run_dry(
                 }
             }
         }
+        hand_out(&mut engine, &mut pending, &mut actor).await?;
+    }
+}
+
+/// A decision sink that keeps them for the actor (which is async).
+fn collect(into: &mut Vec<Decision>) -> impl FnMut(&Decision) -> std::io::Result<()> + '_ {
+    |decision| {
+        into.push(decision.clone());
+        Ok(())
     }
 }
 
@@ -162,10 +223,6 @@ pub async fn evaluate(
     let mut poller = Poller::new(target, every)?;
     let mut engine = Engine::new(policy);
     let mut decisions = Vec::new();
-    let mut sink = |decision: &Decision| {
-        decisions.push(decision.clone());
-        Ok(())
-    };
     let clock = Clock::start();
     let started = Instant::now();
     let total_polls = (duration.as_millis() / every.as_millis().max(1)) as u32 + 1;
@@ -191,7 +248,12 @@ pub async fn evaluate(
             if let Some(recorder) = &recorder {
                 recorder.record(&deploy);
             }
-            drive::feed(&mut engine, deploy, Rollbacks::Reported, &mut sink)?;
+            drive::feed(
+                &mut engine,
+                deploy,
+                Rollbacks::Reported,
+                &mut collect(&mut decisions),
+            )?;
         }
         if matches!(&outcome.item, TraceItem::Observation(o) if !o.is_empty()) {
             polls_with_data += 1;
@@ -202,11 +264,15 @@ pub async fn evaluate(
             outcome,
             recorder.as_ref(),
             Rollbacks::Reported,
-            &mut sink,
+            &mut collect(&mut decisions),
         )?;
     }
     engine.handle_sampling_end(clock.now())?;
-    drive::drain(&mut engine, Rollbacks::Reported, &mut sink)?;
+    drive::drain(
+        &mut engine,
+        Rollbacks::Reported,
+        &mut collect(&mut decisions),
+    )?;
     Ok(Evaluation {
         decisions,
         engine,

@@ -89,6 +89,16 @@ struct Shared {
     counters: Mutex<Counters>,
 }
 
+/// Changes a running service's knobs (see `TestService::knobs`).
+#[derive(Clone)]
+pub struct KnobHandle(Arc<Shared>);
+
+impl KnobHandle {
+    pub fn set(&self, change: impl FnOnce(&mut Knobs)) {
+        change(&mut self.0.knobs.lock().unwrap());
+    }
+}
+
 pub struct TestService {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
@@ -133,6 +143,11 @@ impl TestService {
 
     pub fn set(&self, change: impl FnOnce(&mut Knobs)) {
         change(&mut self.shared.knobs.lock().unwrap());
+    }
+
+    /// A handle that changes the knobs from another task.
+    pub fn knobs(&self) -> KnobHandle {
+        KnobHandle(Arc::clone(&self.shared))
     }
 
     /// The process "restarts": every counter goes back to zero.

@@ -1,0 +1,767 @@
+//! One target's acting side: turns the engine's decisions into stored
+//! incidents, outbox notices and procedure runs, and hands a restarted
+//! rollwatch its unfinished incidents back. Every write that makes acting safe
+//! comes before the act: a rollback whose incident, decision or notice cannot
+//! be stored is not started, and the engine hears that it failed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::task::JoinHandle;
+
+use crate::engine::decision::{Cause, Decision};
+use crate::engine::policy::{Action, Tier};
+use crate::engine::signals::Sample;
+use crate::engine::{Deployment, Engine, Phase, Resumed, time_text};
+use crate::policy::Compiled;
+use crate::store::{
+    DeploymentSource, IncidentKind, IncidentOutcome, IncidentPhase, IncidentState, NewDeployment,
+    NewIncident, NewNotification, NotificationKind, SamplePoint, Store, StoreError,
+};
+
+use super::procedure::{self, Context, Ended};
+
+/// The outbox channel notices and pages wait in until channels are configured
+/// (the notification issue delivers them).
+pub const TEAM_CHANNEL: &str = "team";
+
+type Say = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// A procedure running in its own task.
+struct Running {
+    /// The engine's incident id: its end is reported to the engine.
+    engine_incident: u64,
+    handle: JoinHandle<Ended>,
+}
+
+pub struct Actor {
+    store: Store,
+    target: Arc<Compiled>,
+    name: String,
+    /// Engine incident id → stored incident id.
+    incidents: HashMap<u64, i64>,
+    running: Option<Running>,
+    recorded_deployment: Option<DateTime<Utc>>,
+    last_sample_at: Option<DateTime<Utc>>,
+    say: Say,
+    /// Stop once this stored incident is resolved or escalated (`rollback`).
+    until_done: Option<i64>,
+    done: Option<IncidentEnd>,
+    /// Unfinished incidents were taken up (the store answered at start).
+    resumed: bool,
+    /// After a failed write, the bookkeeping writes (deployments, samples)
+    /// pause until then, so a store outage cannot slow polling down: each
+    /// write would wait for a connection.
+    bookkeeping_paused_until: Option<std::time::Instant>,
+}
+
+/// How long bookkeeping writes pause after one failed.
+const BOOKKEEPING_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How an incident the caller waits for ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IncidentEnd {
+    Resolved(IncidentOutcome),
+    Escalated,
+}
+
+/// What the loop must tell the engine after a decision was handled.
+#[derive(Debug)]
+pub enum Followup {
+    None,
+    /// The rollback could not be started safely: report it failed.
+    RollbackRefused {
+        engine_incident: u64,
+        reason: String,
+    },
+}
+
+impl Actor {
+    pub fn new(store: Store, target: Arc<Compiled>, say: Say) -> Actor {
+        let name = format!("{}/{}", target.policy.service, target.policy.environment);
+        Actor {
+            store,
+            target,
+            name,
+            incidents: HashMap::new(),
+            running: None,
+            recorded_deployment: None,
+            last_sample_at: None,
+            say,
+            until_done: None,
+            done: None,
+            resumed: false,
+            bookkeeping_paused_until: None,
+        }
+    }
+
+    /// The loop ends once this stored incident is resolved or escalated.
+    pub fn stop_when_done(&mut self, incident: i64) {
+        self.until_done = Some(incident);
+    }
+
+    /// The awaited incident's end, once it has ended.
+    pub fn done(&self) -> Option<IncidentEnd> {
+        self.done
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `resume`, until it has worked once: with the store unreachable the
+    /// target is watched but nothing is rolled back (an unfinished incident
+    /// might be waiting), and the next poll tries again.
+    pub async fn try_resume(&mut self, engine: &mut Engine, now: DateTime<Utc>) {
+        if self.resumed {
+            return;
+        }
+        match self.resume(engine, now).await {
+            Ok(()) => self.resumed = true,
+            Err(error) => {
+                let message = format!(
+                    "cannot take up unfinished incidents from {}: {error}; watching, but NOT ACTING until the database answers",
+                    self.store.database()
+                );
+                tracing::error!(target_name = %self.name, "{message}");
+                self.say(&format!(
+                    "{} {} DATABASE UNREACHABLE: {message}",
+                    time_text(now),
+                    self.name
+                ));
+            }
+        }
+    }
+
+    /// Restores the latest recorded deployment and takes up unfinished
+    /// incidents: an open one keeps waiting for its deadline or answer; a
+    /// rollback that was running goes on where its stored steps say (never
+    /// repeating one that may have run); a watch starts over for its full time
+    /// (nothing was watched while rollwatch was down); an escalated one stays
+    /// with the humans.
+    pub async fn resume(
+        &mut self,
+        engine: &mut Engine,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if let Some(latest) = self
+            .store
+            .deployments(&self.name, 1)
+            .await?
+            .into_iter()
+            .next()
+        {
+            self.recorded_deployment = Some(latest.at);
+            engine.restore_deployment(Deployment {
+                at: latest.at,
+                version: latest.version,
+                previous: latest.previous,
+                migrations: latest.migrations,
+                rollback: latest.rollback,
+                seen: latest.source != DeploymentSource::Announced,
+            });
+        }
+        for unfinished in self.store.unfinished_incidents(&self.name).await? {
+            let interrupted = unfinished.interrupted_steps().count();
+            let record = unfinished.incident.clone();
+            let IncidentState::Active { phase } = record.state else {
+                continue;
+            };
+            if record.kind == IncidentKind::Drill {
+                // A drill interrupted is a drill failed: never re-run on its own.
+                for step in unfinished
+                    .steps
+                    .iter()
+                    .filter(|s| s.may_have_run_unrecorded())
+                {
+                    self.store
+                        .mark_step_unknown(step.id, now, "rollwatch stopped during the drill")
+                        .await?;
+                }
+                self.store
+                    .resolve_incident(record.id, IncidentOutcome::DrillFailed, now)
+                    .await?;
+                self.say(&format!(
+                    "drill {} was interrupted by a restart: recorded as failed",
+                    record.id
+                ));
+                continue;
+            }
+            let decisions = self.store.decisions(record.id).await?;
+            let announced = decisions
+                .iter()
+                .filter_map(|d| Action::ALL.iter().find(|(n, _)| *n == d.action))
+                .map(|(_, a)| *a)
+                .max()
+                .unwrap_or(Action::None);
+            let engine_phase = match phase {
+                IncidentPhase::Open => Phase::Open,
+                IncidentPhase::RollingBack
+                | IncidentPhase::Verifying
+                | IncidentPhase::Recovering => Phase::RollingBack,
+                IncidentPhase::Watching => Phase::Watching {
+                    until: now + engine.policy().stabilization,
+                    saw_data: false,
+                },
+                IncidentPhase::Escalated => Phase::Escalated,
+            };
+            let tier = tier_named(&record.tier);
+            let id = engine
+                .resume_incident(
+                    now,
+                    Resumed {
+                        opened_at: record.opened_at,
+                        tier,
+                        rule: record.rule.clone(),
+                        component: record.component.clone(),
+                        phase: engine_phase,
+                        phase_at: record.phase_at,
+                        announced,
+                        acknowledged: record.acknowledged,
+                        held: record.held,
+                        deadline: record.deadline,
+                        declared: record.kind == IncidentKind::Declared,
+                        from_version: record.from_version.clone(),
+                        to_version: record.to_version.clone(),
+                    },
+                )
+                .map_err(|e| StoreError::Invalid {
+                    what: "resumed incident",
+                    reason: e.to_string(),
+                })?;
+            self.incidents.insert(id, record.id);
+            self.say(&format!(
+                "{} {} taking up incident {} ({}, {} {}){}",
+                time_text(now),
+                self.name,
+                record.id,
+                phase.as_str(),
+                record.tier,
+                record.rule,
+                if interrupted > 0 {
+                    format!(
+                        "; {interrupted} step(s) were running when rollwatch stopped: their result is unknown and they are not run again"
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+            match phase {
+                IncidentPhase::RollingBack
+                | IncidentPhase::Verifying
+                | IncidentPhase::Recovering => {
+                    let migrations = self.migrations_of(record.from_version.as_deref()).await;
+                    let reason = if record.reason.is_empty() {
+                        decisions
+                            .iter()
+                            .rev()
+                            .find(|d| d.action == Action::Rollback.name())
+                            .map_or_else(String::new, |d| d.explanation.clone())
+                    } else {
+                        record.reason.clone()
+                    };
+                    self.start_procedure(
+                        id,
+                        Context {
+                            store: self.store.clone(),
+                            incident: record.id,
+                            target: Arc::clone(&self.target),
+                            tier,
+                            component: record.component.clone(),
+                            migrations,
+                            reason,
+                            from_version: record.from_version.clone(),
+                            to_version: record.to_version.clone(),
+                            say: Arc::clone(&self.say),
+                        },
+                    );
+                }
+                IncidentPhase::Watching => {
+                    if let Some(Phase::Watching { until, .. }) = engine.incident().map(|i| i.phase)
+                    {
+                        self.store
+                            .set_incident_phase(
+                                record.id,
+                                IncidentPhase::Watching,
+                                now,
+                                Some(until),
+                            )
+                            .await?;
+                        self.say(&format!(
+                            "{} {} incident {}: nothing was watched while rollwatch was down; watching again until {}",
+                            time_text(now),
+                            self.name,
+                            record.id,
+                            time_text(until)
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn migrations_of(&self, version: Option<&str>) -> Vec<String> {
+        match self.store.deployments(&self.name, 20).await {
+            Ok(deployments) => deployments
+                .into_iter()
+                .find(|d| !d.rollback && d.version.as_deref() == version)
+                .map(|d| d.migrations)
+                .unwrap_or_default(),
+            Err(error) => {
+                tracing::error!(target_name = %self.name, %error, "cannot read the deployments: assuming no migrations");
+                Vec::new()
+            }
+        }
+    }
+
+    fn say(&self, line: &str) {
+        (self.say)(line);
+    }
+
+    /// The running procedure's end, when there is one (pending forever
+    /// otherwise, for `select!`).
+    pub async fn procedure_ended(&mut self) -> (u64, Ended) {
+        let Some(running) = &mut self.running else {
+            return std::future::pending().await;
+        };
+        let ended = match (&mut running.handle).await {
+            Ok(ended) => ended,
+            Err(join) => Ended {
+                result: Err(format!("the procedure's task failed: {join}")),
+                unknown: Vec::new(),
+                notes: Vec::new(),
+            },
+        };
+        let engine_incident = running.engine_incident;
+        self.running = None;
+        (engine_incident, ended)
+    }
+
+    pub fn procedure_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    fn start_procedure(&mut self, engine_incident: u64, ctx: Context) {
+        let handle = tokio::spawn(async move { procedure::execute(&ctx).await });
+        self.running = Some(Running {
+            engine_incident,
+            handle,
+        });
+    }
+
+    /// After each input: record a new deployment and the latest sample of an
+    /// open incident. Store trouble here is logged, never fatal.
+    pub async fn observed(&mut self, engine: &Engine) {
+        if self
+            .bookkeeping_paused_until
+            .is_some_and(|until| std::time::Instant::now() < until)
+        {
+            return;
+        }
+        if let Some(deployment) = engine.deployment()
+            && self.recorded_deployment != Some(deployment.at)
+        {
+            let source = if deployment.rollback {
+                DeploymentSource::Rollback
+            } else if deployment.seen {
+                DeploymentSource::Observed
+            } else {
+                DeploymentSource::Announced
+            };
+            let new = NewDeployment {
+                target: self.name.clone(),
+                version: deployment.version.clone(),
+                previous: deployment.previous.clone(),
+                migrations: deployment.migrations.clone(),
+                at: deployment.at,
+                rollback: deployment.rollback,
+                source,
+            };
+            match self.store.record_deployment(&new).await {
+                Ok(_) => self.recorded_deployment = Some(deployment.at),
+                Err(error) => {
+                    tracing::error!(target_name = %self.name, %error, "cannot record the deployment");
+                    self.pause_bookkeeping();
+                    return;
+                }
+            }
+        }
+        let Some(incident) = engine
+            .incident()
+            .and_then(|i| self.incidents.get(&i.id))
+            .copied()
+        else {
+            return;
+        };
+        let fresh: Vec<SamplePoint> = engine
+            .samples()
+            .filter(|s| self.last_sample_at.is_none_or(|t| s.at > t))
+            .map(point)
+            .collect();
+        if let Some(last) = fresh.last() {
+            let at = last.at;
+            match self.store.record_samples(incident, &fresh).await {
+                Ok(()) => self.last_sample_at = Some(at),
+                Err(error) => {
+                    tracing::warn!(target_name = %self.name, %error, "cannot record samples")
+                }
+            }
+        }
+    }
+
+    fn pause_bookkeeping(&mut self) {
+        tracing::warn!(
+            target_name = %self.name,
+            "pausing deployment and sample records for {}s after a failed write",
+            BOOKKEEPING_PAUSE.as_secs()
+        );
+        self.bookkeeping_paused_until = Some(std::time::Instant::now() + BOOKKEEPING_PAUSE);
+    }
+
+    /// Stores one decision and does what it asks.
+    pub async fn handle(&mut self, decision: &Decision, engine: &Engine) -> Followup {
+        let refuse = |reason: String| match decision.incident {
+            Some(engine_incident) if decision.action == Action::Rollback => {
+                Followup::RollbackRefused {
+                    engine_incident,
+                    reason,
+                }
+            }
+            _ => Followup::None,
+        };
+        if !self.resumed && decision.action == Action::Rollback {
+            let reason = format!(
+                "the unfinished incidents in {} could not be read yet; NOT ROLLING BACK automatically: a rollback runs only after its record is stored. A human must decide",
+                self.store.database()
+            );
+            tracing::error!(target_name = %self.name, rule = %decision.rule, "{reason}");
+            self.say(&format!(
+                "{} {} DATABASE UNREACHABLE: {reason}",
+                time_text(Utc::now()),
+                self.name
+            ));
+            return refuse(reason);
+        }
+        let incident = match decision.incident {
+            Some(engine_incident) => match self
+                .stored_incident(engine_incident, decision, engine)
+                .await
+            {
+                Ok(id) => Some(id),
+                Err(error) => {
+                    return refuse(self.store_down("open the incident", &error, decision));
+                }
+            },
+            None => None,
+        };
+        if let Err(error) = self
+            .store
+            .record_decision(&self.name, incident, decision, &self.target.policy)
+            .await
+        {
+            return refuse(self.store_down("record the decision", &error, decision));
+        }
+        let Some(id) = incident else {
+            if decision.action.pages() {
+                self.enqueue(
+                    None,
+                    NotificationKind::Page,
+                    decision,
+                    format!("{}:page:{}", self.name, decision.at.timestamp_micros()),
+                )
+                .await;
+            }
+            return Followup::None;
+        };
+        match (decision.action, decision.cause) {
+            (Action::Rollback, _) => {
+                if let Err(error) = self
+                    .store
+                    .set_incident_phase(id, IncidentPhase::RollingBack, decision.at, None)
+                    .await
+                {
+                    return refuse(self.store_down(
+                        "record the rollback's start",
+                        &error,
+                        decision,
+                    ));
+                }
+                // "Notify team" comes before the first step.
+                let key = format!(
+                    "incident:{id}:rollback-notice:{}",
+                    decision.at.timestamp_micros()
+                );
+                if !self
+                    .enqueue(Some(id), NotificationKind::Notice, decision, key)
+                    .await
+                {
+                    return refuse(format!(
+                        "not rolling back: the notice to the team cannot be stored in {}",
+                        self.store.database()
+                    ));
+                }
+                let engine_incident = decision.incident.unwrap_or_default();
+                if self.running.is_some() {
+                    return refuse("not rolling back: another procedure is still running".into());
+                }
+                self.start_procedure(
+                    engine_incident,
+                    Context {
+                        store: self.store.clone(),
+                        incident: id,
+                        target: Arc::clone(&self.target),
+                        tier: decision.tier,
+                        component: decision.component.clone(),
+                        migrations: decision.migrations.clone(),
+                        reason: decision.explanation.clone(),
+                        from_version: decision.from_version.clone(),
+                        to_version: decision.to_version.clone(),
+                        say: Arc::clone(&self.say),
+                    },
+                );
+            }
+            (_, Cause::RollbackFinished) => {
+                let until = match engine.incident().map(|i| i.phase) {
+                    Some(Phase::Watching { until, .. }) => Some(until),
+                    _ => None,
+                };
+                self.write(
+                    "record the watch",
+                    self.store
+                        .set_incident_phase(id, IncidentPhase::Watching, decision.at, until)
+                        .await,
+                );
+            }
+            (_, Cause::Stable) => self.ended(id, decision, IncidentOutcome::Stable).await,
+            (_, Cause::Recovered) => self.ended(id, decision, IncidentOutcome::Recovered).await,
+            (_, Cause::RollbackFailed | Cause::WatchFailed) => {
+                self.write(
+                    "record the escalation",
+                    self.store
+                        .set_incident_phase(id, IncidentPhase::Escalated, decision.at, None)
+                        .await,
+                );
+                self.enqueue(
+                    Some(id),
+                    NotificationKind::Escalation,
+                    decision,
+                    format!("incident:{id}:escalation"),
+                )
+                .await;
+                if self.until_done == Some(id) {
+                    self.done = Some(IncidentEnd::Escalated);
+                }
+            }
+            (Action::Page | Action::PageThenRollback, _) => {
+                if let Some(deadline) = decision.deadline {
+                    self.write(
+                        "record the deadline",
+                        self.store.set_incident_deadline(id, Some(deadline)).await,
+                    );
+                }
+                self.enqueue(
+                    Some(id),
+                    NotificationKind::Page,
+                    decision,
+                    format!("incident:{id}:page"),
+                )
+                .await;
+            }
+            (Action::Notify, _) => {
+                self.enqueue(
+                    Some(id),
+                    NotificationKind::Notice,
+                    decision,
+                    format!("incident:{id}:notice:{}", decision.at.timestamp_micros()),
+                )
+                .await;
+            }
+            (Action::None, _) => {}
+        }
+        Followup::None
+    }
+
+    async fn ended(&mut self, id: i64, decision: &Decision, outcome: IncidentOutcome) {
+        self.enqueue(
+            Some(id),
+            NotificationKind::Resolved,
+            decision,
+            format!("incident:{id}:resolved"),
+        )
+        .await;
+        self.write(
+            "resolve the incident",
+            self.store.resolve_incident(id, outcome, decision.at).await,
+        );
+        self.incidents.retain(|_, stored| *stored != id);
+        self.last_sample_at = None;
+        if self.until_done == Some(id) {
+            self.done = Some(IncidentEnd::Resolved(outcome));
+        }
+    }
+
+    fn write(&self, what: &str, result: Result<(), StoreError>) {
+        if let Err(error) = result {
+            tracing::error!(target_name = %self.name, %error, "cannot {what}");
+            self.say(&format!(
+                "{} {} ERROR cannot {what}: {error}",
+                time_text(Utc::now()),
+                self.name
+            ));
+        }
+    }
+
+    /// Says loudly that the store is down and rollwatch therefore does not
+    /// act; returns the reason for the engine.
+    fn store_down(&self, what: &str, error: &StoreError, decision: &Decision) -> String {
+        let acting = if decision.action == Action::Rollback {
+            "NOT ROLLING BACK automatically: a rollback runs only after its record is stored. A human must decide"
+        } else {
+            "the decision is not recorded"
+        };
+        let reason = format!(
+            "cannot {what} in {}: {error}; {acting}",
+            self.store.database()
+        );
+        tracing::error!(target_name = %self.name, rule = %decision.rule, "{reason}");
+        self.say(&format!(
+            "{} {} DATABASE UNREACHABLE: {reason}",
+            time_text(Utc::now()),
+            self.name
+        ));
+        reason
+    }
+
+    /// The stored incident of an engine incident, opened (with the samples so
+    /// far) on its first decision.
+    async fn stored_incident(
+        &mut self,
+        engine_incident: u64,
+        decision: &Decision,
+        engine: &Engine,
+    ) -> Result<i64, StoreError> {
+        if let Some(id) = self.incidents.get(&engine_incident) {
+            return Ok(*id);
+        }
+        let open = engine.incident();
+        let new = NewIncident {
+            target: self.name.clone(),
+            kind: if open.is_some_and(|i| i.declared) {
+                IncidentKind::Declared
+            } else {
+                IncidentKind::Rule
+            },
+            tier: decision.tier.name().to_string(),
+            rule: decision.rule.clone(),
+            reason: String::new(),
+            component: decision.component.clone(),
+            from_version: decision
+                .from_version
+                .clone()
+                .or_else(|| engine.deployment().and_then(|d| d.version.clone())),
+            to_version: decision
+                .to_version
+                .clone()
+                .or_else(|| engine.deployment().and_then(|d| d.previous.clone())),
+            opened_at: open.map_or(decision.at, |i| i.opened_at),
+            deadline: decision.deadline,
+        };
+        let id = match self.store.open_incident(&new).await {
+            Ok(id) => id,
+            // Left open by an earlier run that could not be taken up: carry on in it.
+            Err(StoreError::IncidentAlreadyOpen { existing, .. }) => existing,
+            Err(error) => return Err(error),
+        };
+        self.incidents.insert(engine_incident, id);
+        let samples: Vec<SamplePoint> = engine.samples().map(point).collect();
+        self.last_sample_at = samples.last().map(|s| s.at);
+        if let Err(error) = self.store.record_samples(id, &samples).await {
+            tracing::warn!(target_name = %self.name, %error, "cannot record the incident's samples");
+        }
+        Ok(id)
+    }
+
+    /// Puts a message in the outbox; false when it cannot be stored.
+    async fn enqueue(
+        &self,
+        incident: Option<i64>,
+        kind: NotificationKind,
+        decision: &Decision,
+        dedupe_key: String,
+    ) -> bool {
+        let new = notification(&self.target.policy, incident, kind, decision, dedupe_key);
+        match self.store.enqueue_notification(&new).await {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::error!(target_name = %self.name, %error, "cannot store the notification");
+                false
+            }
+        }
+    }
+}
+
+/// The outbox message for a decision: "Rolling back production web due to
+/// error-rate" before a rollback, the page, the escalation, the resolution.
+pub fn notification(
+    policy: &crate::engine::policy::Policy,
+    incident: Option<i64>,
+    kind: NotificationKind,
+    decision: &Decision,
+    dedupe_key: String,
+) -> NewNotification {
+    let subject = match kind {
+        NotificationKind::Notice if decision.action == Action::Rollback => format!(
+            "Rolling back {} {} due to {}",
+            policy.environment, policy.service, decision.rule
+        ),
+        NotificationKind::Page => format!(
+            "[rollwatch] {} {}: {} ({})",
+            policy.environment, policy.service, decision.rule, decision.tier
+        ),
+        NotificationKind::Escalation => format!(
+            "[rollwatch] ESCALATION {} {}: {}",
+            policy.environment, policy.service, decision.rule
+        ),
+        NotificationKind::Resolved => format!(
+            "[rollwatch] resolved {} {}",
+            policy.environment, policy.service
+        ),
+        NotificationKind::Notice => format!(
+            "[rollwatch] {} {}: {}",
+            policy.environment, policy.service, decision.rule
+        ),
+    };
+    NewNotification {
+        incident,
+        kind,
+        channel: TEAM_CHANNEL.to_string(),
+        recipients: Vec::new(),
+        subject,
+        body: decision.explanation.clone(),
+        dedupe_key,
+        created_at: decision.at,
+    }
+}
+
+/// A stored tier name; an unknown one (a newer rollwatch wrote it) is `consider`.
+pub fn tier_named(name: &str) -> Tier {
+    Tier::ALL
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(Tier::Consider, |(_, t)| *t)
+}
+
+fn point(sample: &Sample) -> SamplePoint {
+    SamplePoint {
+        at: sample.at,
+        up: sample.up,
+        requests: sample.errors().map(|(r, _)| r),
+        errors: sample.errors().map(|(_, e)| e),
+        users: sample.users().map(|(u, _)| u),
+        users_affected: sample.users().map(|(_, a)| a),
+        latency_ms: sample.latency_ms(),
+    }
+}

@@ -1,0 +1,382 @@
+//! Runs a rollback procedure (or a drill) for one stored incident: every
+//! step's start is committed before the step is spawned and its end after it
+//! exits, so a restarted rollwatch knows what may have run. A failure runs the
+//! recovery steps and ends the procedure with the reason; nothing here decides
+//! to roll back, the engine did.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+
+use crate::engine::policy::Tier;
+use crate::policy::Compiled;
+use crate::procedure::command::{self, CommandSpec, Ending};
+use crate::procedure::config::{Stage, Step};
+use crate::sources::http;
+use crate::store::{IncidentPhase, NewStep, StepEnd, StepOutcome, StepStage, Store};
+
+use super::failpoint;
+use super::plan::{self, Plan, Request};
+
+/// Everything a procedure run needs; cheap to clone into a task.
+#[derive(Clone)]
+pub struct Context {
+    pub store: Store,
+    /// The stored incident's id (`ROLLWATCH_INCIDENT_ID`).
+    pub incident: i64,
+    pub target: Arc<Compiled>,
+    pub tier: Tier,
+    pub component: Option<String>,
+    pub migrations: Vec<String>,
+    /// Why (`ROLLWATCH_REASON`): the decision's explanation or a human's reason.
+    pub reason: String,
+    pub from_version: Option<String>,
+    pub to_version: Option<String>,
+    /// Where progress lines go (the terminal, the log).
+    pub say: Arc<dyn Fn(&str) + Send + Sync>,
+}
+
+/// How a procedure ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ended {
+    pub result: Result<(), String>,
+    /// What a restart could not know (steps that may or may not have run).
+    pub unknown: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+impl Context {
+    fn name(&self) -> String {
+        format!(
+            "{}/{}",
+            self.target.policy.service, self.target.policy.environment
+        )
+    }
+
+    /// The variables every step gets (SPEC 6, contract).
+    fn env(&self) -> Vec<(String, String)> {
+        let policy = &self.target.policy;
+        [
+            ("ROLLWATCH_SERVICE", policy.service.clone()),
+            ("ROLLWATCH_ENVIRONMENT", policy.environment.clone()),
+            (
+                "ROLLWATCH_COMPONENT",
+                self.component.clone().unwrap_or_default(),
+            ),
+            ("ROLLWATCH_INCIDENT_ID", self.incident.to_string()),
+            ("ROLLWATCH_REASON", self.reason.clone()),
+            (
+                "ROLLWATCH_FROM_VERSION",
+                self.from_version.clone().unwrap_or_default(),
+            ),
+            (
+                "ROLLWATCH_TO_VERSION",
+                self.to_version.clone().unwrap_or_default(),
+            ),
+            ("ROLLWATCH_DRY_RUN", "0".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    pub fn plan(&self) -> Option<Plan> {
+        let procedure = self.target.procedure.as_ref()?;
+        Some(plan::plan(
+            procedure,
+            &Request {
+                tier: self.tier,
+                component: self.component.as_deref(),
+                migrations: &self.migrations,
+            },
+        ))
+    }
+
+    async fn phase(&self, phase: IncidentPhase) -> Result<(), String> {
+        self.store
+            .set_incident_phase(self.incident, phase, Utc::now(), None)
+            .await
+            .map_err(|e| format!("cannot record the incident's phase {}: {e}", phase.as_str()))
+    }
+}
+
+/// Runs the procedure of `ctx.incident` from wherever its stored steps say it
+/// stands (the start, for a new rollback).
+pub async fn execute(ctx: &Context) -> Ended {
+    let Some(plan) = ctx.plan() else {
+        return Ended {
+            result: Err(format!(
+                "{} has no [procedure]: nothing to roll back with",
+                ctx.target.policy.path
+            )),
+            unknown: Vec::new(),
+            notes: Vec::new(),
+        };
+    };
+    let stored = match interrupted_steps_closed(ctx).await {
+        Ok(stored) => stored,
+        Err(error) => {
+            return Ended {
+                result: Err(error),
+                unknown: Vec::new(),
+                notes: plan.notes,
+            };
+        }
+    };
+    let resume = plan::resume(&plan, &stored);
+    for note in plan.notes.iter().chain(&resume.unknown) {
+        (ctx.say)(&format!("{} {}: {note}", ctx.name(), ctx.incident));
+    }
+    let result = match resume.failed.clone() {
+        Some(failure) => recover(ctx, &plan, &resume.recovery, failure).await,
+        None => run_plan(ctx, &plan, &resume.run, &stored).await,
+    };
+    Ended {
+        result,
+        unknown: resume.unknown,
+        notes: plan.notes,
+    }
+}
+
+/// Steps found `running` are closed as `unknown`: they may have run and are
+/// never run again. Returns the incident's steps.
+async fn interrupted_steps_closed(ctx: &Context) -> Result<Vec<crate::store::StepRecord>, String> {
+    let unrecorded =
+        "rollwatch stopped while this step ran: it may or may not have run; it is not run again";
+    let steps = ctx
+        .store
+        .steps(ctx.incident)
+        .await
+        .map_err(|e| format!("cannot read the incident's steps: {e}"))?;
+    let mut closed = Vec::with_capacity(steps.len());
+    for mut step in steps {
+        if step.may_have_run_unrecorded() {
+            tracing::warn!(incident = ctx.incident, step = %step.name, "{unrecorded}");
+            ctx.store
+                .mark_step_unknown(step.id, Utc::now(), unrecorded)
+                .await
+                .map_err(|e| format!("cannot close the interrupted step {}: {e}", step.name))?;
+            step.outcome = StepOutcome::Unknown;
+            step.detail = Some(unrecorded.to_string());
+        }
+        closed.push(step);
+    }
+    Ok(closed)
+}
+
+async fn run_plan(
+    ctx: &Context,
+    plan: &Plan,
+    to_run: &[usize],
+    stored: &[crate::store::StepRecord],
+) -> Result<(), String> {
+    let mut verifying = false;
+    let probe_stored = stored.iter().any(|s| s.name == HEALTH_PROBE);
+    for &index in to_run {
+        let step = &plan.steps[index];
+        if step.stage == Stage::Verification && !verifying {
+            verifying = true;
+            if let Err(failure) = start_verification(ctx, probe_stored).await {
+                return recover(ctx, plan, &all(&plan.recovery), failure).await;
+            }
+        }
+        if let Err(failure) = run_step(ctx, step).await {
+            return recover(ctx, plan, &all(&plan.recovery), failure).await;
+        }
+    }
+    if !verifying {
+        // No verification step left to run: the health probe still confirms.
+        if let Err(failure) = start_verification(ctx, probe_stored).await {
+            return recover(ctx, plan, &all(&plan.recovery), failure).await;
+        }
+    }
+    failpoint::hit("after-procedure");
+    Ok(())
+}
+
+fn all<T>(steps: &[T]) -> Vec<usize> {
+    (0..steps.len()).collect()
+}
+
+const HEALTH_PROBE: &str = "health-probe";
+
+/// Phase `verifying`, then the policy's health probe (a recorded step of its
+/// own) unless a previous run already stored it.
+async fn start_verification(ctx: &Context, probe_stored: bool) -> Result<(), String> {
+    ctx.phase(IncidentPhase::Verifying).await?;
+    let Some(health) = ctx.target.health.as_ref().filter(|_| !probe_stored) else {
+        return Ok(());
+    };
+    let new = NewStep {
+        name: HEALTH_PROBE.to_string(),
+        stage: StepStage::Verification,
+        component: None,
+        argv: vec!["GET".into(), health.url.clone()],
+    };
+    let id = started(ctx, &new).await?;
+    let began = Instant::now();
+    let client = http::client().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let (outcome, detail) = match http::status(&client, &health.url, health.timeout).await {
+        Ok(status) if status == health.expect_status => {
+            (StepOutcome::Succeeded, format!("status {status}"))
+        }
+        Ok(status) => (
+            StepOutcome::Failed,
+            format!("status {status}, expected {}", health.expect_status),
+        ),
+        Err(error) => (StepOutcome::Failed, format!("{error}")),
+    };
+    let end = StepEnd {
+        outcome,
+        exit_code: None,
+        detail: Some(detail.clone()),
+        stdout: String::new(),
+        stderr: String::new(),
+        duration: began.elapsed(),
+        ended_at: Utc::now(),
+    };
+    finished(ctx, id, &new, &end).await?;
+    if outcome == StepOutcome::Succeeded {
+        Ok(())
+    } else {
+        Err(format!(
+            "verification: health probe {}: {detail}",
+            health.url
+        ))
+    }
+}
+
+async fn started(ctx: &Context, step: &NewStep) -> Result<i64, String> {
+    let id = ctx
+        .store
+        .step_started(ctx.incident, step, Utc::now())
+        .await
+        .map_err(|e| {
+            let message = format!(
+                "cannot record the start of step {} in {}: {e}; a step runs only after its start is stored, so it was NOT run",
+                step.name,
+                ctx.store.database()
+            );
+            tracing::error!(incident = ctx.incident, "{message}");
+            message
+        })?;
+    (ctx.say)(&format!(
+        "{} {} {} step {} started: {}",
+        crate::engine::time_text(Utc::now()),
+        ctx.name(),
+        step.stage.as_str(),
+        step.name,
+        step.argv.join(" ")
+    ));
+    failpoint::hit(&format!("before-step:{}", step.name));
+    Ok(id)
+}
+
+async fn finished(ctx: &Context, id: i64, step: &NewStep, end: &StepEnd) -> Result<(), String> {
+    (ctx.say)(&format!(
+        "{} {} {} step {} {} after {:.1}s{}",
+        crate::engine::time_text(end.ended_at),
+        ctx.name(),
+        step.stage.as_str(),
+        step.name,
+        end.outcome.as_str(),
+        end.duration.as_secs_f64(),
+        end.detail
+            .as_deref()
+            .map_or_else(String::new, |d| format!(": {d}"))
+    ));
+    ctx.store.step_finished(id, end).await.map_err(|e| {
+        let message = format!(
+            "step {} ended ({}) but its end cannot be recorded in {}: {e}; stopping the procedure",
+            step.name,
+            end.outcome.as_str(),
+            ctx.store.database()
+        );
+        tracing::error!(incident = ctx.incident, "{message}");
+        message
+    })?;
+    failpoint::hit(&format!("after-step:{}", step.name));
+    Ok(())
+}
+
+/// Runs one step: start stored, spawned with the SPEC 6 variables in its own
+/// process group, end stored. `Err` says why it failed.
+async fn run_step(ctx: &Context, step: &Step) -> Result<(), String> {
+    let new = NewStep {
+        name: step.name.clone(),
+        stage: plan::stored_stage(step.stage),
+        component: step.component.clone(),
+        argv: step.command.argv.clone(),
+    };
+    let id = started(ctx, &new).await?;
+    let mut spec: CommandSpec = step.command.clone();
+    spec.env.extend(ctx.env());
+    let outcome = command::run(&spec).await;
+    let (result, exit_code) = match &outcome.ending {
+        Ending::Exited(0) => (StepOutcome::Succeeded, Some(0)),
+        Ending::Exited(code) => (StepOutcome::Failed, Some(*code)),
+        Ending::Signalled(_) => (StepOutcome::Failed, None),
+        Ending::TimedOut => (StepOutcome::TimedOut, None),
+        Ending::FailedToStart(_) => (StepOutcome::FailedToStart, None),
+    };
+    let mut detail = outcome.describe(spec.timeout);
+    if outcome.truncated_bytes > 0 {
+        detail.push_str(&format!(
+            "; output truncated: the first {} bytes were dropped",
+            outcome.truncated_bytes
+        ));
+    }
+    let end = StepEnd {
+        outcome: result,
+        exit_code,
+        detail: Some(detail.clone()),
+        stdout: outcome.stdout,
+        stderr: outcome.stderr,
+        duration: outcome.duration,
+        ended_at: Utc::now(),
+    };
+    finished(ctx, id, &new, &end).await?;
+    if result == StepOutcome::Succeeded {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} step {} failed: {detail}",
+            step.stage.name(),
+            step.name
+        ))
+    }
+}
+
+/// "Failed Rollback Recovery": the recovery steps not yet run, each to its
+/// end whatever the previous one did; then the failure stands (escalate).
+async fn recover(
+    ctx: &Context,
+    plan: &Plan,
+    steps: &[usize],
+    failure: String,
+) -> Result<(), String> {
+    (ctx.say)(&format!(
+        "{} {} {}: {failure}; running the recovery steps",
+        crate::engine::time_text(Utc::now()),
+        ctx.name(),
+        ctx.incident
+    ));
+    if let Err(error) = ctx.phase(IncidentPhase::Recovering).await {
+        return Err(format!("{failure}; recovery not started: {error}"));
+    }
+    let mut problems = Vec::new();
+    for &index in steps {
+        if let Err(problem) = run_step(ctx, &plan.recovery[index]).await {
+            problems.push(problem);
+        }
+    }
+    if problems.is_empty() {
+        Err(failure)
+    } else {
+        Err(format!(
+            "{failure}; recovery failed too: {}",
+            problems.join("; ")
+        ))
+    }
+}

@@ -1,0 +1,404 @@
+//! The commands a human runs by hand: `rollback` (the emergency path, through
+//! the same procedure, records and watch as an automatic rollback) and
+//! `drill` (the monthly practice run in staging).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{TimeDelta, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::act::actor::{Actor, IncidentEnd};
+use crate::act::procedure::{self, Context};
+use crate::cli::{Failure, load_target};
+use crate::engine::decision::{Cause, Decision};
+use crate::engine::policy::{Action, Tier};
+use crate::engine::time_text;
+use crate::live::{print_decision, say};
+use crate::policy::Compiled;
+use crate::policy::units::format_duration;
+use crate::runtime::target;
+use crate::store::{
+    IncidentKind, IncidentOutcome, IncidentPhase, IncidentState, NewIncident, Store,
+};
+use crate::telemetry::Telemetry;
+
+pub struct RollbackRequest<'a> {
+    pub policy: &'a Path,
+    pub reason: &'a str,
+    pub component: Option<&'a str>,
+    pub to: Option<&'a str>,
+    pub dry_run: bool,
+    pub force: bool,
+    pub db: &'a str,
+}
+
+fn target_name(target: &Compiled) -> String {
+    format!("{}/{}", target.policy.service, target.policy.environment)
+}
+
+fn runtime_error(error: impl std::fmt::Display) -> Failure {
+    Failure::Runtime(anyhow::anyhow!("{error}"))
+}
+
+fn say_line() -> Arc<dyn Fn(&str) + Send + Sync> {
+    Arc::new(say)
+}
+
+/// `rollwatch rollback`: exit 0 when the rollback was verified and the watch
+/// found the system stable, 1 when it failed or escalated, 2 for a bad request.
+pub async fn rollback(request: RollbackRequest<'_>) -> Result<(), Failure> {
+    let target = load_target(request.policy)?;
+    let name = target_name(&target);
+    let Some(procedure) = target.procedure.as_ref() else {
+        return Err(Failure::Usage(format!(
+            "{}: no [procedure] to roll back with",
+            request.policy.display()
+        )));
+    };
+    if request.reason.trim().is_empty() {
+        return Err(Failure::Usage("--reason must say why".into()));
+    }
+    if let Some(component) = request.component
+        && !procedure.components().contains(&component)
+    {
+        return Err(Failure::Usage(format!(
+            "{}: no step is limited to component \"{component}\"; components: {}",
+            request.policy.display(),
+            list_or_none(&procedure.components())
+        )));
+    }
+    let store = Store::open(request.db).await.map_err(runtime_error)?;
+    let deployments = store.deployments(&name, 1).await.map_err(runtime_error)?;
+    let latest = deployments.first();
+    let from = latest.and_then(|d| d.version.clone());
+    let to = request
+        .to
+        .map(str::to_string)
+        .or_else(|| latest.and_then(|d| d.previous.clone()));
+    let migrations = latest.map(|d| d.migrations.clone()).unwrap_or_default();
+    // Guards: never two rollbacks at once; a rollback of a recent rollback only when forced.
+    let unfinished = store
+        .unfinished_incidents(&name)
+        .await
+        .map_err(runtime_error)?;
+    let open = unfinished
+        .iter()
+        .find(|u| u.incident.kind != IncidentKind::Drill);
+    if let Some(open) = open
+        && let IncidentState::Active { phase } = open.incident.state
+        && !matches!(phase, IncidentPhase::Open | IncidentPhase::Escalated)
+    {
+        return Err(runtime_error(format!(
+            "not rolling back {name}: incident {} is already {} (a rollback is running); see `rollwatch incidents show {}`",
+            open.incident.id,
+            phase.as_str(),
+            open.incident.id
+        )));
+    }
+    let cooldown = target.policy.evaluation.cooldown;
+    if let Some(latest) = latest.filter(|d| d.rollback && Utc::now() - d.at < cooldown)
+        && !request.force
+    {
+        return Err(runtime_error(format!(
+            "not rolling back {name}: the running version {} is itself a rollback from {} ago (within the {} cooldown), and a rollback is not rolled back; pass --force if you are sure",
+            latest.version.as_deref().unwrap_or("(unknown)"),
+            format_duration(Utc::now() - latest.at),
+            format_duration(cooldown)
+        )));
+    }
+    let ctx = Context {
+        store: store.clone(),
+        incident: 0,
+        target: Arc::new(target.clone()),
+        tier: Tier::Immediate,
+        component: request.component.map(str::to_string),
+        migrations,
+        reason: request.reason.to_string(),
+        from_version: from.clone(),
+        to_version: to.clone(),
+        say: say_line(),
+    };
+    if request.dry_run {
+        print_plan(&ctx, &name);
+        return Ok(());
+    }
+    let now = Utc::now();
+    let id = match open {
+        Some(open) => open.incident.id,
+        None => store
+            .open_incident(&NewIncident {
+                target: name.clone(),
+                kind: IncidentKind::Declared,
+                tier: Tier::Immediate.name().into(),
+                rule: "manual-rollback".into(),
+                reason: request.reason.to_string(),
+                component: request.component.map(str::to_string),
+                from_version: from.clone(),
+                to_version: to.clone(),
+                opened_at: now,
+                deadline: None,
+            })
+            .await
+            .map_err(runtime_error)?,
+    };
+    let decision = Decision {
+        at: now,
+        action: Action::Rollback,
+        tier: Tier::Immediate,
+        rule: "manual-rollback".into(),
+        explanation: format!(
+            "manual rollback by {}: {}; rolling back {} -> {} [{} sha256:{}]",
+            operator(),
+            request.reason,
+            from.as_deref().unwrap_or("the current version"),
+            to.as_deref().unwrap_or("the previous version"),
+            target.policy.path,
+            target.policy.short_hash()
+        ),
+        cause: Cause::Declared,
+        incident: None,
+        guard: None,
+        reading: None,
+        deadline: None,
+        component: request.component.map(str::to_string),
+        from_version: from,
+        to_version: to,
+        migrations: Vec::new(),
+    };
+    store
+        .record_decision(&name, Some(id), &decision, &target.policy)
+        .await
+        .map_err(runtime_error)?;
+    store
+        .set_incident_phase(id, IncidentPhase::RollingBack, now, None)
+        .await
+        .map_err(runtime_error)?;
+    // "Notify team" before the first step.
+    let notice = crate::act::actor::notification(
+        &target.policy,
+        Some(id),
+        crate::store::NotificationKind::Notice,
+        &decision,
+        format!("incident:{id}:rollback-notice:{}", now.timestamp_micros()),
+    );
+    store
+        .enqueue_notification(&notice)
+        .await
+        .map_err(runtime_error)?;
+    print_decision(&name, &decision, false);
+    // The watching loop takes the incident up as a restart would: the
+    // procedure, then the stabilization watch.
+    let mut actor = Actor::new(store.clone(), Arc::new(target.clone()), say_line());
+    actor.stop_when_done(id);
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        stop.cancel();
+    });
+    let end = watch_until_done(target, actor, shutdown).await?;
+    finish(id, end)
+}
+
+async fn watch_until_done(
+    target: Compiled,
+    actor: Actor,
+    shutdown: CancellationToken,
+) -> Result<Option<IncidentEnd>, Failure> {
+    let name = target_name(&target);
+    target::run_target(
+        target,
+        None,
+        Telemetry::new(),
+        shutdown,
+        |decision| print_decision(&name, decision, false),
+        Some(actor),
+    )
+    .await
+    .map_err(Failure::Runtime)
+}
+
+fn finish(id: i64, end: Option<IncidentEnd>) -> Result<(), Failure> {
+    match end {
+        Some(IncidentEnd::Resolved(IncidentOutcome::Stable)) => {
+            println!(
+                "incident {id}: rolled back, verified and stable. Report: rollwatch incidents report {id}"
+            );
+            Ok(())
+        }
+        Some(IncidentEnd::Resolved(outcome)) => {
+            println!("incident {id}: ended {}", outcome.as_str());
+            Ok(())
+        }
+        Some(IncidentEnd::Escalated) => {
+            eprintln!(
+                "incident {id}: ESCALATED: the rollback failed or did not settle the system; see `rollwatch incidents show {id}`"
+            );
+            Err(Failure::Exit(1))
+        }
+        None => {
+            eprintln!("incident {id}: interrupted; `rollwatch run` takes it up where it stopped");
+            Err(Failure::Exit(1))
+        }
+    }
+}
+
+fn print_plan(ctx: &Context, name: &str) {
+    let Some(plan) = ctx.plan() else { return };
+    println!(
+        "DRY-RUN rollback of {name}{} {} -> {}: nothing is run or stored",
+        ctx.component
+            .as_deref()
+            .map_or_else(String::new, |c| format!(" (component {c})")),
+        ctx.from_version.as_deref().unwrap_or("(current)"),
+        ctx.to_version.as_deref().unwrap_or("(previous)")
+    );
+    println!("  notify: \"Rolling back {name} due to {}\"", ctx.reason);
+    let mut probe_shown = ctx.target.health.is_none();
+    for step in &plan.steps {
+        if !probe_shown && step.stage == crate::procedure::config::Stage::Verification {
+            println!("  verification  health-probe             the policy's health probe");
+            probe_shown = true;
+        }
+        println!(
+            "  {:<13} {:<24} {} (timeout {})",
+            step.stage.name(),
+            step.name,
+            step.command.argv.join(" "),
+            format_duration(TimeDelta::from_std(step.command.timeout).unwrap_or_default())
+        );
+    }
+    if !probe_shown {
+        println!("  verification  health-probe             the policy's health probe");
+    }
+    println!(
+        "  watch         {} on error rate and latency",
+        format_duration(ctx.target.policy.stabilization)
+    );
+    for step in &plan.recovery {
+        println!(
+            "  on failure    {:<24} {}",
+            step.name,
+            step.command.argv.join(" ")
+        );
+    }
+    for note in &plan.notes {
+        println!("  note: {note}");
+    }
+}
+
+fn list_or_none(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Who is at the keyboard, for the record.
+pub fn operator() -> String {
+    std::env::var("ROLLWATCH_OPERATOR")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "a human".into())
+}
+
+/// `rollwatch drill`: exit 0 when the drill passed, 1 when it failed.
+pub async fn drill(path: &Path, db: &str) -> Result<(), Failure> {
+    let target = load_target(path)?;
+    if target.procedure.is_none() {
+        return Err(Failure::Usage(format!(
+            "{}: no [procedure] to drill",
+            path.display()
+        )));
+    }
+    let store = Store::open(db).await.map_err(runtime_error)?;
+    let outcome = run_drill(&store, &target, say_line())
+        .await
+        .map_err(runtime_error)?;
+    if outcome.passed {
+        Ok(())
+    } else {
+        Err(Failure::Exit(1))
+    }
+}
+
+/// What a drill found.
+pub struct DrillOutcome {
+    pub incident: i64,
+    pub passed: bool,
+    pub took: std::time::Duration,
+}
+
+/// Runs the procedure and its verification as a drill incident, and records
+/// the duration and the result.
+pub async fn run_drill(
+    store: &Store,
+    target: &Compiled,
+    say: Arc<dyn Fn(&str) + Send + Sync>,
+) -> Result<DrillOutcome, crate::store::StoreError> {
+    let name = target_name(target);
+    let now = Utc::now();
+    let id = store
+        .open_incident(&NewIncident {
+            target: name.clone(),
+            kind: IncidentKind::Drill,
+            tier: Tier::Consider.name().into(),
+            rule: "drill".into(),
+            reason: format!("rollback drill by {}", operator()),
+            component: None,
+            from_version: None,
+            to_version: None,
+            opened_at: now,
+            deadline: None,
+        })
+        .await?;
+    store
+        .set_incident_phase(id, IncidentPhase::RollingBack, now, None)
+        .await?;
+    say(&format!(
+        "{} {name} DRILL {id}: running the rollback procedure and its verification",
+        time_text(now)
+    ));
+    let started = Instant::now();
+    let ctx = Context {
+        store: store.clone(),
+        incident: id,
+        target: Arc::new(target.clone()),
+        tier: Tier::Consider,
+        component: None,
+        migrations: Vec::new(),
+        reason: "rollback drill".into(),
+        from_version: None,
+        to_version: None,
+        say: Arc::clone(&say),
+    };
+    let ended = procedure::execute(&ctx).await;
+    let took = started.elapsed();
+    let passed = ended.result.is_ok();
+    let outcome = if passed {
+        IncidentOutcome::DrillPassed
+    } else {
+        IncidentOutcome::DrillFailed
+    };
+    store.resolve_incident(id, outcome, Utc::now()).await?;
+    let took_text = format_duration(TimeDelta::from_std(took).unwrap_or_default());
+    match &ended.result {
+        Ok(()) => say(&format!(
+            "{} {name} DRILL {id} PASSED in {took_text} ({:.1}s). Report: rollwatch incidents report {id}",
+            time_text(Utc::now()),
+            took.as_secs_f64()
+        )),
+        Err(reason) => say(&format!(
+            "{} {name} DRILL {id} FAILED after {took_text} ({:.1}s): {reason}",
+            time_text(Utc::now()),
+            took.as_secs_f64()
+        )),
+    }
+    Ok(DrillOutcome {
+        incident: id,
+        passed,
+        took,
+    })
+}

@@ -1,0 +1,750 @@
+//! `rollwatch run` acting for real: a stand-in service goes bad after a
+//! deployment, rollwatch rolls it back through a procedure of real scripts
+//! (each appends its name to `calls.log`, so executions are counted), verifies,
+//! watches and resolves, with every record in the store. Then the same with
+//! rollwatch killed (`kill -9`, or a failpoint that does the same at an exact
+//! stage boundary) and restarted: no step that may have run is run again, the
+//! incident ends resolved or escalated, and nothing recorded is lost.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::cargo_bin;
+use common::pg::Schema;
+use common::service::TestService;
+use rollwatch::store::{
+    IncidentKind, IncidentOutcome, IncidentPhase, IncidentRecord, IncidentState, StepOutcome, Store,
+};
+
+const STEP_SCRIPT: &str = r#"#!/bin/sh
+# A procedure step for tests: records the call, fails when asked, waits while held.
+name="$1"
+dir="$(dirname "$0")"
+echo "$name incident=$ROLLWATCH_INCIDENT_ID service=$ROLLWATCH_SERVICE env=$ROLLWATCH_ENVIRONMENT component=$ROLLWATCH_COMPONENT from=$ROLLWATCH_FROM_VERSION to=$ROLLWATCH_TO_VERSION dry=$ROLLWATCH_DRY_RUN" >> "$dir/calls.log"
+if [ -e "$dir/fail-$name" ]; then echo "failing $name on purpose" >&2; exit 3; fi
+while [ -e "$dir/hold-$name" ]; do sleep 0.05; done
+echo "$name done"
+"#;
+
+/// One test's world: a directory with the step script and policy, a service,
+/// and a database.
+struct World {
+    dir: tempfile::TempDir,
+    service: TestService,
+    policy: PathBuf,
+    db: String,
+    /// Lines rollwatch printed, across restarts.
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+impl World {
+    async fn new(db: Option<String>, extra_rules: &str) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("step.sh");
+        std::fs::write(&script, STEP_SCRIPT).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let service = TestService::start().await;
+        let policy = dir.path().join("staging.toml");
+        std::fs::write(&policy, policy_text(&service.url(), &script, extra_rules)).unwrap();
+        let db =
+            db.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("rollwatch.db").display()));
+        World {
+            dir,
+            service,
+            policy,
+            db,
+            output: Arc::default(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn hold(&self, step: &str) {
+        std::fs::write(self.path(&format!("hold-{step}")), "").unwrap();
+    }
+
+    fn release(&self, step: &str) {
+        let _ = std::fs::remove_file(self.path(&format!("hold-{step}")));
+    }
+
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn count(&self, step: &str) -> usize {
+        self.calls()
+            .iter()
+            .filter(|l| l.split_whitespace().next() == Some(step))
+            .count()
+    }
+
+    /// Starts `rollwatch run` (acting) with `env` set.
+    fn start(&self, env: &[(&str, &str)]) -> Running {
+        let mut command = Command::new(cargo_bin("rollwatch"));
+        command
+            .args([
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--db",
+                &self.db,
+                "--policy",
+            ])
+            .arg(&self.policy)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "rollwatch=info");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = Arc::clone(&self.output);
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    output.lock().unwrap().push(line);
+                }
+            });
+        }
+        Running(Some(child))
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+
+    /// Healthy at v1, then a deployment of v2 that serves 30 % errors; the
+    /// service is healthy at v1 again once the rollback script has run.
+    async fn bad_deploy(&self) {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        self.service.set(|k| {
+            k.version = "v2.0.0".into();
+            k.error_rate = 0.3;
+        });
+    }
+
+    /// Turns the service back to v1 when the rollback script runs.
+    fn rollback_heals(&self) -> tokio::task::JoinHandle<()> {
+        let log = self.path("calls.log");
+        let service = self.service.knobs();
+        tokio::spawn(async move {
+            loop {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.lines().any(|l| l.starts_with("rollback-app ")) {
+                    service.set(|k| {
+                        k.version = "v1.0.0".into();
+                        k.error_rate = 0.002;
+                        k.session_error_rate = 0.0;
+                    });
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    }
+
+    async fn store(&self) -> Store {
+        Store::open(&self.db).await.unwrap()
+    }
+
+    async fn incidents(&self) -> Vec<IncidentRecord> {
+        let store = self.store().await;
+        let incidents = store.list_incidents(100).await.unwrap();
+        store.close().await;
+        incidents
+    }
+
+    /// Waits until the store shows the incident in `phase` (or any end).
+    async fn wait_for(&self, what: &str, done: impl Fn(&IncidentRecord) -> bool) -> IncidentRecord {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(incident) = self.incidents().await.into_iter().find(|i| done(i)) {
+                return incident;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no incident {what} within 60 s; calls: {:#?}\noutput:\n{}",
+                self.calls(),
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_for_step(&self, step: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.count(step) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "step {step} never ran; output:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn ended(incident: &IncidentRecord) -> bool {
+    matches!(
+        incident.state,
+        IncidentState::Resolved { .. }
+            | IncidentState::Active {
+                phase: IncidentPhase::Escalated
+            }
+    )
+}
+
+fn in_phase(phase: IncidentPhase) -> impl Fn(&IncidentRecord) -> bool {
+    move |incident| incident.state == IncidentState::Active { phase }
+}
+
+/// A running rollwatch, killed with SIGKILL when dropped.
+struct Running(Option<Child>);
+
+impl Running {
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Waits for it to die on its own (a failpoint).
+    fn wait_dead(&mut self) -> std::process::ExitStatus {
+        let mut child = self.0.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("rollwatch did not die at its failpoint within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Staging-like: 1 s polls, errors confirmed after 3 s, a 4 s watch, and the
+/// runbook's procedure as test scripts.
+fn policy_text(url: &str, script: &Path, extra_rules: &str) -> String {
+    let step = |name: &str, stage: &str, extra: &str| {
+        format!(
+            "[[procedure.step]]\nname = \"{name}\"\nstage = \"{stage}\"\ncommand = [\"{}\", \"{name}\"]\ntimeout = \"20s\"\n{extra}\n",
+            script.display()
+        )
+    };
+    format!(
+        r#"[target]
+service = "web"
+environment = "staging"
+
+[evaluation]
+interval = "1s"
+cooldown = "1m"
+resolve_after = "30s"
+
+[baseline]
+fixed = "300ms"
+
+[actions]
+immediate = "rollback"
+consider = "rollback"
+
+[stabilization]
+duration = "4s"
+
+[source]
+kind = "scrape"
+url = "{url}/metrics"
+timeout = "900ms"
+
+[source.metrics]
+requests = "http_requests_total"
+errors = 'http_requests_total{{code=~"5.."}}'
+latency = "http_request_duration_seconds"
+users = "app_sessions_total"
+users_affected = "app_sessions_with_errors_total"
+version = "app_build_info"
+
+[health]
+url = "{url}/healthz"
+timeout = "900ms"
+
+[[rule]]
+name = "error-rate"
+tier = "consider"
+signal = "error-rate"
+threshold = "5%"
+min_requests = 50
+for = "3s"
+{extra_rules}
+[procedure]
+backup_budget = "1m"
+
+{}{}{}{}{}"#,
+        step("create-backup", "backup", ""),
+        step("rollback-app", "application", ""),
+        step("smoke-tests", "verification", ""),
+        step("restart-services", "recovery", ""),
+        step("restore-backup", "recovery", ""),
+    )
+}
+
+/// Everything about a finished incident that must hold whatever happened.
+async fn assert_complete_record(world: &World, incident: &IncidentRecord) {
+    let store = world.store().await;
+    let timeline = store.incident(incident.id).await.unwrap().unwrap();
+    assert!(
+        timeline
+            .decisions
+            .iter()
+            .any(|d| d.action == "rollback" && d.cause == "rule-fired"),
+        "the rollback decision is kept: {:#?}",
+        timeline.decisions
+    );
+    assert!(
+        timeline
+            .steps
+            .iter()
+            .all(|s| s.outcome != StepOutcome::Running),
+        "no step is left running: {:#?}",
+        timeline.steps
+    );
+    assert!(
+        timeline.notifications.iter().any(|n| n
+            .subject
+            .starts_with("Rolling back staging web due to error-rate")),
+        "the team is told before the rollback: {:#?}",
+        timeline.notifications
+    );
+    let first_step = timeline.steps.first().map(|s| s.started_at);
+    let notice = timeline
+        .notifications
+        .iter()
+        .find(|n| n.subject.starts_with("Rolling back"))
+        .map(|n| n.created_at);
+    assert!(
+        notice <= first_step,
+        "notice {notice:?} before the first step {first_step:?}"
+    );
+    assert!(
+        !store.samples(incident.id).await.unwrap().is_empty(),
+        "the chart's samples are kept"
+    );
+    let all = store.list_incidents(100).await.unwrap();
+    assert_eq!(
+        all.iter().filter(|i| i.kind != IncidentKind::Drill).count(),
+        1,
+        "one incident: {all:#?}"
+    );
+    store.close().await;
+}
+
+/// The whole runbook from a firing rule to a resolved incident.
+async fn a_bad_deploy_is_rolled_back_verified_watched_and_resolved(db: Option<String>) {
+    let world = World::new(db, "").await;
+    let _heal = world.rollback_heals();
+    let mut rollwatch = world.start(&[]);
+    world.bad_deploy().await;
+    let incident = world.wait_for("resolved", ended).await;
+    assert_eq!(
+        incident.state,
+        IncidentState::Resolved {
+            at: match incident.state {
+                IncidentState::Resolved { at, .. } => at,
+                _ => unreachable!(),
+            },
+            outcome: IncidentOutcome::Stable
+        },
+        "output:\n{}",
+        world.output()
+    );
+    assert_eq!(world.count("create-backup"), 1);
+    assert_eq!(world.count("rollback-app"), 1);
+    assert_eq!(world.count("smoke-tests"), 1);
+    assert_eq!(
+        world.count("restart-services"),
+        0,
+        "no recovery after success"
+    );
+    let call = world
+        .calls()
+        .into_iter()
+        .find(|l| l.starts_with("rollback-app"))
+        .unwrap();
+    assert!(
+        call.contains(&format!("incident={}", incident.id))
+            && call.contains("service=web env=staging component= from=v2.0.0 to=v1.0.0 dry=0"),
+        "the step's variables: {call}"
+    );
+    assert_eq!(incident.from_version.as_deref(), Some("v2.0.0"));
+    assert_complete_record(&world, &incident).await;
+    let store = world.store().await;
+    let steps = store.steps(incident.id).await.unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "create-backup",
+            "rollback-app",
+            "health-probe",
+            "smoke-tests"
+        ]
+    );
+    assert!(steps.iter().all(|s| s.outcome == StepOutcome::Succeeded));
+    assert!(steps[1].stdout.contains("rollback-app done"));
+    assert_eq!(steps[1].exit_code, Some(0));
+    let decisions = store.decisions(incident.id).await.unwrap();
+    let causes: Vec<&str> = decisions.iter().map(|d| d.cause.as_str()).collect();
+    assert_eq!(
+        causes,
+        ["rule-fired", "rollback-finished", "stable"],
+        "{decisions:#?}"
+    );
+    assert!(decisions.iter().all(|d| d.policy_sha256.len() == 64));
+    rollwatch.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_bad_deploy_is_rolled_back_verified_watched_and_resolved() {
+    a_bad_deploy_is_rolled_back_verified_watched_and_resolved(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_bad_deploy_is_rolled_back_verified_watched_and_resolved() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    a_bad_deploy_is_rolled_back_verified_watched_and_resolved(Some(schema.url.clone())).await;
+}
+
+/// Kill -9 while `step` runs, restart: the incident ends, the rollback ran once.
+async fn killed_while(step: &str) -> (World, IncidentRecord) {
+    let world = World::new(None, "").await;
+    let _heal = world.rollback_heals();
+    world.hold(step);
+    let mut first = world.start(&[]);
+    world.bad_deploy().await;
+    world.wait_for_step(step).await;
+    first.kill9();
+    // The step's process group outlives rollwatch, as a real one would.
+    world.release(step);
+    let _second = world.start(&[]);
+    let incident = world.wait_for("ended", ended).await;
+    assert_eq!(
+        world.count("rollback-app"),
+        1,
+        "the rollback script ran exactly once: {:#?}\n{}",
+        world.calls(),
+        world.output()
+    );
+    assert_eq!(
+        world.count(step),
+        1,
+        "the interrupted {step} is not run again"
+    );
+    assert_complete_record(&world, &incident).await;
+    let store = world.store().await;
+    let steps = store.steps(incident.id).await.unwrap();
+    let interrupted = steps.iter().find(|s| s.name == step).unwrap();
+    assert_eq!(interrupted.outcome, StepOutcome::Unknown, "{steps:#?}");
+    assert!(
+        interrupted
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("may or may not have run")
+    );
+    (world, incident)
+}
+
+fn resolved_stable(incident: &IncidentRecord) -> bool {
+    matches!(
+        incident.state,
+        IncidentState::Resolved {
+            outcome: IncidentOutcome::Stable,
+            ..
+        }
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_the_backup_the_rollback_goes_on_without_it() {
+    let (world, incident) = killed_while("create-backup").await;
+    assert!(
+        resolved_stable(&incident),
+        "{incident:#?}\n{}",
+        world.output()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_the_rollback_it_is_not_repeated_and_verification_decides() {
+    let (world, incident) = killed_while("rollback-app").await;
+    assert!(
+        resolved_stable(&incident),
+        "{incident:#?}\n{}",
+        world.output()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_verification_the_watch_still_runs() {
+    let (world, incident) = killed_while("smoke-tests").await;
+    assert!(
+        resolved_stable(&incident),
+        "{incident:#?}\n{}",
+        world.output()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_the_watch_it_watches_again_and_resolves() {
+    let world = World::new(None, "").await;
+    let _heal = world.rollback_heals();
+    let mut first = world.start(&[]);
+    world.bad_deploy().await;
+    world
+        .wait_for("watching", in_phase(IncidentPhase::Watching))
+        .await;
+    first.kill9();
+    let _second = world.start(&[]);
+    let incident = world.wait_for("ended", ended).await;
+    assert!(
+        resolved_stable(&incident),
+        "{incident:#?}\n{}",
+        world.output()
+    );
+    assert_eq!(world.count("rollback-app"), 1);
+    assert_eq!(world.count("smoke-tests"), 1);
+    assert_complete_record(&world, &incident).await;
+    assert!(
+        world.output().contains("watching again"),
+        "{}",
+        world.output()
+    );
+}
+
+/// Dies at a stage boundary (a failpoint: SIGKILL at an exact point), restarts.
+async fn killed_at(point: &str) -> (World, IncidentRecord) {
+    let world = World::new(None, "").await;
+    let _heal = world.rollback_heals();
+    let mut first = world.start(&[("ROLLWATCH_FAILPOINT", point)]);
+    world.bad_deploy().await;
+    let status = first.wait_dead();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "died at {point}: {}",
+        world.output()
+    );
+    let _second = world.start(&[]);
+    let incident = world.wait_for("ended", ended).await;
+    assert_complete_record(&world, &incident).await;
+    (world, incident)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_backup_and_rollback() {
+    let (world, incident) = killed_at("after-step:create-backup").await;
+    assert!(
+        resolved_stable(&incident),
+        "{incident:#?}\n{}",
+        world.output()
+    );
+    assert_eq!(world.count("create-backup"), 1);
+    assert_eq!(world.count("rollback-app"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_rollback_and_verification() {
+    let (world, incident) = killed_at("after-step:rollback-app").await;
+    assert!(
+        resolved_stable(&incident),
+        "{incident:#?}\n{}",
+        world.output()
+    );
+    assert_eq!(world.count("rollback-app"), 1);
+    assert_eq!(world.count("smoke-tests"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_verification_and_watch() {
+    let (world, incident) = killed_at("after-procedure").await;
+    assert!(
+        resolved_stable(&incident),
+        "{incident:#?}\n{}",
+        world.output()
+    );
+    assert_eq!(world.count("rollback-app"), 1);
+    assert_eq!(world.count("smoke-tests"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_storing_the_rollbacks_start_it_is_never_run_and_escalates() {
+    // The start is committed, the script never spawned: whether it ran is
+    // unknown to the restarted rollwatch, so it must not run it.
+    let (world, incident) = killed_at("before-step:rollback-app").await;
+    assert_eq!(world.count("rollback-app"), 0, "{:#?}", world.calls());
+    assert_eq!(
+        incident.state,
+        IncidentState::Active {
+            phase: IncidentPhase::Escalated
+        },
+        "the bad version still serves errors: the watch fails and escalates\n{}",
+        world.output()
+    );
+    let store = world.store().await;
+    let decisions = store.decisions(incident.id).await.unwrap();
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d.cause == "watch-failed" && d.action == "page"),
+        "{decisions:#?}"
+    );
+    assert_eq!(
+        decisions.iter().filter(|d| d.action == "rollback").count(),
+        1,
+        "never a second automatic rollback: {decisions:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_overlapping_rules_open_one_incident_and_one_rollback() {
+    let users = r#"
+[[rule]]
+name = "users-affected"
+tier = "consider"
+signal = "users-affected"
+threshold = "10%"
+min_users = 20
+for = "3s"
+"#;
+    let world = World::new(None, users).await;
+    let _heal = world.rollback_heals();
+    let _rollwatch = world.start(&[]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    world.service.set(|k| {
+        k.version = "v2.0.0".into();
+        k.error_rate = 0.3;
+        k.session_error_rate = 0.5;
+    });
+    let incident = world.wait_for("ended", ended).await;
+    assert!(
+        resolved_stable(&incident),
+        "{incident:#?}\n{}",
+        world.output()
+    );
+    assert_eq!(world.count("rollback-app"), 1);
+    assert_eq!(world.incidents().await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_rollback_runs_recovery_and_escalates_without_a_second_rollback() {
+    let world = World::new(None, "").await;
+    std::fs::write(world.path("fail-rollback-app"), "").unwrap();
+    let _rollwatch = world.start(&[]);
+    world.bad_deploy().await;
+    let incident = world.wait_for("ended", ended).await;
+    assert_eq!(
+        incident.state,
+        IncidentState::Active {
+            phase: IncidentPhase::Escalated
+        },
+        "{}",
+        world.output()
+    );
+    // Keep watching a while: the rule still fires, but nothing is rolled back again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(world.count("rollback-app"), 1);
+    assert_eq!(world.count("restart-services"), 1);
+    assert_eq!(world.count("restore-backup"), 1);
+    assert_eq!(
+        world.count("smoke-tests"),
+        0,
+        "no verification after a failed rollback"
+    );
+    let store = world.store().await;
+    let steps = store.steps(incident.id).await.unwrap();
+    let failed = steps.iter().find(|s| s.name == "rollback-app").unwrap();
+    assert_eq!(failed.outcome, StepOutcome::Failed);
+    assert_eq!(failed.exit_code, Some(3));
+    assert!(failed.stderr.contains("failing rollback-app on purpose"));
+    let notifications = store.notifications(incident.id).await.unwrap();
+    assert!(
+        notifications
+            .iter()
+            .any(|n| n.subject.contains("ESCALATION")),
+        "{notifications:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_unreachable_nothing_is_run_and_it_says_so_loudly() {
+    let Some(cluster) = common::pg::Cluster::create() else {
+        return;
+    };
+    cluster.start();
+    let world = World::new(Some(cluster.url()), "").await;
+    let _rollwatch = world.start(&[]);
+    // Started and migrated against the live cluster; then the database goes away.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !world.output().contains("watching web/staging") {
+        assert!(Instant::now() < deadline, "{}", world.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.stop();
+    world.bad_deploy().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !world.output().contains("NOT ROLLING BACK automatically") {
+        assert!(Instant::now() < deadline, "{}", world.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give it every chance to act anyway.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        world.calls().is_empty(),
+        "no step ran: {:#?}",
+        world.calls()
+    );
+    let output = world.output();
+    assert!(output.contains("DATABASE UNREACHABLE"), "{output}");
+    assert!(
+        output.contains(
+            "NOT ROLLING BACK automatically: a rollback runs only after its record is stored"
+        ),
+        "{output}"
+    );
+    // The engine hears the rollback did not happen, and pages for a human.
+    assert!(output.contains("rollback failed"), "{output}");
+    // The database comes back: rollwatch carries on recording, still without acting.
+    cluster.start();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(world.calls().is_empty(), "{:#?}", world.calls());
+}
