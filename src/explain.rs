@@ -279,6 +279,11 @@ pub fn explain_procedure(procedure: Option<&Procedure>) -> String {
             components.join(", ")
         );
     }
+    let drills = procedure.drill_every.map_or_else(
+        || "none scheduled (`rollwatch drill` runs one)".to_string(),
+        |every| format!("`run` carries out a drill every {}", std_duration(every)),
+    );
+    let _ = writeln!(out, "  drills: {drills}");
     out
 }
 

@@ -4,17 +4,15 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 use chrono::{TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::act::actor::{Actor, IncidentEnd};
-use crate::act::procedure::{self, Context};
+use crate::act::procedure::Context;
 use crate::cli::{Failure, load_target};
 use crate::engine::decision::{Cause, Decision};
 use crate::engine::policy::{Action, Tier};
-use crate::engine::time_text;
 use crate::live::{print_decision, say};
 use crate::policy::Compiled;
 use crate::policy::units::format_duration;
@@ -314,7 +312,7 @@ pub async fn drill(path: &Path, db: &str) -> Result<(), Failure> {
         )));
     }
     let store = Store::open(db).await.map_err(runtime_error)?;
-    let outcome = run_drill(&store, &target, say_line())
+    let outcome = crate::act::drill::run(&store, &target, say_line(), &operator())
         .await
         .map_err(runtime_error)?;
     if outcome.passed {
@@ -322,83 +320,4 @@ pub async fn drill(path: &Path, db: &str) -> Result<(), Failure> {
     } else {
         Err(Failure::Exit(1))
     }
-}
-
-/// What a drill found.
-pub struct DrillOutcome {
-    pub incident: i64,
-    pub passed: bool,
-    pub took: std::time::Duration,
-}
-
-/// Runs the procedure and its verification as a drill incident, and records
-/// the duration and the result.
-pub async fn run_drill(
-    store: &Store,
-    target: &Compiled,
-    say: Arc<dyn Fn(&str) + Send + Sync>,
-) -> Result<DrillOutcome, crate::store::StoreError> {
-    let name = target_name(target);
-    let now = Utc::now();
-    let id = store
-        .open_incident(&NewIncident {
-            target: name.clone(),
-            kind: IncidentKind::Drill,
-            tier: Tier::Consider.name().into(),
-            rule: "drill".into(),
-            reason: format!("rollback drill by {}", operator()),
-            component: None,
-            from_version: None,
-            to_version: None,
-            opened_at: now,
-            deadline: None,
-        })
-        .await?;
-    store
-        .set_incident_phase(id, IncidentPhase::RollingBack, now, None)
-        .await?;
-    say(&format!(
-        "{} {name} DRILL {id}: running the rollback procedure and its verification",
-        time_text(now)
-    ));
-    let started = Instant::now();
-    let ctx = Context {
-        store: store.clone(),
-        incident: id,
-        target: Arc::new(target.clone()),
-        tier: Tier::Consider,
-        component: None,
-        migrations: Vec::new(),
-        reason: "rollback drill".into(),
-        from_version: None,
-        to_version: None,
-        say: Arc::clone(&say),
-    };
-    let ended = procedure::execute(&ctx).await;
-    let took = started.elapsed();
-    let passed = ended.result.is_ok();
-    let outcome = if passed {
-        IncidentOutcome::DrillPassed
-    } else {
-        IncidentOutcome::DrillFailed
-    };
-    store.resolve_incident(id, outcome, Utc::now()).await?;
-    let took_text = format_duration(TimeDelta::from_std(took).unwrap_or_default());
-    match &ended.result {
-        Ok(()) => say(&format!(
-            "{} {name} DRILL {id} PASSED in {took_text} ({:.1}s). Report: rollwatch incidents report {id}",
-            time_text(Utc::now()),
-            took.as_secs_f64()
-        )),
-        Err(reason) => say(&format!(
-            "{} {name} DRILL {id} FAILED after {took_text} ({:.1}s): {reason}",
-            time_text(Utc::now()),
-            took.as_secs_f64()
-        )),
-    }
-    Ok(DrillOutcome {
-        incident: id,
-        passed,
-        took,
-    })
 }

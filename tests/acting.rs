@@ -748,3 +748,87 @@ async fn with_the_database_unreachable_nothing_is_run_and_it_says_so_loudly() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(world.calls().is_empty(), "{:#?}", world.calls());
 }
+
+/// The policy's procedure drills every `every`.
+fn schedule_drills(world: &World, every: &str) {
+    let text = std::fs::read_to_string(&world.policy).unwrap();
+    let text = text.replace(
+        "backup_budget = \"1m\"",
+        &format!("backup_budget = \"1m\"\ndrill_every = \"{every}\""),
+    );
+    std::fs::write(&world.policy, text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_carries_out_a_scheduled_drill_once_per_period() {
+    let world = World::new(None, "").await;
+    schedule_drills(&world, "1h");
+    let mut first = world.start(&[]);
+    let drill = world
+        .wait_for("drill passed", |i| {
+            i.kind == IncidentKind::Drill
+                && matches!(
+                    i.state,
+                    IncidentState::Resolved {
+                        outcome: IncidentOutcome::DrillPassed,
+                        ..
+                    }
+                )
+        })
+        .await;
+    assert_eq!(world.count("rollback-app"), 1, "{}", world.output());
+    assert!(
+        world.output().contains("drill due (never drilled"),
+        "{}",
+        world.output()
+    );
+    let store = world.store().await;
+    let steps = store.steps(drill.id).await.unwrap();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.name == "smoke-tests" && s.outcome == StepOutcome::Succeeded),
+        "the drill verifies: {steps:#?}"
+    );
+    first.kill9();
+    // Restarted within the hour: the last drill is recent, no second one.
+    let _second = world.start(&[]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(world.count("rollback-app"), 1, "{}", world.output());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overdue_drill_waits_for_an_open_incident_and_is_reported() {
+    let world = World::new(None, "").await;
+    schedule_drills(&world, "1h");
+    let store = world.store().await;
+    store
+        .open_incident(&rollwatch::store::NewIncident {
+            target: "web/staging".into(),
+            kind: IncidentKind::Rule,
+            tier: "consider".into(),
+            rule: "error-rate".into(),
+            reason: String::new(),
+            component: None,
+            from_version: None,
+            to_version: None,
+            opened_at: chrono::Utc::now(),
+            deadline: None,
+        })
+        .await
+        .unwrap();
+    store.close().await;
+    let _rollwatch = world.start(&[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !world
+        .output()
+        .contains("DRILL OVERDUE (never drilled, due every 1h)")
+    {
+        assert!(Instant::now() < deadline, "{}", world.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        world.calls().is_empty(),
+        "no drill while an incident is open"
+    );
+}

@@ -54,7 +54,14 @@ pub struct Actor {
     /// pause until then, so a store outage cannot slow polling down: each
     /// write would wait for a connection.
     bookkeeping_paused_until: Option<std::time::Instant>,
+    /// A scheduled drill running in its own task.
+    drill: Option<JoinHandle<()>>,
+    /// When to look at the drill schedule again.
+    next_drill_check: Option<std::time::Instant>,
 }
+
+/// How often `run` looks at the drill schedule.
+const DRILL_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How long bookkeeping writes pause after one failed.
 const BOOKKEEPING_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -93,6 +100,8 @@ impl Actor {
             done: None,
             resumed: false,
             bookkeeping_paused_until: None,
+            drill: None,
+            next_drill_check: None,
         }
     }
 
@@ -412,6 +421,68 @@ impl Actor {
         }
     }
 
+    /// Carries out a drill when the policy schedules them and the last one is
+    /// older than `drill_every`; an overdue drill that cannot run now (an
+    /// incident is open) is reported and tried again later.
+    pub async fn drill_if_due(&mut self, engine: &Engine, now: DateTime<Utc>) {
+        let Some(every) = self.target.procedure.as_ref().and_then(|p| p.drill_every) else {
+            return;
+        };
+        if !self.resumed
+            || self.drill.as_ref().is_some_and(|d| !d.is_finished())
+            || self
+                .next_drill_check
+                .is_some_and(|t| std::time::Instant::now() < t)
+        {
+            return;
+        }
+        self.drill = None;
+        self.next_drill_check = Some(std::time::Instant::now() + DRILL_CHECK);
+        let last = match self.store.last_drill(&self.name).await {
+            Ok(last) => last,
+            Err(error) => {
+                tracing::warn!(target_name = %self.name, %error, "cannot read the last drill");
+                return;
+            }
+        };
+        let every_delta = chrono::TimeDelta::from_std(every).unwrap_or(chrono::TimeDelta::MAX);
+        if last
+            .as_ref()
+            .is_some_and(|l| now - l.opened_at < every_delta)
+        {
+            return;
+        }
+        let last_text = last.as_ref().map_or_else(
+            || "never drilled".to_string(),
+            |l| format!("last drill {} at {}", l.id, time_text(l.opened_at)),
+        );
+        let every_text = crate::policy::units::format_duration(every_delta);
+        if engine.incident().is_some() || self.running.is_some() {
+            self.say(&format!(
+                "{} {} DRILL OVERDUE ({last_text}, due every {every_text}): waiting for the open incident to end",
+                time_text(now),
+                self.name
+            ));
+            return;
+        }
+        self.say(&format!(
+            "{} {} drill due ({last_text}, every {every_text}): starting it",
+            time_text(now),
+            self.name
+        ));
+        let (store, target, say) = (
+            self.store.clone(),
+            Arc::clone(&self.target),
+            Arc::clone(&self.say),
+        );
+        self.drill = Some(tokio::spawn(async move {
+            if let Err(error) = super::drill::run(&store, &target, say, "the drill schedule").await
+            {
+                tracing::error!(%error, "the scheduled drill could not be recorded");
+            }
+        }));
+    }
+
     fn pause_bookkeeping(&mut self) {
         tracing::warn!(
             target_name = %self.name,
@@ -504,6 +575,18 @@ impl Actor {
                     ));
                 }
                 let engine_incident = decision.incident.unwrap_or_default();
+                if let Some(drill) = self.drill.take()
+                    && !drill.is_finished()
+                {
+                    // Both would run the same scripts: the drill (bounded by its
+                    // steps' timeouts) finishes first.
+                    self.say(&format!(
+                        "{} {} a scheduled drill is running: the rollback starts when it ends",
+                        time_text(Utc::now()),
+                        self.name
+                    ));
+                    let _ = drill.await;
+                }
                 if self.running.is_some() {
                     return refuse("not rolling back: another procedure is still running".into());
                 }

@@ -2,6 +2,7 @@
 //! (SPEC 6), and the incident record around it.
 
 pub mod actor;
+pub mod drill;
 pub mod failpoint;
 pub mod plan;
 pub mod procedure;

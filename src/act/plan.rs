@@ -230,6 +230,7 @@ mod tests {
             ],
             backup_budget: Duration::from_secs(120),
             database_rollback: true,
+            drill_every: None,
         }
     }
 

@@ -1013,9 +1013,15 @@ fn compile_procedure(problems: &mut Problems, raw: RawProcedure) -> Procedure {
             command,
         });
     }
+    let drill_every = raw.drill_every.map(|d| {
+        positive(problems, d, "drill_every")
+            .to_std()
+            .unwrap_or_default()
+    });
     Procedure {
         steps,
         backup_budget,
         database_rollback: raw.database_rollback.unwrap_or(false),
+        drill_every,
     }
 }

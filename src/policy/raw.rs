@@ -166,6 +166,7 @@ pub struct RawCheck {
 pub struct RawProcedure {
     pub backup_budget: Option<S<HumanDuration>>,
     pub database_rollback: Option<bool>,
+    pub drill_every: Option<S<HumanDuration>>,
     #[serde(default)]
     pub step: Vec<S<RawStep>>,
 }

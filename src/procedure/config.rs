@@ -66,6 +66,9 @@ pub struct Procedure {
     pub backup_budget: Duration,
     /// Whether the database stage may run at all (it also needs migrations).
     pub database_rollback: bool,
+    /// `run` carries out a drill when the last one is older than this
+    /// (the runbook's "Rollback drills monthly in staging").
+    pub drill_every: Option<Duration>,
 }
 
 impl Procedure {
@@ -141,6 +144,7 @@ mod tests {
             ],
             backup_budget: Duration::from_secs(120),
             database_rollback: true,
+            drill_every: None,
         };
         let names = |stage, component| {
             procedure

@@ -163,6 +163,7 @@ pub async fn run_target(
             _ = tokio::time::sleep_until(next_poll) => {
                 if let Some(actor) = actor.as_mut() {
                     actor.try_resume(&mut engine, clock.now()).await;
+                    actor.drill_if_due(&engine, clock.now()).await;
                 }
                 let started = Instant::now();
                 let outcome = poller.poll(clock.now()).await;

@@ -446,6 +446,24 @@ impl Store {
         })
     }
 
+    /// The target's latest drill, if any.
+    pub async fn last_drill(&self, target: &str) -> Result<Option<IncidentRecord>, StoreError> {
+        on_backend!(self, pool => {
+            let row = sqlx::query(
+                "SELECT * FROM incidents WHERE target = $1 AND kind = 'drill' \
+                 ORDER BY opened_at DESC, id DESC LIMIT 1",
+            )
+            .bind(target.to_string())
+            .fetch_optional(pool)
+            .await
+            .map_err(query_failed("find the last drill"))?;
+            match row {
+                Some(row) => Ok(Some(incident_from_row!(&row))),
+                None => Ok(None),
+            }
+        })
+    }
+
     /// An incident with its timeline (decisions, steps, answers,
     /// notifications, each in time order); `None` when there is no such id.
     pub async fn incident(&self, id: i64) -> Result<Option<IncidentTimeline>, StoreError> {
