@@ -465,3 +465,26 @@ fn procedures_are_validated_against_the_rules_and_actions() {
     assert!(procedure.database_rollback);
     assert_eq!(procedure.components(), ["backend", "database", "frontend"]);
 }
+
+#[test]
+fn the_readme_example_policy_with_a_procedure_compiles() {
+    let readme = include_str!("../../README.md");
+    let example = readme
+        .split("A complete policy with a procedure")
+        .nth(1)
+        .and_then(|rest| rest.split("```toml\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("README has the complete example policy");
+    let compiled = compile_bytes("README.md", example.as_bytes(), no_env)
+        .unwrap_or_else(|errors| panic!("the README's example policy: {errors}"));
+    let procedure = compiled.procedure.expect("a procedure");
+    for (_, stage) in crate::procedure::config::Stage::ALL {
+        assert!(
+            procedure.steps_for(stage, None).next().is_some(),
+            "the example shows a {} step",
+            stage.name()
+        );
+    }
+    assert_eq!(procedure.components(), ["frontend"]);
+    assert!(procedure.drill_every.is_some());
+}
