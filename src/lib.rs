@@ -8,6 +8,7 @@ pub mod explain;
 pub mod incidents;
 pub mod live;
 pub mod manual;
+pub mod notify;
 pub mod policy;
 pub mod procedure;
 pub mod report;

@@ -9,7 +9,8 @@ use statrs::distribution::{ContinuousCDF, Normal};
 use toml::Spanned;
 
 use super::raw::{
-    RawActions, RawBaseline, RawEvaluation, RawHealth, RawPolicy, RawProcedure, RawRule, RawSource,
+    RawActions, RawBaseline, RawEvaluation, RawHealth, RawNotify, RawPolicy, RawProcedure, RawRule,
+    RawSource,
 };
 use super::units::{HumanDuration, Ratio, format_duration};
 use crate::engine::policy::{
@@ -17,6 +18,10 @@ use crate::engine::policy::{
     Signal, Tier,
 };
 use crate::engine::signals::MAX_CHECKS;
+use crate::notify::config::{
+    Channel, ChannelKind, DEFAULT_CHANNEL_DEADLINE, DEFAULT_CHANNEL_TIMEOUT,
+    DEFAULT_ESCALATE_AFTER, NotifyConfig, Routes, SmtpSecurity,
+};
 use crate::procedure::command::CommandSpec;
 use crate::procedure::config::{Procedure, Stage, Step};
 use crate::sources::config::{
@@ -59,6 +64,7 @@ pub struct Compiled {
     pub health: Option<HealthConfig>,
     pub checks: Vec<CheckConfig>,
     pub procedure: Option<Procedure>,
+    pub notify: Option<NotifyConfig>,
 }
 
 pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Compiled, Vec<Problem>> {
@@ -72,6 +78,9 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Compiled, V
     let health = raw
         .health
         .map(|h| compile_health(&mut problems, h.into_inner()));
+    let notify = raw
+        .notify
+        .map(|n| compile_notify(&mut problems, n.into_inner()));
     let mut checks: Vec<CheckConfig> = Vec::new();
     let mut check_spans: Vec<(String, Range<usize>)> = Vec::new();
     for raw_check in raw.check {
@@ -271,6 +280,7 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Compiled, V
         health,
         checks,
         procedure,
+        notify,
     })
 }
 
@@ -947,6 +957,197 @@ fn compile_health(problems: &mut Problems, raw: RawHealth) -> HealthConfig {
         expect_status,
         timeout,
     }
+}
+
+fn compile_notify(problems: &mut Problems, raw: RawNotify) -> NotifyConfig {
+    let mut channels: Vec<Channel> = Vec::new();
+    for raw_channel in raw.channel {
+        let raw_channel = raw_channel.into_inner();
+        let name_span = raw_channel.name.span();
+        let name = non_empty(problems, raw_channel.name, "channel name");
+        if channels.iter().any(|c| c.name == name) {
+            problems.add(
+                name_span,
+                format!("duplicate channel \"{name}\", expected each channel once"),
+            );
+        }
+        let kind_names = [("email", 0), ("alertmanager", 1), ("webhook", 2)];
+        let Some(kind) = lookup_name(problems, &raw_channel.kind, "channel kind", &kind_names)
+        else {
+            continue;
+        };
+        let kind_span = raw_channel.kind.span();
+        let needs = |problems: &mut Problems,
+                     value: Option<Spanned<String>>,
+                     key: &str|
+         -> Option<Spanned<String>> {
+            if value.is_none() {
+                problems.add(
+                    kind_span.clone(),
+                    format!(
+                        "a channel of kind {} needs `{key}`",
+                        raw_channel.kind.get_ref()
+                    ),
+                );
+            }
+            value
+        };
+        let kind = match kind {
+            0 => {
+                let server = needs(problems, raw_channel.server, "server");
+                let (host, port, security) = match &server {
+                    Some(server) => smtp_server(problems, server),
+                    None => (String::new(), 25, SmtpSecurity::Plain),
+                };
+                let from = needs(problems, raw_channel.from, "from")
+                    .map(|f| email_address(problems, f))
+                    .unwrap_or_default();
+                if raw_channel.to.is_empty() {
+                    problems.add(
+                        kind_span.clone(),
+                        "an email channel needs `to`, expected e.g. to = [\"oncall@example.com\"]",
+                    );
+                }
+                let to = raw_channel
+                    .to
+                    .into_iter()
+                    .map(|t| email_address(problems, t))
+                    .collect();
+                let env_name = |problems: &mut Problems, value: Option<Spanned<String>>| {
+                    value.map(|v| {
+                        let name = v.get_ref().trim();
+                        if name.is_empty() || name.contains('=') || name.starts_with("${") {
+                            problems.add(v.span(), format!("\"{name}\" is not an environment variable's name, expected e.g. ROLLWATCH_SMTP_PASSWORD (the name, never the secret)"));
+                        }
+                        name.to_string()
+                    })
+                };
+                ChannelKind::Email {
+                    host,
+                    port,
+                    security,
+                    from,
+                    to,
+                    username_env: env_name(problems, raw_channel.username_env),
+                    password_env: env_name(problems, raw_channel.password_env),
+                }
+            }
+            1 => ChannelKind::Alertmanager {
+                url: needs(problems, raw_channel.url, "url")
+                    .map(|u| http_url(problems, u).trim_end_matches('/').to_string())
+                    .unwrap_or_default(),
+            },
+            _ => ChannelKind::Webhook {
+                url: needs(problems, raw_channel.url, "url")
+                    .map(|u| http_url(problems, u))
+                    .unwrap_or_default(),
+            },
+        };
+        let timeout = raw_channel.timeout.map_or(DEFAULT_CHANNEL_TIMEOUT, |t| {
+            positive(problems, t, "channel timeout")
+                .to_std()
+                .unwrap_or(DEFAULT_CHANNEL_TIMEOUT)
+        });
+        let deadline = raw_channel.deadline.map_or(DEFAULT_CHANNEL_DEADLINE, |d| {
+            positive(problems, d, "channel deadline")
+                .to_std()
+                .unwrap_or(DEFAULT_CHANNEL_DEADLINE)
+        });
+        channels.push(Channel {
+            name,
+            kind,
+            timeout,
+            deadline,
+        });
+    }
+    let route = |problems: &mut Problems, names: Vec<Spanned<String>>| -> Vec<String> {
+        names
+            .into_iter()
+            .map(|name| {
+                if !channels.iter().any(|c| &c.name == name.get_ref()) {
+                    let known: Vec<&str> = channels.iter().map(|c| c.name.as_str()).collect();
+                    problems.add(
+                        name.span(),
+                        format!(
+                            "unknown channel \"{}\", expected one of {}",
+                            name.get_ref(),
+                            if known.is_empty() {
+                                "the [[notify.channel]] names (none defined)".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
+                }
+                name.into_inner()
+            })
+            .collect()
+    };
+    let routes = Routes {
+        page: route(problems, raw.page),
+        notice: route(problems, raw.notice),
+        escalation: route(problems, raw.escalation),
+    };
+    let escalate_after = raw.escalate_after.map_or(DEFAULT_ESCALATE_AFTER, |d| {
+        positive(problems, d, "escalate_after")
+            .to_std()
+            .unwrap_or(DEFAULT_ESCALATE_AFTER)
+    });
+    NotifyConfig {
+        channels,
+        routes,
+        escalate_after,
+    }
+}
+
+/// `smtp://host[:port]` (plain, 25), `smtp+starttls://host[:port]` (587) or
+/// `smtps://host[:port]` (465).
+fn smtp_server(problems: &mut Problems, value: &Spanned<String>) -> (String, u16, SmtpSecurity) {
+    let text = value.get_ref().trim();
+    let schemes = [
+        ("smtp://", SmtpSecurity::Plain, 25),
+        ("smtp+starttls://", SmtpSecurity::StartTls, 587),
+        ("smtps://", SmtpSecurity::Tls, 465),
+    ];
+    let Some((rest, security, default_port)) =
+        schemes.iter().find_map(|(scheme, security, port)| {
+            text.strip_prefix(scheme)
+                .map(|rest| (rest, *security, *port))
+        })
+    else {
+        problems.add(value.span(), format!("server \"{text}\" is not an SMTP URL, expected smtp://host:25 (plain, a local relay), smtp+starttls://host:587 or smtps://host:465"));
+        return (String::new(), 25, SmtpSecurity::Plain);
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) => match port.parse::<u16>() {
+            Ok(port) if port > 0 => (host, port),
+            _ => {
+                problems.add(
+                    value.span(),
+                    format!("server \"{text}\": port \"{port}\" is not a port number"),
+                );
+                (host, default_port)
+            }
+        },
+        None => (rest, default_port),
+    };
+    if host.is_empty() || host.contains('@') || host.contains('/') {
+        problems.add(value.span(), format!("server \"{text}\" has no host name (credentials go in username_env/password_env, never in the URL)"));
+    }
+    (host.to_string(), port, security)
+}
+
+fn email_address(problems: &mut Problems, value: Spanned<String>) -> String {
+    let text = value.get_ref().trim().to_string();
+    if text.parse::<lettre::Address>().is_err() && text.parse::<lettre::message::Mailbox>().is_err()
+    {
+        problems.add(
+            value.span(),
+            format!("\"{text}\" is not an email address, expected e.g. oncall@example.com"),
+        );
+    }
+    text
 }
 
 fn http_url(problems: &mut Problems, value: Spanned<String>) -> String {

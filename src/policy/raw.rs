@@ -32,6 +32,8 @@ pub struct RawPolicy {
     #[serde(default)]
     pub procedure: Option<S<RawProcedure>>,
     #[serde(default)]
+    pub notify: Option<S<RawNotify>>,
+    #[serde(default)]
     pub rule: Vec<S<RawRule>>,
 }
 
@@ -180,4 +182,36 @@ pub struct RawStep {
     pub timeout: Option<S<HumanDuration>>,
     pub component: Option<S<String>>,
     pub shell: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    #[serde(default)]
+    pub page: Vec<S<String>>,
+    #[serde(default)]
+    pub notice: Vec<S<String>>,
+    #[serde(default)]
+    pub escalation: Vec<S<String>>,
+    pub escalate_after: Option<S<HumanDuration>>,
+    #[serde(default)]
+    pub channel: Vec<S<RawChannel>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChannel {
+    pub name: S<String>,
+    pub kind: S<String>,
+    /// email: `smtp://host:port`, `smtp+starttls://host:port` or `smtps://host:port`.
+    pub server: Option<S<String>>,
+    pub from: Option<S<String>>,
+    #[serde(default)]
+    pub to: Vec<S<String>>,
+    pub username_env: Option<S<String>>,
+    pub password_env: Option<S<String>>,
+    /// alertmanager, webhook.
+    pub url: Option<S<String>>,
+    pub timeout: Option<S<HumanDuration>>,
+    pub deadline: Option<S<HumanDuration>>,
 }

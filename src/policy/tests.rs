@@ -363,6 +363,7 @@ fn accepted_keys(table: &str) -> Vec<String> {
         "check" => format!("{MINIMAL}[[check]]\nzzz = 1\n"),
         "procedure" => format!("{MINIMAL}[procedure]\nzzz = 1\n"),
         "procedure.step" => format!("{MINIMAL}[[procedure.step]]\nzzz = 1\n"),
+        "notify.channel" => format!("{MINIMAL}[[notify.channel]]\nzzz = 1\n"),
         "source.metrics" | "source.queries" => format!(
             "{MINIMAL}[source]\nkind = \"scrape\"\nurl = \"http://x\"\n[{table}]\nzzz = 1\n"
         ),
@@ -399,6 +400,8 @@ fn the_readme_policy_reference_lists_every_key_the_parser_accepts() {
         ("check", "### `[[check]]`"),
         ("procedure", "### `[procedure]`"),
         ("procedure.step", "`[[procedure.step]]`, in the order"),
+        ("notify", "### `[notify]`"),
+        ("notify.channel", "`[[notify.channel]]`, one per"),
     ];
     for (table, marker) in tables {
         let after = reference
@@ -487,4 +490,125 @@ fn the_readme_example_policy_with_a_procedure_compiles() {
     }
     assert_eq!(procedure.components(), ["frontend"]);
     assert!(procedure.drill_every.is_some());
+}
+
+const NOTIFY: &str = r#"
+[notify]
+page = ["oncall", "alertmanager"]
+notice = ["team"]
+escalation = ["leads"]
+escalate_after = "10m"
+
+[[notify.channel]]
+name = "oncall"
+kind = "email"
+server = "smtp+starttls://smtp.example.com:587"
+from = "rollwatch@example.com"
+to = ["oncall@example.com"]
+username_env = "ROLLWATCH_SMTP_USER"
+password_env = "ROLLWATCH_SMTP_PASSWORD"
+
+[[notify.channel]]
+name = "leads"
+kind = "email"
+server = "smtp://127.0.0.1"
+from = "Rollwatch <rollwatch@example.com>"
+to = ["leads@example.com", "cto@example.com"]
+
+[[notify.channel]]
+name = "alertmanager"
+kind = "alertmanager"
+url = "http://alertmanager:9093/"
+
+[[notify.channel]]
+name = "team"
+kind = "webhook"
+url = "https://hooks.example.com/T000"
+timeout = "5s"
+deadline = "2h"
+"#;
+
+#[test]
+fn notification_channels_and_routes_compile() {
+    use crate::notify::config::{ChannelKind, SmtpSecurity};
+    let compiled =
+        compile_bytes("p.toml", format!("{MINIMAL}{NOTIFY}").as_bytes(), no_env).unwrap();
+    let notify = compiled.notify.expect("a [notify]");
+    assert_eq!(notify.routes.page, ["oncall", "alertmanager"]);
+    assert_eq!(notify.routes.escalation, ["leads"]);
+    assert_eq!(notify.escalate_after, std::time::Duration::from_secs(600));
+    match &notify.channel("oncall").unwrap().kind {
+        ChannelKind::Email {
+            host,
+            port,
+            security,
+            password_env,
+            ..
+        } => {
+            assert_eq!(
+                (host.as_str(), *port, *security),
+                ("smtp.example.com", 587, SmtpSecurity::StartTls)
+            );
+            assert_eq!(password_env.as_deref(), Some("ROLLWATCH_SMTP_PASSWORD"));
+        }
+        other => panic!("{other:?}"),
+    }
+    match &notify.channel("leads").unwrap().kind {
+        ChannelKind::Email { port, security, .. } => {
+            assert_eq!((*port, *security), (25, SmtpSecurity::Plain))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        notify.channel("alertmanager").unwrap().kind,
+        ChannelKind::Alertmanager {
+            url: "http://alertmanager:9093".into()
+        }
+    );
+    let team = notify.channel("team").unwrap();
+    assert_eq!(team.timeout, std::time::Duration::from_secs(5));
+    assert_eq!(team.deadline, std::time::Duration::from_secs(7200));
+}
+
+#[test]
+fn broken_channels_are_errors_that_say_where_and_what() {
+    let broken = NOTIFY
+        .replace(
+            "page = [\"oncall\", \"alertmanager\"]",
+            "page = [\"oncal\"]",
+        )
+        .replace(
+            "smtp+starttls://smtp.example.com:587",
+            "http://smtp.example.com",
+        )
+        .replace("to = [\"oncall@example.com\"]", "to = [\"not an address\"]")
+        .replace("kind = \"webhook\"", "kind = \"slack\"");
+    let errors = compile(&format!("{MINIMAL}{broken}"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errors.contains("unknown channel \"oncal\", expected one of oncall, leads, alertmanager"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("is not an SMTP URL, expected smtp://host:25"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("\"not an address\" is not an email address"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("unknown channel kind \"slack\""),
+        "{errors}"
+    );
+    // Positions point into the file.
+    assert!(errors.contains("p.toml:"), "{errors}");
+    let missing = format!("{MINIMAL}[[notify.channel]]\nname = \"x\"\nkind = \"email\"\n");
+    let errors = compile(&missing).unwrap_err().to_string();
+    assert!(
+        errors.contains("a channel of kind email needs `server`"),
+        "{errors}"
+    );
+    assert!(errors.contains("needs `to`"), "{errors}");
 }

@@ -1,0 +1,4 @@
+//! Telling people (SPEC 7): the channels a policy configures, the messages
+//! rollwatch sends, and their delivery through the persisted outbox.
+
+pub mod config;
