@@ -127,6 +127,9 @@ pub enum Command {
     Drill {
         #[arg(long)]
         policy: PathBuf,
+        /// Drill a production policy (drills are for staging).
+        #[arg(long)]
+        force: bool,
         #[arg(long, default_value = DEFAULT_DB)]
         db: String,
     },
@@ -260,7 +263,9 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             force,
             db: &db,
         })),
-        Command::Drill { policy, db } => runtime()?.block_on(manual::drill(&policy, &db)),
+        Command::Drill { policy, db, force } => {
+            runtime()?.block_on(manual::drill(&policy, &db, force))
+        }
         Command::Incidents { command, db } => runtime()?.block_on(incidents::run(command, &db)),
     }
 }

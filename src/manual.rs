@@ -81,6 +81,15 @@ pub async fn rollback(request: RollbackRequest<'_>) -> Result<(), Failure> {
         .unfinished_incidents(&name)
         .await
         .map_err(runtime_error)?;
+    if let Some(drill) = unfinished
+        .iter()
+        .find(|u| u.incident.kind == IncidentKind::Drill)
+    {
+        return Err(runtime_error(format!(
+            "not rolling back {name}: drill {} is running the same procedure; wait for it (`rollwatch incidents show {}`)",
+            drill.incident.id, drill.incident.id
+        )));
+    }
     let open = unfinished
         .iter()
         .find(|u| u.incident.kind != IncidentKind::Drill);
@@ -123,23 +132,38 @@ pub async fn rollback(request: RollbackRequest<'_>) -> Result<(), Failure> {
         return Ok(());
     }
     let now = Utc::now();
+    let phase_of = |open: &crate::store::UnfinishedIncident| match open.incident.state {
+        IncidentState::Active { phase } => Some(phase),
+        IncidentState::Resolved { .. } => None,
+    };
     let id = match open {
-        Some(open) => open.incident.id,
-        None => store
-            .open_incident(&NewIncident {
-                target: name.clone(),
-                kind: IncidentKind::Declared,
-                tier: Tier::Immediate.name().into(),
-                rule: "manual-rollback".into(),
-                reason: request.reason.to_string(),
-                component: request.component.map(str::to_string),
-                from_version: from.clone(),
-                to_version: to.clone(),
-                opened_at: now,
-                deadline: None,
-            })
-            .await
-            .map_err(runtime_error)?,
+        // The page a human answers with a rollback: the same incident, now theirs.
+        Some(open) if phase_of(open) == Some(IncidentPhase::Open) => {
+            store
+                .amend_incident(
+                    open.incident.id,
+                    request.component,
+                    from.as_deref(),
+                    to.as_deref(),
+                    request.reason,
+                )
+                .await
+                .map_err(runtime_error)?;
+            open.incident.id
+        }
+        // A human retries after an escalation: that attempt is over; a new one starts.
+        Some(open) => {
+            store
+                .resolve_incident(open.incident.id, IncidentOutcome::Escalated, now)
+                .await
+                .map_err(runtime_error)?;
+            println!(
+                "incident {} (escalated) is closed: this rollback is a new attempt",
+                open.incident.id
+            );
+            open_declared(&store, &name, &request, from.clone(), to.clone(), now).await?
+        }
+        None => open_declared(&store, &name, &request, from.clone(), to.clone(), now).await?,
     };
     let decision = Decision {
         at: now,
@@ -174,13 +198,14 @@ pub async fn rollback(request: RollbackRequest<'_>) -> Result<(), Failure> {
         .await
         .map_err(runtime_error)?;
     // "Notify team" before the first step.
-    let notice = crate::act::actor::notification(
+    let mut notice = crate::act::actor::notification(
         &target.policy,
         Some(id),
         crate::store::NotificationKind::Notice,
         &decision,
         format!("incident:{id}:rollback-notice:{}", now.timestamp_micros()),
     );
+    notice.subject = crate::act::actor::rollback_subject(&target.policy, request.reason);
     store
         .enqueue_notification(&notice)
         .await
@@ -198,6 +223,31 @@ pub async fn rollback(request: RollbackRequest<'_>) -> Result<(), Failure> {
     });
     let end = watch_until_done(target, actor, shutdown).await?;
     finish(id, end)
+}
+
+async fn open_declared(
+    store: &Store,
+    name: &str,
+    request: &RollbackRequest<'_>,
+    from: Option<String>,
+    to: Option<String>,
+    now: chrono::DateTime<Utc>,
+) -> Result<i64, Failure> {
+    store
+        .open_incident(&NewIncident {
+            target: name.to_string(),
+            kind: IncidentKind::Declared,
+            tier: Tier::Immediate.name().into(),
+            rule: "manual-rollback".into(),
+            reason: request.reason.to_string(),
+            component: request.component.map(str::to_string),
+            from_version: from,
+            to_version: to,
+            opened_at: now,
+            deadline: None,
+        })
+        .await
+        .map_err(runtime_error)
 }
 
 async fn watch_until_done(
@@ -253,7 +303,10 @@ fn print_plan(ctx: &Context, name: &str) {
         ctx.from_version.as_deref().unwrap_or("(current)"),
         ctx.to_version.as_deref().unwrap_or("(previous)")
     );
-    println!("  notify: \"Rolling back {name} due to {}\"", ctx.reason);
+    println!(
+        "  notify: \"{}\"",
+        crate::act::actor::rollback_subject(&ctx.target.policy, &ctx.reason)
+    );
     let mut probe_shown = ctx.target.health.is_none();
     for step in &plan.steps {
         if !probe_shown && step.stage == crate::procedure::config::Stage::Verification {
@@ -302,8 +355,9 @@ pub fn operator() -> String {
         .unwrap_or_else(|_| "a human".into())
 }
 
-/// `rollwatch drill`: exit 0 when the drill passed, 1 when it failed.
-pub async fn drill(path: &Path, db: &str) -> Result<(), Failure> {
+/// `rollwatch drill`: exit 0 when the drill passed, 1 when it failed or was
+/// refused (a rollback or another drill of the target is running).
+pub async fn drill(path: &Path, db: &str, force: bool) -> Result<(), Failure> {
     let target = load_target(path)?;
     if target.procedure.is_none() {
         return Err(Failure::Usage(format!(
@@ -311,7 +365,34 @@ pub async fn drill(path: &Path, db: &str) -> Result<(), Failure> {
             path.display()
         )));
     }
+    if target.policy.environment == "production" && !force {
+        return Err(Failure::Usage(format!(
+            "{}: a drill runs the real rollback scripts; drills are for staging (runbook: \"Rollback drills monthly in staging\"). Pass --force to drill production",
+            path.display()
+        )));
+    }
     let store = Store::open(db).await.map_err(runtime_error)?;
+    let name = target_name(&target);
+    let unfinished = store
+        .unfinished_incidents(&name)
+        .await
+        .map_err(runtime_error)?;
+    if let Some(busy) = unfinished.iter().find(|u| {
+        u.incident.kind == IncidentKind::Drill
+            || !matches!(
+                u.incident.state,
+                IncidentState::Active {
+                    phase: IncidentPhase::Open | IncidentPhase::Escalated
+                }
+            )
+    }) {
+        return Err(runtime_error(format!(
+            "not drilling {name}: incident {} ({}) is running the procedure; see `rollwatch incidents show {}`",
+            busy.incident.id,
+            busy.incident.kind.as_str(),
+            busy.incident.id
+        )));
+    }
     let outcome = crate::act::drill::run(&store, &target, say_line(), &operator())
         .await
         .map_err(runtime_error)?;

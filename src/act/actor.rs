@@ -796,10 +796,9 @@ pub fn notification(
     dedupe_key: String,
 ) -> NewNotification {
     let subject = match kind {
-        NotificationKind::Notice if decision.action == Action::Rollback => format!(
-            "Rolling back {} {} due to {}",
-            policy.environment, policy.service, decision.rule
-        ),
+        NotificationKind::Notice if decision.action == Action::Rollback => {
+            rollback_subject(policy, &why(policy, decision))
+        }
         NotificationKind::Page => format!(
             "[rollwatch] {} {}: {} ({})",
             policy.environment, policy.service, decision.rule, decision.tier
@@ -826,6 +825,22 @@ pub fn notification(
         body: decision.explanation.clone(),
         dedupe_key,
         created_at: decision.at,
+    }
+}
+
+/// "Rolling back staging web due to error-rate 8.1% (95% lower bound 7.4%) > 5% over 2m of 9600 requests"
+pub fn rollback_subject(policy: &crate::engine::policy::Policy, why: &str) -> String {
+    format!(
+        "Rolling back {} {} due to {why}",
+        policy.environment, policy.service
+    )
+}
+
+/// What fired, with its value against its threshold.
+fn why(policy: &crate::engine::policy::Policy, decision: &Decision) -> String {
+    match (&decision.reading, policy.rule(&decision.rule)) {
+        (Some(reading), Some(rule)) => reading.describe(rule, policy.evaluation.confidence),
+        _ => decision.rule.clone(),
     }
 }
 

@@ -1121,7 +1121,6 @@ impl Engine {
     ) -> String {
         let not_rolling_back =
             guard.map(|g| format!("not rolling back: {}", self.guard_text(now, g, rule)));
-        let id = self.incident.as_ref().map_or(0, |i| i.id);
         match (action, not_rolling_back) {
             (Action::Rollback, _) => {
                 let (from, to) = self.rollback_versions();
@@ -1132,13 +1131,11 @@ impl Engine {
                 )
             }
             (Action::PageThenRollback, _) => format!(
-                "paging on-call; rolling back at {} unless acknowledged or held (rollwatch incidents ack {id} | hold {id} | approve {id})",
+                "paging on-call; rolling back at {} unless acknowledged or held",
                 time_text(now + self.policy.actions.page_timeout)
             ),
             (Action::Page, Some(why)) => format!("{why}; paging on-call"),
-            (Action::Page, None) => {
-                format!("paging on-call (rollwatch incidents ack {id} | hold {id} | approve {id})")
-            }
+            (Action::Page, None) => "paging on-call".to_string(),
             (Action::Notify, _) => "notifying the team".to_string(),
             (Action::None, Some(why)) => why,
             (Action::None, None) => "no action in this environment".to_string(),

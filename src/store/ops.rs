@@ -367,6 +367,37 @@ impl Store {
         Ok(())
     }
 
+    /// A human takes an open incident over with a rollback of their own: what
+    /// is rolled back (component, versions) and why become theirs.
+    pub async fn amend_incident(
+        &self,
+        id: i64,
+        component: Option<&str>,
+        from_version: Option<&str>,
+        to_version: Option<&str>,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let changed = on_backend!(self, pool => {
+            sqlx::query(
+                "UPDATE incidents SET component = $2, from_version = $3, to_version = $4, \
+                 reason = $5 WHERE id = $1 AND phase <> 'resolved'",
+            )
+            .bind(id)
+            .bind(component.map(str::to_string))
+            .bind(from_version.map(str::to_string))
+            .bind(to_version.map(str::to_string))
+            .bind(reason.to_string())
+            .execute(pool)
+            .await
+            .map_err(query_failed("amend incident"))?
+            .rows_affected()
+        });
+        if changed == 0 {
+            return Err(self.incident_not_changed(id).await);
+        }
+        Ok(())
+    }
+
     /// Sets or clears the page-then-rollback deadline of an unresolved incident.
     pub async fn set_incident_deadline(
         &self,
