@@ -142,6 +142,18 @@ pub enum Command {
     },
 }
 
+/// A human's answer to an incident.
+#[derive(clap::Args, Debug)]
+pub struct Answer {
+    pub id: i64,
+    /// Who answers (default: $ROLLWATCH_OPERATOR, then $USER).
+    #[arg(long)]
+    pub by: Option<String>,
+    /// A note for the record.
+    #[arg(long)]
+    pub note: Option<String>,
+}
+
 /// The store `run`, `rollback`, `drill` and `incidents` use unless `--db` says otherwise.
 pub const DEFAULT_DB: &str = "rollwatch.db";
 
@@ -160,6 +172,13 @@ pub enum IncidentsCommand {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
+    /// Acknowledge a page: you own it; escalation stops and a pending
+    /// automatic rollback is cancelled (then approve or hold).
+    Ack(Answer),
+    /// Hold: no rollback for this incident.
+    Hold(Answer),
+    /// Approve: roll back now, through the same procedure and guards.
+    Approve(Answer),
     /// The post-mortem report in Markdown on stdout; the chart is written as SVG.
     Report {
         id: i64,

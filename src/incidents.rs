@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
+use crate::cli::Answer;
 use crate::cli::{Failure, IncidentsCommand, OutputFormat};
 use crate::engine::time_text;
-use crate::store::{IncidentRecord, IncidentState, Store, TimelineEntry};
+use crate::store::{AnswerKind, IncidentRecord, IncidentState, NewAnswer, Store, TimelineEntry};
 
 fn runtime_error(error: impl std::fmt::Display) -> Failure {
     Failure::Runtime(anyhow::anyhow!("{error}"))
@@ -16,6 +17,11 @@ pub async fn run(command: IncidentsCommand, db: &str) -> Result<(), Failure> {
         IncidentsCommand::List { limit, format } => list(&store, limit, format).await,
         IncidentsCommand::Show { id, format } => show(&store, id, format).await,
         IncidentsCommand::Report { id, chart } => report(&store, id, chart).await,
+        IncidentsCommand::Ack(answer) => answer_incident(&store, AnswerKind::Ack, answer).await,
+        IncidentsCommand::Hold(answer) => answer_incident(&store, AnswerKind::Hold, answer).await,
+        IncidentsCommand::Approve(answer) => {
+            answer_incident(&store, AnswerKind::Approve, answer).await
+        }
     }
 }
 
@@ -148,5 +154,52 @@ async fn report(store: &Store, id: i64, chart: Option<PathBuf>) -> Result<(), Fa
         Err(error) => eprintln!("no chart: {error}"),
     }
     print!("{}", crate::report::markdown(&input));
+    Ok(())
+}
+
+/// Records a human's answer; the `run` watching the target applies it at its
+/// next poll (SPEC 3).
+async fn answer_incident(store: &Store, kind: AnswerKind, answer: Answer) -> Result<(), Failure> {
+    let Some(timeline) = store.incident(answer.id).await.map_err(runtime_error)? else {
+        return Err(runtime_error(format!(
+            "no incident {} in {}",
+            answer.id,
+            store.database()
+        )));
+    };
+    if let IncidentState::Resolved { outcome, .. } = timeline.incident.state {
+        return Err(runtime_error(format!(
+            "incident {} is already resolved ({}): nothing to answer",
+            answer.id,
+            outcome.as_str()
+        )));
+    }
+    let by = answer.by.unwrap_or_else(crate::manual::operator);
+    if by.trim().is_empty() {
+        return Err(Failure::Usage("--by must name who answers".into()));
+    }
+    store
+        .record_answer(&NewAnswer {
+            incident: answer.id,
+            kind,
+            by: by.clone(),
+            at: chrono::Utc::now(),
+            note: answer.note,
+        })
+        .await
+        .map_err(runtime_error)?;
+    let effect = match kind {
+        AnswerKind::Ack => {
+            "you own it: escalation stops and no automatic rollback follows; approve or hold to decide"
+        }
+        AnswerKind::Hold => "no rollback for this incident unless approved",
+        AnswerKind::Approve => "the rollback starts at the watching rollwatch's next poll",
+    };
+    println!(
+        "incident {} on {}: {} by {by} recorded; {effect}",
+        answer.id,
+        timeline.incident.target,
+        kind.as_str()
+    );
     Ok(())
 }

@@ -237,6 +237,21 @@ pub async fn run(
             .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
             .await
     });
+    // The outbox worker delivers what the targets' decisions store.
+    let delivery = Arc::new(tokio::sync::Notify::new());
+    let mut worker = None;
+    if let Some(store) = &store {
+        let mut routing = crate::notify::deliver::Routing::default();
+        for target in &targets {
+            routing.add(
+                format!("{}/{}", target.policy.service, target.policy.environment),
+                target.notify.clone(),
+            );
+        }
+        let worker_task =
+            crate::notify::deliver::Worker::new(store.clone(), routing, Arc::clone(&delivery));
+        worker = Some(tokio::spawn(worker_task.run(shutdown.clone())));
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for target in targets {
         let name = format!("{}/{}", target.policy.service, target.policy.environment);
@@ -253,13 +268,20 @@ pub async fn run(
         ));
         let actor = store.as_ref().map(|store| {
             crate::act::actor::Actor::new(store.clone(), Arc::new(target.clone()), Arc::new(say))
+                .with_delivery(Arc::clone(&delivery))
         });
+        let (policy, notify) = (target.policy.clone(), target.notify.clone());
         let recorder = recorder.clone();
         let shutdown = shutdown.clone();
         let telemetry = Arc::clone(&telemetry);
         tasks.spawn(async move {
             let result =
-                target::run_target(target, recorder, telemetry, shutdown, |decision| print_decision(&name, decision, dry_run), actor).await;
+                target::run_target(target, recorder, telemetry, shutdown, |decision| {
+                    print_decision(&name, decision, dry_run);
+                    if dry_run {
+                        print_messages(&policy, notify.as_ref(), decision);
+                    }
+                }, actor).await;
             if let Err(error) = &result {
                 tracing::error!(target_name = %name, error = %format!("{error:#}"), "target stopped");
             }
@@ -294,6 +316,9 @@ pub async fn run(
         }
     }
     let _ = server.await;
+    if let Some(worker) = worker {
+        let _ = worker.await;
+    }
     match failure {
         Some(error) => Err(Failure::Runtime(error)),
         None => Ok(()),
@@ -357,6 +382,30 @@ pub fn print_decision(name: &str, decision: &Decision, dry_run: bool) {
         decision.rule,
         decision.explanation
     ));
+}
+
+/// A dry run's messages: what would be sent, on which channel, to whom.
+fn print_messages(
+    policy: &crate::engine::policy::Policy,
+    notify: Option<&crate::notify::config::NotifyConfig>,
+    decision: &Decision,
+) {
+    let Some(message) = crate::notify::message::for_decision(policy, decision, None, "") else {
+        return;
+    };
+    for row in message.addressed(notify, "dry-run") {
+        let to = if row.recipients.is_empty() {
+            String::new()
+        } else {
+            format!(" to {}", row.recipients.join(", "))
+        };
+        say(&format!(
+            "  WOULD SEND {} via {}{to}: {}",
+            row.kind.as_str(),
+            row.channel,
+            row.subject
+        ));
+    }
 }
 
 /// One line on stdout. A closed stdout (the reader went away) must not take

@@ -14,6 +14,7 @@ use crate::cli::{Failure, load_target};
 use crate::engine::decision::{Cause, Decision};
 use crate::engine::policy::{Action, Tier};
 use crate::live::{print_decision, say};
+use crate::notify::message;
 use crate::policy::Compiled;
 use crate::policy::units::format_duration;
 use crate::runtime::target;
@@ -198,31 +199,61 @@ pub async fn rollback(request: RollbackRequest<'_>) -> Result<(), Failure> {
         .await
         .map_err(runtime_error)?;
     // "Notify team" before the first step.
-    let mut notice = crate::act::actor::notification(
-        &target.policy,
-        Some(id),
-        crate::store::NotificationKind::Notice,
-        &decision,
-        format!("incident:{id}:rollback-notice:{}", now.timestamp_micros()),
-    );
-    notice.subject = crate::act::actor::rollback_subject(&target.policy, request.reason);
-    store
-        .enqueue_notification(&notice)
-        .await
-        .map_err(runtime_error)?;
+    if let Some(mut notice) =
+        message::for_decision(&target.policy, &decision, Some(id), store.database())
+    {
+        notice.subject = message::rollback_subject(&target.policy, request.reason);
+        notice.details.summary = notice.subject.clone();
+        notice.body = message::text_body(&notice.details, now);
+        for row in notice.addressed(
+            target.notify.as_ref(),
+            &format!("incident:{id}:rollback:{}", now.timestamp_micros()),
+        ) {
+            store
+                .enqueue_notification(&row)
+                .await
+                .map_err(runtime_error)?;
+        }
+    }
     print_decision(&name, &decision, false);
     // The watching loop takes the incident up as a restart would: the
     // procedure, then the stabilization watch.
-    let mut actor = Actor::new(store.clone(), Arc::new(target.clone()), say_line());
+    let delivery = Arc::new(tokio::sync::Notify::new());
+    let mut actor = Actor::new(store.clone(), Arc::new(target.clone()), say_line())
+        .with_delivery(Arc::clone(&delivery));
     actor.stop_when_done(id);
     let shutdown = CancellationToken::new();
+    let mut routing = crate::notify::deliver::Routing::default();
+    routing.add(name.clone(), target.notify.clone());
+    let worker = crate::notify::deliver::Worker::new(store.clone(), routing, delivery);
+    let worker_stop = CancellationToken::new();
+    let worker_task = tokio::spawn(worker.run(worker_stop.clone()));
     let stop = shutdown.clone();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         stop.cancel();
     });
-    let end = watch_until_done(target, actor, shutdown).await?;
-    finish(id, end)
+    let end = watch_until_done(target, actor, shutdown).await;
+    // The last messages (the result) get a moment to go out; what a channel
+    // outage holds back waits in the outbox for `rollwatch run`.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    worker_stop.cancel();
+    let _ = worker_task.await;
+    let waiting = store
+        .notifications(id)
+        .await
+        .map(|n| {
+            n.iter()
+                .filter(|n| n.state == crate::store::NotificationState::Pending)
+                .count()
+        })
+        .unwrap_or(0);
+    if waiting > 0 {
+        eprintln!(
+            "{waiting} message(s) of incident {id} wait in the outbox: `rollwatch run` delivers them"
+        );
+    }
+    finish(id, end?)
 }
 
 async fn open_declared(
@@ -305,7 +336,7 @@ fn print_plan(ctx: &Context, name: &str) {
     );
     println!(
         "  notify: \"{}\"",
-        crate::act::actor::rollback_subject(&ctx.target.policy, &ctx.reason)
+        message::rollback_subject(&ctx.target.policy, &ctx.reason)
     );
     let mut probe_shown = ctx.target.health.is_none();
     for step in &plan.steps {

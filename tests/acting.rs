@@ -765,17 +765,23 @@ async fn run_carries_out_a_scheduled_drill_once_per_period() {
     schedule_drills(&world, "1h");
     let mut first = world.start(&[]);
     let drill = world
-        .wait_for("drill passed", |i| {
-            i.kind == IncidentKind::Drill
-                && matches!(
-                    i.state,
-                    IncidentState::Resolved {
-                        outcome: IncidentOutcome::DrillPassed,
-                        ..
-                    }
-                )
+        .wait_for("drill ended", |i| {
+            i.kind == IncidentKind::Drill && matches!(i.state, IncidentState::Resolved { .. })
         })
         .await;
+    let store = world.store().await;
+    let steps = store.steps(drill.id).await.unwrap();
+    assert!(
+        matches!(
+            drill.state,
+            IncidentState::Resolved {
+                outcome: IncidentOutcome::DrillPassed,
+                ..
+            }
+        ),
+        "{drill:#?}\n{steps:#?}\n{}",
+        world.output()
+    );
     assert_eq!(world.count("rollback-app"), 1, "{}", world.output());
     assert!(
         world.output().contains("drill due (never drilled"),

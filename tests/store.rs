@@ -109,6 +109,7 @@ on_both_backends!(
     a_target_has_one_unresolved_incident,
     a_decision_round_trips_with_its_policy_hash,
     an_incidents_samples_round_trip_once_each,
+    each_channel_delivers_in_order_from_its_head,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -157,6 +158,8 @@ fn page(incident: Option<i64>, key: &str, at: DateTime<Utc>) -> NewNotification 
         body: "error rate 12% > 5%".to_string(),
         dedupe_key: key.to_string(),
         created_at: at,
+        target: TARGET.to_string(),
+        details: serde_json::json!({"rule": "error-rate"}),
     }
 }
 
@@ -877,4 +880,52 @@ async fn an_incidents_samples_round_trip_once_each(db: TestDb) {
     );
     assert_eq!(samples[2].error_rate(), Some(0.12));
     assert_eq!(samples[1].error_rate(), None);
+}
+
+async fn each_channel_delivers_in_order_from_its_head(db: TestDb) {
+    let store = db.open().await;
+    let mut ids = Vec::new();
+    for (key, channel) in [
+        ("a1", "email"),
+        ("b1", "webhook"),
+        ("a2", "email"),
+        ("a3", "email"),
+    ] {
+        let mut n = page(None, key, secs(ids.len() as i64));
+        n.channel = channel.to_string();
+        ids.push(store.enqueue_notification(&n).await.unwrap().id());
+    }
+    let heads = |store: Store| async move {
+        let mut heads: Vec<String> = store
+            .channel_heads()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.dedupe_key)
+            .collect();
+        heads.sort();
+        heads
+    };
+    assert_eq!(heads(store.clone()).await, ["a1", "b1"]);
+    // a1 waits for a retry: a2 does not overtake it.
+    store
+        .mark_notification_failed(ids[0], "421 try later", Some(secs(600)))
+        .await
+        .unwrap();
+    assert_eq!(heads(store.clone()).await, ["a1", "b1"]);
+    store
+        .mark_notification_sent(ids[0], secs(601))
+        .await
+        .unwrap();
+    assert_eq!(heads(store.clone()).await, ["a2", "b1"]);
+    let stored = store.channel_heads().await.unwrap();
+    assert_eq!(stored[0].target, TARGET);
+    assert_eq!(stored[0].details["rule"], "error-rate");
+    store
+        .mark_notification_failed(ids[1], "550 no such user", None)
+        .await
+        .unwrap();
+    let failed = store.failed_notifications(10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].last_error.as_deref(), Some("550 no such user"));
 }

@@ -11,20 +11,18 @@ use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
 use crate::engine::decision::{Cause, Decision};
+use crate::engine::input::Event;
 use crate::engine::policy::{Action, Tier};
 use crate::engine::signals::Sample;
 use crate::engine::{Deployment, Engine, Phase, Resumed, time_text};
 use crate::policy::Compiled;
 use crate::store::{
-    DeploymentSource, IncidentKind, IncidentOutcome, IncidentPhase, IncidentState, NewDeployment,
-    NewIncident, NewNotification, NotificationKind, SamplePoint, Store, StoreError,
+    AnswerKind, DeploymentSource, IncidentKind, IncidentOutcome, IncidentPhase, IncidentState,
+    NewDeployment, NewIncident, SamplePoint, Store, StoreError,
 };
 
 use super::procedure::{self, Context, Ended};
-
-/// The outbox channel notices and pages wait in until channels are configured
-/// (the notification issue delivers them).
-pub const TEAM_CHANNEL: &str = "team";
+use crate::notify::message;
 
 type Say = Arc<dyn Fn(&str) + Send + Sync>;
 
@@ -54,6 +52,12 @@ pub struct Actor {
     /// pause until then, so a store outage cannot slow polling down: each
     /// write would wait for a connection.
     bookkeeping_paused_until: Option<std::time::Instant>,
+    /// Per stored incident, the last answer handed to the engine.
+    applied_answers: HashMap<i64, i64>,
+    /// Per stored incident, when its page went out (until answered or escalated).
+    paged_at: HashMap<i64, DateTime<Utc>>,
+    /// Wakes the delivery worker when a message is stored.
+    delivery: Arc<tokio::sync::Notify>,
     /// A scheduled drill running in its own task.
     drill: Option<JoinHandle<()>>,
     /// When to look at the drill schedule again.
@@ -102,7 +106,16 @@ impl Actor {
             bookkeeping_paused_until: None,
             drill: None,
             next_drill_check: None,
+            delivery: Arc::new(tokio::sync::Notify::new()),
+            applied_answers: HashMap::new(),
+            paged_at: HashMap::new(),
         }
+    }
+
+    /// Wakes `delivery` whenever a message is put in the outbox.
+    pub fn with_delivery(mut self, delivery: Arc<tokio::sync::Notify>) -> Actor {
+        self.delivery = delivery;
+        self
     }
 
     /// The loop ends once this stored incident is resolved or escalated.
@@ -123,12 +136,18 @@ impl Actor {
     /// target is watched but nothing is rolled back (an unfinished incident
     /// might be waiting), and the next poll tries again.
     pub async fn try_resume(&mut self, engine: &mut Engine, now: DateTime<Utc>) {
-        if self.resumed {
+        // Each try may wait for a connection: not at every poll.
+        if self.resumed
+            || self
+                .bookkeeping_paused_until
+                .is_some_and(|until| std::time::Instant::now() < until)
+        {
             return;
         }
         match self.resume(engine, now).await {
             Ok(()) => self.resumed = true,
             Err(error) => {
+                self.pause_bookkeeping();
                 let message = format!(
                     "cannot take up unfinished incidents from {}: {error}; watching, but NOT ACTING until the database answers",
                     self.store.database()
@@ -421,6 +440,128 @@ impl Actor {
         }
     }
 
+    /// Answers recorded since the last look (`rollwatch incidents ack|hold|approve`,
+    /// possibly from another machine), as engine events, oldest first.
+    pub async fn new_answers(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        let stored: Vec<i64> = self.incidents.values().copied().collect();
+        for incident in stored {
+            let answers = match self.store.answers(incident).await {
+                Ok(answers) => answers,
+                Err(error) => {
+                    tracing::warn!(target_name = %self.name, %error, "cannot read the answers");
+                    continue;
+                }
+            };
+            let last = self.applied_answers.get(&incident).copied().unwrap_or(0);
+            for answer in answers.iter().filter(|a| a.id > last) {
+                let by = Some(answer.by.clone());
+                self.say(&format!(
+                    "{} {} incident {incident}: {} by {}",
+                    time_text(Utc::now()),
+                    self.name,
+                    answer.kind.as_str(),
+                    answer.by
+                ));
+                self.paged_at.remove(&incident);
+                events.push(match answer.kind {
+                    AnswerKind::Ack => Event::Ack { by },
+                    AnswerKind::Hold => Event::Hold { by },
+                    AnswerKind::Approve => Event::Approve { by },
+                });
+            }
+            if let Some(newest) = answers.iter().map(|a| a.id).max() {
+                self.applied_answers.insert(incident, newest.max(last));
+            }
+        }
+        events
+    }
+
+    /// A page nobody answered within `escalate_after` goes to the escalation
+    /// contacts, once.
+    pub async fn escalate_unanswered(&mut self, engine: &Engine, now: DateTime<Utc>) {
+        let after = self
+            .target
+            .notify
+            .as_ref()
+            .map_or(crate::notify::config::DEFAULT_ESCALATE_AFTER, |n| {
+                n.escalate_after
+            });
+        let after = chrono::TimeDelta::from_std(after).unwrap_or(chrono::TimeDelta::MAX);
+        let answered = engine
+            .incident()
+            .is_some_and(|i| i.acknowledged || i.held || i.phase != Phase::Open);
+        let due: Vec<(i64, DateTime<Utc>)> = self
+            .paged_at
+            .iter()
+            .filter(|(_, at)| now - **at >= after)
+            .map(|(id, at)| (*id, *at))
+            .collect();
+        for (incident, paged) in due {
+            self.paged_at.remove(&incident);
+            if answered {
+                continue;
+            }
+            let Some(engine_incident) = engine.incident() else {
+                continue;
+            };
+            let decision = Decision {
+                at: now,
+                action: Action::Page,
+                tier: engine_incident.tier,
+                rule: engine_incident.rule.clone(),
+                explanation: format!(
+                    "nobody acknowledged, held or approved the page of {} within {}; escalating to the escalation contacts [{} sha256:{}]",
+                    time_text(paged),
+                    crate::policy::units::format_duration(after),
+                    self.target.policy.path,
+                    self.target.policy.short_hash()
+                ),
+                cause: Cause::WatchFailed,
+                incident: None,
+                guard: None,
+                reading: None,
+                deadline: engine_incident.deadline,
+                component: None,
+                from_version: None,
+                to_version: None,
+                migrations: Vec::new(),
+            };
+            let Some(mut message) = message::for_decision(
+                &self.target.policy,
+                &decision,
+                Some(incident),
+                self.store.database(),
+            ) else {
+                continue;
+            };
+            message.subject = format!(
+                "ESCALATION {} {}: page unanswered for {}",
+                self.target.policy.environment,
+                self.target.policy.service,
+                crate::policy::units::format_duration(after)
+            );
+            message.details.summary = message.subject.clone();
+            message.details.recommendation = "the on-call engineer did not answer: take the incident over (ack), then approve or hold".into();
+            message.body = message::text_body(&message.details, now);
+            self.say(&format!(
+                "{} {} {}",
+                time_text(now),
+                self.name,
+                message.subject
+            ));
+            for row in message.addressed(
+                self.target.notify.as_ref(),
+                &format!("incident:{incident}:unanswered"),
+            ) {
+                if let Err(error) = self.store.enqueue_notification(&row).await {
+                    tracing::error!(target_name = %self.name, %error, "cannot store the escalation");
+                }
+            }
+            self.delivery.notify_one();
+        }
+    }
+
     /// Carries out a drill when the policy schedules them and the last one is
     /// older than `drill_every`; an overdue drill that cannot run now (an
     /// incident is open) is reported and tried again later.
@@ -537,11 +678,10 @@ impl Actor {
         }
         let Some(id) = incident else {
             if decision.action.pages() {
-                self.enqueue(
+                self.tell(
                     None,
-                    NotificationKind::Page,
                     decision,
-                    format!("{}:page:{}", self.name, decision.at.timestamp_micros()),
+                    &format!("{}:page:{}", self.name, decision.at.timestamp_micros()),
                 )
                 .await;
             }
@@ -565,10 +705,7 @@ impl Actor {
                     "incident:{id}:rollback-notice:{}",
                     decision.at.timestamp_micros()
                 );
-                if !self
-                    .enqueue(Some(id), NotificationKind::Notice, decision, key)
-                    .await
-                {
+                if !self.tell(Some(id), decision, &key).await {
                     return refuse(format!(
                         "not rolling back: the notice to the team cannot be stored in {}",
                         self.store.database()
@@ -617,6 +754,8 @@ impl Actor {
                         .set_incident_phase(id, IncidentPhase::Watching, decision.at, until)
                         .await,
                 );
+                self.tell(Some(id), decision, &format!("incident:{id}:rolled-back"))
+                    .await;
             }
             (_, Cause::Stable) => self.ended(id, decision, IncidentOutcome::Stable).await,
             (_, Cause::Recovered) => self.ended(id, decision, IncidentOutcome::Recovered).await,
@@ -627,38 +766,28 @@ impl Actor {
                         .set_incident_phase(id, IncidentPhase::Escalated, decision.at, None)
                         .await,
                 );
-                self.enqueue(
-                    Some(id),
-                    NotificationKind::Escalation,
-                    decision,
-                    format!("incident:{id}:escalation"),
-                )
-                .await;
+                self.tell(Some(id), decision, &format!("incident:{id}:escalation"))
+                    .await;
                 if self.until_done == Some(id) {
                     self.done = Some(IncidentEnd::Escalated);
                 }
             }
             (Action::Page | Action::PageThenRollback, _) => {
+                self.paged_at.entry(id).or_insert(decision.at);
                 if let Some(deadline) = decision.deadline {
                     self.write(
                         "record the deadline",
                         self.store.set_incident_deadline(id, Some(deadline)).await,
                     );
                 }
-                self.enqueue(
-                    Some(id),
-                    NotificationKind::Page,
-                    decision,
-                    format!("incident:{id}:page"),
-                )
-                .await;
+                self.tell(Some(id), decision, &format!("incident:{id}:page"))
+                    .await;
             }
             (Action::Notify, _) => {
-                self.enqueue(
+                self.tell(
                     Some(id),
-                    NotificationKind::Notice,
                     decision,
-                    format!("incident:{id}:notice:{}", decision.at.timestamp_micros()),
+                    &format!("incident:{id}:notice:{}", decision.at.timestamp_micros()),
                 )
                 .await;
             }
@@ -668,13 +797,8 @@ impl Actor {
     }
 
     async fn ended(&mut self, id: i64, decision: &Decision, outcome: IncidentOutcome) {
-        self.enqueue(
-            Some(id),
-            NotificationKind::Resolved,
-            decision,
-            format!("incident:{id}:resolved"),
-        )
-        .await;
+        self.tell(Some(id), decision, &format!("incident:{id}:resolved"))
+            .await;
         self.write(
             "resolve the incident",
             self.store.resolve_incident(id, outcome, decision.at).await,
@@ -767,80 +891,26 @@ impl Actor {
         Ok(id)
     }
 
-    /// Puts a message in the outbox; false when it cannot be stored.
-    async fn enqueue(
-        &self,
-        incident: Option<i64>,
-        kind: NotificationKind,
-        decision: &Decision,
-        dedupe_key: String,
-    ) -> bool {
-        let new = notification(&self.target.policy, incident, kind, decision, dedupe_key);
-        match self.store.enqueue_notification(&new).await {
-            Ok(_) => true,
-            Err(error) => {
-                tracing::error!(target_name = %self.name, %error, "cannot store the notification");
-                false
+    /// Puts the decision's message in the outbox, once per channel its kind
+    /// is routed to; false when it cannot be stored.
+    async fn tell(&self, incident: Option<i64>, decision: &Decision, key: &str) -> bool {
+        let policy = &self.target.policy;
+        let Some(message) =
+            message::for_decision(policy, decision, incident, self.store.database())
+        else {
+            return true;
+        };
+        let mut stored = true;
+        for notification in message.addressed(self.target.notify.as_ref(), key) {
+            if let Err(error) = self.store.enqueue_notification(&notification).await {
+                tracing::error!(target_name = %self.name, channel = %notification.channel, %error, "cannot store the notification");
+                stored = false;
             }
         }
-    }
-}
-
-/// The outbox message for a decision: "Rolling back production web due to
-/// error-rate" before a rollback, the page, the escalation, the resolution.
-pub fn notification(
-    policy: &crate::engine::policy::Policy,
-    incident: Option<i64>,
-    kind: NotificationKind,
-    decision: &Decision,
-    dedupe_key: String,
-) -> NewNotification {
-    let subject = match kind {
-        NotificationKind::Notice if decision.action == Action::Rollback => {
-            rollback_subject(policy, &why(policy, decision))
+        if stored {
+            self.delivery.notify_one();
         }
-        NotificationKind::Page => format!(
-            "[rollwatch] {} {}: {} ({})",
-            policy.environment, policy.service, decision.rule, decision.tier
-        ),
-        NotificationKind::Escalation => format!(
-            "[rollwatch] ESCALATION {} {}: {}",
-            policy.environment, policy.service, decision.rule
-        ),
-        NotificationKind::Resolved => format!(
-            "[rollwatch] resolved {} {}",
-            policy.environment, policy.service
-        ),
-        NotificationKind::Notice => format!(
-            "[rollwatch] {} {}: {}",
-            policy.environment, policy.service, decision.rule
-        ),
-    };
-    NewNotification {
-        incident,
-        kind,
-        channel: TEAM_CHANNEL.to_string(),
-        recipients: Vec::new(),
-        subject,
-        body: decision.explanation.clone(),
-        dedupe_key,
-        created_at: decision.at,
-    }
-}
-
-/// "Rolling back staging web due to error-rate 8.1% (95% lower bound 7.4%) > 5% over 2m of 9600 requests"
-pub fn rollback_subject(policy: &crate::engine::policy::Policy, why: &str) -> String {
-    format!(
-        "Rolling back {} {} due to {why}",
-        policy.environment, policy.service
-    )
-}
-
-/// What fired, with its value against its threshold.
-fn why(policy: &crate::engine::policy::Policy, decision: &Decision) -> String {
-    match (&decision.reading, policy.rule(&decision.rule)) {
-        (Some(reading), Some(rule)) => reading.describe(rule, policy.evaluation.confidence),
-        _ => decision.rule.clone(),
+        stored
     }
 }
 

@@ -215,6 +215,8 @@ fn timeline() -> IncidentTimeline {
         last_error: None,
         created_at: at(10, 0, 0),
         sent_at: Some(at(10, 0, 2)),
+        target: "checkout/production".into(),
+        details: serde_json::json!({}),
     }];
     IncidentTimeline {
         incident: IncidentRecord {

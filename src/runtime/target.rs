@@ -164,6 +164,11 @@ pub async fn run_target(
                 if let Some(actor) = actor.as_mut() {
                     actor.try_resume(&mut engine, clock.now()).await;
                     actor.drill_if_due(&engine, clock.now()).await;
+                    for event in actor.new_answers().await {
+                        let answer = TraceItem::Event { at: clock.now(), event };
+                        drive::feed(&mut engine, answer, rollbacks, &mut collect(&mut pending))?;
+                    }
+                    actor.escalate_unanswered(&engine, clock.now()).await;
                 }
                 let started = Instant::now();
                 let outcome = poller.poll(clock.now()).await;

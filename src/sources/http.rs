@@ -136,7 +136,7 @@ async fn get_unbounded_time(
 }
 
 /// "error sending request: connection refused" rather than the outermost layer only.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

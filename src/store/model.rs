@@ -338,6 +338,10 @@ pub struct NewNotification {
     /// incident pages once however often it is asked to.
     pub dedupe_key: String,
     pub created_at: DateTime<Utc>,
+    /// The target whose policy names the channel.
+    pub target: String,
+    /// Structured fields (`notify::message::Details`).
+    pub details: serde_json::Value,
 }
 
 /// What `enqueue_notification` did.
@@ -374,6 +378,8 @@ pub struct NotificationRecord {
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
+    pub target: String,
+    pub details: serde_json::Value,
 }
 
 /// A human's answer to record.

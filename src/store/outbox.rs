@@ -36,6 +36,11 @@ macro_rules! notification_from_row {
             last_error: get(row, what, "last_error")?,
             created_at: time(row, what, "created_at")?,
             sent_at: optional_time(row, what, "sent_at")?,
+            target: get(row, what, "target")?,
+            details: {
+                let details: Json<serde_json::Value> = get(row, what, "details")?;
+                details.0
+            },
         }
     }};
 }
@@ -50,8 +55,8 @@ impl Store {
         let inserted: Option<i64> = on_backend!(self, pool => {
             sqlx::query_scalar::<_, i64>(
                 "INSERT INTO notifications (incident_id, kind, channel, recipients, subject, body, \
-                 dedupe_key, state, attempts, next_attempt_at, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8) \
+                 dedupe_key, state, attempts, next_attempt_at, created_at, target, details) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8, $9, $10) \
                  ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
             )
             .bind(notification.incident)
@@ -62,6 +67,8 @@ impl Store {
             .bind(notification.body.clone())
             .bind(notification.dedupe_key.clone())
             .bind(StoredTime(notification.created_at))
+            .bind(notification.target.clone())
+            .bind(Json(notification.details.clone()))
             .fetch_optional(pool)
             .await
             .map_err(query_failed("enqueue notification"))?
@@ -96,6 +103,49 @@ impl Store {
             .fetch_all(pool)
             .await
             .map_err(query_failed("list due notifications"))?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                out.push(notification_from_row!(row));
+            }
+            Ok(out)
+        })
+    }
+
+    /// The oldest pending notification of every channel (per target), due or
+    /// not: a channel delivers in order, so a later message never overtakes
+    /// one that waits for a retry.
+    pub async fn channel_heads(&self) -> Result<Vec<NotificationRecord>, StoreError> {
+        on_backend!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT n.* FROM notifications n JOIN ( \
+                   SELECT target, channel, MIN(id) AS id FROM notifications \
+                   WHERE state = 'pending' GROUP BY target, channel \
+                 ) head ON n.id = head.id ORDER BY n.next_attempt_at, n.id",
+            )
+            .fetch_all(pool)
+            .await
+            .map_err(query_failed("list pending notifications"))?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                out.push(notification_from_row!(row));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Notifications that finally failed, newest first (status, metrics).
+    pub async fn failed_notifications(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<NotificationRecord>, StoreError> {
+        on_backend!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT * FROM notifications WHERE state = 'failed' ORDER BY id DESC LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .map_err(query_failed("list failed notifications"))?;
             let mut out = Vec::with_capacity(rows.len());
             for row in &rows {
                 out.push(notification_from_row!(row));

@@ -1,0 +1,240 @@
+//! Sending one stored message on one channel: SMTP (lettre), Alertmanager's
+//! API v2, a JSON webhook. Each attempt is bounded by the channel's timeout;
+//! an error says whether trying again can help.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use serde_json::json;
+
+use super::config::{Channel, ChannelKind, SmtpSecurity};
+use super::message::{Details, html_body};
+use crate::sources::http;
+use crate::store::NotificationRecord;
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SendError {
+    /// Worth another attempt (connection refused, timeout, 5xx, SMTP 4xx).
+    #[error("{0}")]
+    Transient(String),
+    /// Trying again cannot help (a malformed address, SMTP 5xx, HTTP 4xx).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl SendError {
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, SendError::Permanent(_))
+    }
+}
+
+fn details_of(notification: &NotificationRecord) -> Details {
+    serde_json::from_value(notification.details.clone()).unwrap_or_else(|_| Details {
+        summary: notification.subject.clone(),
+        explanation: notification.body.clone(),
+        target: notification.target.clone(),
+        ..Details::default()
+    })
+}
+
+/// One attempt to deliver `notification` on `channel`.
+pub async fn send(channel: &Channel, notification: &NotificationRecord) -> Result<(), SendError> {
+    let attempt = async {
+        match &channel.kind {
+            ChannelKind::Email { .. } => send_email(channel, notification).await,
+            ChannelKind::Alertmanager { url } => {
+                let details = details_of(notification);
+                post_alert(url, channel.timeout, &details, Utc::now()).await
+            }
+            ChannelKind::Webhook { url } => send_webhook(url, channel.timeout, notification).await,
+        }
+    };
+    match tokio::time::timeout(channel.timeout + Duration::from_secs(1), attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(SendError::Transient(format!(
+            "no answer within {}s",
+            channel.timeout.as_secs_f64()
+        ))),
+    }
+}
+
+async fn send_email(channel: &Channel, notification: &NotificationRecord) -> Result<(), SendError> {
+    let ChannelKind::Email {
+        host,
+        port,
+        security,
+        from,
+        to,
+        username_env,
+        password_env,
+    } = &channel.kind
+    else {
+        return Err(SendError::Permanent("not an email channel".into()));
+    };
+    let mailbox = |address: &str| -> Result<Mailbox, SendError> {
+        address
+            .parse::<Mailbox>()
+            .map_err(|e| SendError::Permanent(format!("address \"{address}\" is not valid: {e}")))
+    };
+    let details = details_of(notification);
+    let mut builder = lettre::Message::builder()
+        .from(mailbox(from)?)
+        .subject(format!("[rollwatch] {}", notification.subject));
+    for recipient in to {
+        builder = builder.to(mailbox(recipient)?);
+    }
+    if let Some(incident) = details.incident {
+        // One incident, one thread in the mail client.
+        let thread = format!(
+            "<rollwatch-incident-{incident}.{}@rollwatch>",
+            details.target.replace('/', ".")
+        );
+        builder = builder.in_reply_to(thread.clone()).references(thread);
+    }
+    let email = builder
+        .multipart(
+            MultiPart::alternative()
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_PLAIN)
+                        .body(notification.body.clone()),
+                )
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_HTML)
+                        .body(html_body(&details, &notification.body)),
+                ),
+        )
+        .map_err(|e| SendError::Permanent(format!("cannot build the email: {e}")))?;
+    let transport = match security {
+        SmtpSecurity::Plain => {
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str())
+        }
+        SmtpSecurity::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
+            .map_err(|e| SendError::Permanent(format!("TLS setup for {host}: {e}")))?,
+        SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host)
+            .map_err(|e| SendError::Permanent(format!("TLS setup for {host}: {e}")))?,
+    };
+    let mut transport = transport.port(*port).timeout(Some(channel.timeout));
+    let credential = |name: &Option<String>| -> Result<Option<String>, SendError> {
+        match name {
+            None => Ok(None),
+            Some(name) => std::env::var(name).map(Some).map_err(|_| {
+                SendError::Permanent(format!(
+                    "the environment variable {name} (SMTP credentials) is not set"
+                ))
+            }),
+        }
+    };
+    if let (Some(user), Some(password)) = (credential(username_env)?, credential(password_env)?) {
+        transport = transport.credentials(Credentials::new(user, password));
+    }
+    match transport.build().send(email).await {
+        Ok(_) => Ok(()),
+        Err(error) if error.is_permanent() => Err(SendError::Permanent(format!(
+            "SMTP {host}:{port} refused it: {error}"
+        ))),
+        Err(error) => Err(SendError::Transient(format!("SMTP {host}:{port}: {error}"))),
+    }
+}
+
+/// Classifies an HTTP status: 2xx delivered, 408/429/5xx worth a retry, other 4xx not.
+fn http_outcome(what: &str, status: u16, body: &str) -> Result<(), SendError> {
+    let body = body.chars().take(200).collect::<String>();
+    match status {
+        200..=299 => Ok(()),
+        408 | 429 | 500..=599 => Err(SendError::Transient(format!(
+            "{what} answered {status}: {body}"
+        ))),
+        _ => Err(SendError::Permanent(format!(
+            "{what} answered {status}: {body}"
+        ))),
+    }
+}
+
+async fn post_json(
+    url: &str,
+    timeout: Duration,
+    body: &serde_json::Value,
+) -> Result<(u16, String), SendError> {
+    let client = http::client().map_err(|e| SendError::Permanent(format!("HTTP client: {e}")))?;
+    let response = client
+        .post(url)
+        .timeout(timeout)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| SendError::Transient(format!("POST {url}: {}", http::error_chain(&e))))?;
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    Ok((status, text))
+}
+
+async fn send_webhook(
+    url: &str,
+    timeout: Duration,
+    notification: &NotificationRecord,
+) -> Result<(), SendError> {
+    let details = details_of(notification);
+    let body = json!({
+        "text": format!("*{}*\n{}", notification.subject, notification.body),
+        "kind": notification.kind.as_str(),
+        "subject": notification.subject,
+        "notification": notification.id,
+        "rollwatch": details,
+    });
+    let (status, text) = post_json(url, timeout, &body).await?;
+    http_outcome("the webhook", status, &text)
+}
+
+/// The alert Alertmanager keeps for an incident: the same labels every time,
+/// so a re-post refreshes it and an `endsAt` in the past resolves it.
+pub fn alert(details: &Details, now: DateTime<Utc>) -> serde_json::Value {
+    let incident = details.incident.map(|i| i.to_string()).unwrap_or_default();
+    // Labels identify the alert: they must not change between the page, its
+    // re-posts and its resolution, so nothing here depends on the message kind.
+    let severity = match details.tier.as_str() {
+        "immediate" => "critical",
+        "consider" => "warning",
+        _ => "info",
+    };
+    let mut alert = json!({
+        "labels": {
+            "alertname": "RollwatchIncident",
+            "service": details.service,
+            "environment": details.environment,
+            "rule": details.rule,
+            "tier": details.tier,
+            "incident": incident,
+            "severity": severity,
+        },
+        "annotations": {
+            "summary": details.summary,
+            "recommendation": details.recommendation,
+            "answer": details.commands.join("\n"),
+            "explanation": details.explanation,
+        },
+        "startsAt": now.to_rfc3339(),
+    });
+    if details.resolved {
+        alert["endsAt"] = json!(now.to_rfc3339());
+    }
+    alert
+}
+
+/// `POST {url}/api/v2/alerts` with the incident's alert.
+pub async fn post_alert(
+    url: &str,
+    timeout: Duration,
+    details: &Details,
+    now: DateTime<Utc>,
+) -> Result<(), SendError> {
+    let endpoint = format!("{url}/api/v2/alerts");
+    let (status, text) = post_json(&endpoint, timeout, &json!([alert(details, now)])).await?;
+    http_outcome("Alertmanager", status, &text)
+}

@@ -1,0 +1,764 @@
+//! Delivery through the outbox to real servers: aiosmtpd (SMTP), Alertmanager
+//! 0.25 and a webhook receiver inside the test. The worker runs against a
+//! SQLite store; outages are real (the server stopped, answering 500, not
+//! answering), time between attempts is the worker's simulated clock where
+//! the test says so.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use chrono::{DateTime, TimeDelta, Utc};
+use common::mail::{Alertmanager, SmtpServer};
+use rollwatch::notify::config::{Channel, ChannelKind, NotifyConfig, Routes, SmtpSecurity};
+use rollwatch::notify::deliver::{Routing, Worker};
+use rollwatch::notify::message::Details;
+use rollwatch::store::{
+    IncidentKind, NewIncident, NewNotification, NotificationKind, NotificationState, Store,
+};
+
+const TARGET: &str = "web/production";
+
+async fn store(dir: &tempfile::TempDir) -> Store {
+    Store::open(&format!(
+        "sqlite://{}",
+        dir.path().join("rollwatch.db").display()
+    ))
+    .await
+    .unwrap()
+}
+
+fn config(channels: Vec<Channel>, page: &[&str], escalation: &[&str]) -> NotifyConfig {
+    NotifyConfig {
+        channels,
+        routes: Routes {
+            page: page.iter().map(|s| s.to_string()).collect(),
+            notice: page.iter().map(|s| s.to_string()).collect(),
+            escalation: escalation.iter().map(|s| s.to_string()).collect(),
+        },
+        escalate_after: Duration::from_secs(900),
+    }
+}
+
+fn email(name: &str, port: u16, to: &[&str]) -> Channel {
+    Channel {
+        name: name.into(),
+        kind: ChannelKind::Email {
+            host: "127.0.0.1".into(),
+            port,
+            security: SmtpSecurity::Plain,
+            from: "rollwatch@example.com".into(),
+            to: to.iter().map(|s| s.to_string()).collect(),
+            username_env: None,
+            password_env: None,
+        },
+        timeout: Duration::from_secs(2),
+        deadline: Duration::from_secs(3600),
+    }
+}
+
+fn worker(store: &Store, notify: NotifyConfig) -> Worker {
+    let mut routing = Routing::default();
+    routing.add(TARGET.into(), Some(notify));
+    Worker::new(store.clone(), routing, Arc::new(tokio::sync::Notify::new()))
+}
+
+fn details(incident: i64, summary: &str) -> Details {
+    Details {
+        service: "web".into(),
+        environment: "production".into(),
+        target: TARGET.into(),
+        rule: "error-rate".into(),
+        tier: "consider".into(),
+        action: "page-then-rollback".into(),
+        incident: Some(incident),
+        deadline: None,
+        summary: summary.into(),
+        recommendation: "roll back".into(),
+        commands: vec![format!("rollwatch incidents ack {incident} --by YOUR-NAME")],
+        explanation: "error-rate 8.1% (95% lower bound 7.4%) > 5% over 2m".into(),
+        resolved: false,
+    }
+}
+
+async fn enqueue(
+    store: &Store,
+    channel: &str,
+    key: &str,
+    kind: NotificationKind,
+    details: &Details,
+    at: DateTime<Utc>,
+) -> i64 {
+    store
+        .enqueue_notification(&NewNotification {
+            incident: details.incident,
+            kind,
+            channel: channel.into(),
+            recipients: vec![],
+            subject: details.summary.clone(),
+            body: rollwatch::notify::message::text_body(details, at),
+            dedupe_key: format!("{key}:{channel}"),
+            created_at: at,
+            target: TARGET.into(),
+            details: serde_json::to_value(details).unwrap(),
+        })
+        .await
+        .unwrap()
+        .id()
+}
+
+async fn incident(store: &Store) -> i64 {
+    store
+        .open_incident(&NewIncident {
+            target: TARGET.into(),
+            kind: IncidentKind::Rule,
+            tier: "consider".into(),
+            rule: "error-rate".into(),
+            reason: String::new(),
+            component: None,
+            from_version: Some("v2".into()),
+            to_version: Some("v1".into()),
+            opened_at: Utc::now(),
+            deadline: None,
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_smtp_outage_delays_five_messages_which_then_arrive_once_each_in_order() {
+    let Some(mut smtp) = SmtpServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let id = incident(&store).await;
+    let worker = worker(
+        &store,
+        config(
+            vec![email("oncall", smtp.port, &["oncall@example.com"])],
+            &["oncall"],
+            &[],
+        ),
+    );
+    smtp.stop();
+    let start = Utc::now();
+    for n in 1..=5 {
+        let d = details(id, &format!("message {n} of 5"));
+        enqueue(
+            &store,
+            "oncall",
+            &format!("m{n}"),
+            NotificationKind::Page,
+            &d,
+            start,
+        )
+        .await;
+    }
+    // Two minutes of simulated time with the server down: attempts fail, nothing is lost.
+    let mut now = start;
+    while now < start + TimeDelta::minutes(2) {
+        worker.round(now).await;
+        now += TimeDelta::seconds(10);
+    }
+    let stored = store.notifications(id).await.unwrap();
+    assert!(
+        stored.iter().all(|n| n.state == NotificationState::Pending),
+        "{stored:#?}"
+    );
+    assert!(stored[0].attempts >= 3, "retried: {stored:#?}");
+    assert_eq!(
+        stored[1].attempts, 0,
+        "a later message waits behind the first: {stored:#?}"
+    );
+    assert!(
+        stored[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("SMTP 127.0.0.1"),
+        "{stored:#?}"
+    );
+    smtp.resume();
+    for _ in 0..40 {
+        worker.round(now).await;
+        now += TimeDelta::minutes(5);
+        if smtp.messages().len() >= 5 {
+            break;
+        }
+    }
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 5, "{mails:#?}");
+    for (n, mail) in mails.iter().enumerate() {
+        assert!(
+            mail.contains(&format!("Subject: [rollwatch] message {} of 5", n + 1)),
+            "in order: {mail}"
+        );
+    }
+    let first = &mails[0];
+    assert!(first.contains("From: rollwatch@example.com"), "{first}");
+    assert!(first.contains("To: oncall@example.com"), "{first}");
+    assert!(first.contains("multipart/alternative"), "{first}");
+    assert!(
+        first.contains("text/plain") && first.contains("text/html"),
+        "{first}"
+    );
+    assert!(
+        first.contains(&format!("rollwatch incidents ack {id} --by YOUR-NAME")),
+        "{first}"
+    );
+    assert!(
+        first.contains(&format!(
+            "In-Reply-To: <rollwatch-incident-{id}.web.production@rollwatch>"
+        )),
+        "{first}"
+    );
+    let stored = store.notifications(id).await.unwrap();
+    assert!(
+        stored.iter().all(|n| n.state == NotificationState::Sent),
+        "{stored:#?}"
+    );
+    // Nothing more is sent: once each.
+    worker.round(now + TimeDelta::hours(1)).await;
+    assert_eq!(smtp.messages().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_recipient_is_a_stored_failure_that_escalates_on_another_channel() {
+    let Some(smtp) = SmtpServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let id = incident(&store).await;
+    let notify = config(
+        vec![
+            email("oncall", smtp.port, &["reject-me@example.com"]),
+            email("leads", smtp.port, &["leads@example.com"]),
+        ],
+        &["oncall"],
+        &["leads"],
+    );
+    let worker = worker(&store, notify);
+    let now = Utc::now();
+    let failed = enqueue(
+        &store,
+        "oncall",
+        "page",
+        NotificationKind::Page,
+        &details(id, "PAGE production web"),
+        now,
+    )
+    .await;
+    worker.round(now).await;
+    worker.round(now).await;
+    let stored = store.notifications(id).await.unwrap();
+    let page = stored.iter().find(|n| n.id == failed).unwrap();
+    assert_eq!(page.state, NotificationState::Failed, "{stored:#?}");
+    assert!(
+        page.last_error.as_deref().unwrap().contains("550"),
+        "{page:#?}"
+    );
+    let escalation = stored
+        .iter()
+        .find(|n| n.kind == NotificationKind::Escalation)
+        .expect("an escalation");
+    assert_eq!(escalation.channel, "leads");
+    assert_eq!(escalation.state, NotificationState::Sent, "{stored:#?}");
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    assert!(mails[0].contains("could not deliver"), "{}", mails[0]);
+    assert!(mails[0].contains("To: leads@example.com"), "{}", mails[0]);
+    assert_eq!(store.failed_notifications(10).await.unwrap().len(), 1);
+}
+
+/// A webhook that answers 500, then does not answer, then 200.
+#[derive(Default)]
+struct Hook {
+    calls: AtomicUsize,
+    delivered: Mutex<Vec<serde_json::Value>>,
+}
+
+async fn hook(State(hook): State<Arc<Hook>>, body: String) -> StatusCode {
+    match hook.calls.fetch_add(1, Ordering::SeqCst) {
+        0 => StatusCode::INTERNAL_SERVER_ERROR,
+        1 => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            StatusCode::OK
+        }
+        _ => {
+            hook.delivered
+                .lock()
+                .unwrap()
+                .push(serde_json::from_str(&body).unwrap());
+            StatusCode::OK
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_answering_500_then_timing_out_then_200_gets_the_message_once() {
+    let state = Arc::new(Hook::default());
+    let app = Router::new()
+        .route("/hook", post(hook))
+        .with_state(Arc::clone(&state));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let id = incident(&store).await;
+    let channel = Channel {
+        name: "slack".into(),
+        kind: ChannelKind::Webhook { url },
+        timeout: Duration::from_secs(1),
+        deadline: Duration::from_secs(3600),
+    };
+    let worker = worker(&store, config(vec![channel], &["slack"], &[]));
+    let start = Utc::now();
+    let sent = enqueue(
+        &store,
+        "slack",
+        "page",
+        NotificationKind::Page,
+        &details(id, "PAGE production web"),
+        start,
+    )
+    .await;
+    let mut now = start;
+    for _ in 0..10 {
+        worker.round(now).await;
+        now += TimeDelta::minutes(5);
+    }
+    assert_eq!(
+        state.calls.load(Ordering::SeqCst),
+        3,
+        "500, timeout, 200 and no more"
+    );
+    let delivered = state.delivered.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 1);
+    assert!(
+        delivered[0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("*PAGE production web*"),
+        "{delivered:#?}"
+    );
+    assert_eq!(delivered[0]["rollwatch"]["incident"], id);
+    assert_eq!(delivered[0]["rollwatch"]["rule"], "error-rate");
+    let stored = store.notifications(id).await.unwrap();
+    let n = stored.iter().find(|n| n.id == sent).unwrap();
+    assert_eq!(
+        (n.state, n.attempts),
+        (NotificationState::Sent, 3),
+        "{n:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_shows_the_incidents_alert_open_then_resolved() {
+    let Some(am) = Alertmanager::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let id = incident(&store).await;
+    let channel = Channel {
+        name: "am".into(),
+        kind: ChannelKind::Alertmanager {
+            url: am.url.clone(),
+        },
+        timeout: Duration::from_secs(5),
+        deadline: Duration::from_secs(3600),
+    };
+    let worker = worker(&store, config(vec![channel], &["am"], &[]));
+    let id_text = id.to_string();
+    let page = details(id, "PAGE production web: error-rate");
+    enqueue(
+        &store,
+        "am",
+        "page",
+        NotificationKind::Page,
+        &page,
+        Utc::now(),
+    )
+    .await;
+    worker.round(Utc::now()).await;
+    let client = reqwest::Client::new();
+    let alerts: serde_json::Value = client
+        .get(format!("{}/api/v2/alerts", am.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let alert = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["labels"]["incident"] == id_text.as_str())
+        .unwrap_or_else(|| panic!("the alert is open: {alerts:#}"));
+    assert_eq!(alert["labels"]["service"], "web");
+    assert_eq!(alert["labels"]["environment"], "production");
+    assert_eq!(alert["labels"]["rule"], "error-rate");
+    assert_eq!(alert["labels"]["tier"], "consider");
+    assert_eq!(alert["status"]["state"], "active");
+    assert!(
+        alert["annotations"]["answer"]
+            .as_str()
+            .unwrap()
+            .contains("rollwatch incidents ack")
+    );
+    let mut resolved = details(id, "RESOLVED production web");
+    resolved.resolved = true;
+    enqueue(
+        &store,
+        "am",
+        "resolved",
+        NotificationKind::Resolved,
+        &resolved,
+        Utc::now(),
+    )
+    .await;
+    worker.round(Utc::now()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let alerts: serde_json::Value = client
+        .get(format!("{}/api/v2/alerts", am.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let still_open = alerts.as_array().unwrap().iter().any(|a| {
+        a["labels"]["incident"] == id_text.as_str()
+            && a["endsAt"]
+                .as_str()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .is_none_or(|t| t > Utc::now() + TimeDelta::seconds(1))
+    });
+    assert!(!still_open, "the alert is resolved: {alerts:#}");
+}
+
+/// `rollwatch run` on a stand-in service with a policy that pages by email
+/// and Alertmanager, escalates to another mailbox, and notifies a log.
+struct Watch {
+    dir: tempfile::TempDir,
+    service: common::service::TestService,
+    db: String,
+    child: std::process::Child,
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+impl Watch {
+    async fn start(smtp: &SmtpServer, am: &Alertmanager, consider: &str) -> Watch {
+        let dir = tempfile::tempdir().unwrap();
+        let service = common::service::TestService::start().await;
+        let url = service.url();
+        let policy = dir.path().join("production.toml");
+        let script = dir.path().join("step.sh");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\necho \"$1\" >> \"$(dirname \"$0\")/calls.log\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        std::fs::write(
+            &policy,
+            format!(
+                r#"[target]
+service = "web"
+environment = "production"
+[evaluation]
+interval = "1s"
+resolve_after = "3s"
+[actions]
+consider = "{consider}"
+page_timeout = "6s"
+[source]
+kind = "scrape"
+url = "{url}/metrics"
+timeout = "900ms"
+[source.metrics]
+requests = "http_requests_total"
+errors = 'http_requests_total{{code=~"5.."}}'
+version = "app_build_info"
+[[rule]]
+name = "error-rate"
+tier = "consider"
+signal = "error-rate"
+threshold = "5%"
+min_requests = 50
+for = "3s"
+[procedure]
+[[procedure.step]]
+name = "rollback-app"
+stage = "application"
+command = ["{script}", "rollback-app"]
+[notify]
+page = ["oncall", "alertmanager"]
+notice = ["oncall"]
+escalation = ["leads"]
+escalate_after = "5s"
+[[notify.channel]]
+name = "oncall"
+kind = "email"
+server = "smtp://127.0.0.1:{port}"
+from = "rollwatch@example.com"
+to = ["oncall@example.com"]
+[[notify.channel]]
+name = "leads"
+kind = "email"
+server = "smtp://127.0.0.1:{port}"
+from = "rollwatch@example.com"
+to = ["leads@example.com"]
+[[notify.channel]]
+name = "alertmanager"
+kind = "alertmanager"
+url = "{am}"
+"#,
+                script = script.display(),
+                port = smtp.port,
+                am = am.url
+            ),
+        )
+        .unwrap();
+        let db = format!("sqlite://{}", dir.path().join("rollwatch.db").display());
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rollwatch"))
+            .args(["run", "--listen", "127.0.0.1:0", "--db", &db, "--policy"])
+            .arg(&policy)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .env("RUST_LOG", "rollwatch=info")
+            .spawn()
+            .unwrap();
+        let output: Arc<Mutex<Vec<String>>> = Arc::default();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = Arc::clone(&output);
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    output.lock().unwrap().push(line);
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        service.set(|k| {
+            k.version = "v2.0.0".into();
+            k.error_rate = 0.3;
+        });
+        Watch {
+            dir,
+            service,
+            db,
+            child,
+            output,
+        }
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+
+    async fn wait_for(&self, what: &str, done: impl Fn(&Watch) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !done(self) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {what} within 60 s:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn rollbacks(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn alerts(am: &Alertmanager) -> Vec<serde_json::Value> {
+    reqwest::get(format!("{}/api/v2/alerts", am.url))
+        .await
+        .unwrap()
+        .json::<Vec<serde_json::Value>>()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_reaches_smtp_and_alertmanager_and_an_ack_stops_the_automatic_rollback() {
+    let (Some(smtp), Some(am)) = (SmtpServer::start(), Alertmanager::start()) else {
+        return;
+    };
+    let watch = Watch::start(&smtp, &am, "page-then-rollback").await;
+    watch
+        .wait_for("page by email", |_| {
+            smtp.messages()
+                .iter()
+                .any(|m| m.contains("Subject: [rollwatch] PAGE production web"))
+        })
+        .await;
+    let page = smtp
+        .messages()
+        .into_iter()
+        .find(|m| m.contains("Subject: [rollwatch] PAGE production web"))
+        .unwrap();
+    assert!(
+        page.contains("error-rate 30% (95% lower bound"),
+        "what fired, value vs threshold: {page}"
+    );
+    assert!(page.contains("> 5% over 3s"), "{page}");
+    assert!(
+        page.contains("rolls back automatically at"),
+        "the deadline: {page}"
+    );
+    let ack = page
+        .lines()
+        .find(|l| l.trim_start().starts_with("rollwatch incidents ack"))
+        .unwrap_or_else(|| panic!("the exact command to answer: {page}"))
+        .trim()
+        .to_string();
+    assert!(ack.contains("--db"), "{ack}");
+    let alert = alerts(&am).await;
+    assert!(
+        alert.iter().any(|a| a["labels"]["service"] == "web"
+            && a["labels"]["rule"] == "error-rate"
+            && a["status"]["state"] == "active"),
+        "{alert:#?}"
+    );
+    // The on-call engineer answers with the command from the page.
+    let store = Store::open(&watch.db).await.unwrap();
+    let incident = store.list_incidents(1).await.unwrap()[0].id;
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("rollwatch"))
+        .args([
+            "incidents",
+            "ack",
+            &incident.to_string(),
+            "--by",
+            "alice",
+            "--db",
+            &watch.db,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    watch
+        .wait_for("the ack applied", |w| {
+            w.output().contains("acknowledged by alice")
+        })
+        .await;
+    // Past the 6 s deadline: no automatic rollback, and no escalation of an answered page.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(watch.rollbacks(), 0, "{}", watch.output());
+    assert!(
+        !smtp
+            .messages()
+            .iter()
+            .any(|m| m.contains("To: leads@example.com")),
+        "answered: no escalation"
+    );
+    let answers = store.answers(incident).await.unwrap();
+    assert_eq!(answers[0].by, "alice");
+    // The service recovers: the incident resolves and so does the alert.
+    watch.service.set(|k| k.error_rate = 0.002);
+    watch
+        .wait_for("resolution by email", |_| {
+            smtp.messages()
+                .iter()
+                .any(|m| m.contains("Subject: [rollwatch] RESOLVED production web"))
+        })
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let open = alerts(&am).await.into_iter().any(|a| {
+            a["labels"]["service"] == "web"
+                && a["endsAt"]
+                    .as_str()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .is_none_or(|t| t > Utc::now() + TimeDelta::seconds(1))
+        });
+        if !open {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the alert is resolved in Alertmanager"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_page_escalates_to_the_escalation_contacts_on_time() {
+    let (Some(smtp), Some(am)) = (SmtpServer::start(), Alertmanager::start()) else {
+        return;
+    };
+    let watch = Watch::start(&smtp, &am, "page").await;
+    watch
+        .wait_for("page", |_| {
+            smtp.messages()
+                .iter()
+                .any(|m| m.contains("PAGE production web"))
+        })
+        .await;
+    let paged = Utc::now();
+    watch
+        .wait_for("escalation", |_| {
+            smtp.messages()
+                .iter()
+                .any(|m| m.contains("To: leads@example.com"))
+        })
+        .await;
+    let waited = Utc::now() - paged;
+    assert!(
+        waited >= TimeDelta::seconds(3),
+        "not before escalate_after (5s): {waited}"
+    );
+    let escalation = smtp
+        .messages()
+        .into_iter()
+        .find(|m| m.contains("To: leads@example.com"))
+        .unwrap();
+    assert!(
+        escalation.contains("page unanswered for 5s"),
+        "{escalation}"
+    );
+    // Once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let escalations = smtp
+        .messages()
+        .iter()
+        .filter(|m| m.contains("To: leads@example.com"))
+        .count();
+    assert_eq!(escalations, 1);
+    assert_eq!(watch.rollbacks(), 0, "a page never rolls back");
+}
