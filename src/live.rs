@@ -249,7 +249,8 @@ pub async fn run(
             );
         }
         let worker_task =
-            crate::notify::deliver::Worker::new(store.clone(), routing, Arc::clone(&delivery));
+            crate::notify::deliver::Worker::new(store.clone(), routing, Arc::clone(&delivery))
+                .with_telemetry(Arc::clone(&telemetry));
         worker = Some(tokio::spawn(worker_task.run(shutdown.clone())));
     }
     let mut tasks = tokio::task::JoinSet::new();

@@ -23,6 +23,13 @@ pub struct DecisionLabels {
     pub tier: String,
 }
 
+/// A delivery attempt's channel and result (`sent`, `retry`, `failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub channel: String,
+    pub result: String,
+}
+
 type HistogramFamily = Family<TargetLabels, Histogram, fn() -> Histogram>;
 
 pub struct Telemetry {
@@ -33,6 +40,8 @@ pub struct Telemetry {
     pub missed_ticks: Family<TargetLabels, Counter>,
     pub decisions: Family<DecisionLabels, Counter>,
     pub poll_duration: HistogramFamily,
+    /// Notification delivery attempts by channel and result.
+    pub deliveries: Family<DeliveryLabels, Counter>,
 }
 
 fn poll_duration_histogram() -> Histogram {
@@ -74,6 +83,12 @@ impl Telemetry {
             "How long one poll of a target took",
             poll_duration.clone(),
         );
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "rollwatch_notification_deliveries",
+            "Notification delivery attempts by channel and result (sent, retry, failed: given up and escalated)",
+            deliveries.clone(),
+        );
         Arc::new(Telemetry {
             registry,
             polls,
@@ -82,6 +97,7 @@ impl Telemetry {
             missed_ticks,
             decisions,
             poll_duration,
+            deliveries,
         })
     }
 

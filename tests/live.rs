@@ -290,10 +290,18 @@ async fn dry_run_prints_the_recommendation_counts_in_its_metrics_and_stops_clean
         for line in BufReader::new(stdout).lines() {
             let line = line.unwrap();
             seen.push(line.clone());
-            if line.contains("DRY-RUN WOULD ROLL BACK")
+            // The decision, then the message it would send (the log channel:
+            // the policy has no [notify]).
+            if line
+                .contains("WOULD SEND notice via log: Rolling back staging web due to error-rate")
                 || started.elapsed() > Duration::from_secs(30)
             {
-                return (line, seen);
+                let decision = seen
+                    .iter()
+                    .find(|l| l.contains("DRY-RUN WOULD ROLL BACK"))
+                    .cloned()
+                    .unwrap_or_default();
+                return (decision, seen);
             }
         }
         (String::new(), seen)

@@ -416,6 +416,30 @@ async fn alertmanager_shows_the_incidents_alert_open_then_resolved() {
             .unwrap()
             .contains("rollwatch incidents ack")
     );
+    // While the incident is open the alert is posted again, so Alertmanager
+    // does not time it out: its endsAt moves forward.
+    let ends_at = |alerts: &serde_json::Value| {
+        alerts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["labels"]["incident"] == id_text.as_str())
+            .and_then(|a| a["endsAt"].as_str())
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .unwrap()
+    };
+    let before = ends_at(&alerts);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    worker.refresh_alerts(Utc::now()).await;
+    let refreshed: serde_json::Value = client
+        .get(format!("{}/api/v2/alerts", am.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(ends_at(&refreshed) > before, "{refreshed:#}");
     let mut resolved = details(id, "RESOLVED production web");
     resolved.resolved = true;
     enqueue(

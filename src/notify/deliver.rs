@@ -19,6 +19,7 @@ use super::channels::{self, SendError};
 use super::config::NotifyConfig;
 use super::message::{Details, LOG_CHANNEL, text_body};
 use crate::store::{NewNotification, NotificationKind, NotificationRecord, Store};
+use crate::telemetry::{DeliveryLabels, Telemetry};
 
 /// The longest pause between two attempts on one message.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -57,6 +58,7 @@ pub struct Worker {
     store: Store,
     routing: Routing,
     wake: Arc<Notify>,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Worker {
@@ -65,6 +67,25 @@ impl Worker {
             store,
             routing,
             wake,
+            telemetry: None,
+        }
+    }
+
+    /// Counts every attempt in `rollwatch_notification_deliveries_total`.
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Worker {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
+    fn count(&self, channel: &str, result: &str) {
+        if let Some(telemetry) = &self.telemetry {
+            telemetry
+                .deliveries
+                .get_or_create(&DeliveryLabels {
+                    channel: channel.to_string(),
+                    result: result.to_string(),
+                })
+                .inc();
         }
     }
 
@@ -161,6 +182,10 @@ impl Worker {
                     now + TimeDelta::from_std(backoff(notification.attempts)).unwrap_or_default();
                 let give_up = error.is_permanent() || retry_at > notification.created_at + deadline;
                 let retry = (!give_up).then_some(retry_at);
+                self.count(
+                    &notification.channel,
+                    if give_up { "failed" } else { "retry" },
+                );
                 tracing::warn!(
                     notification = notification.id,
                     channel = %notification.channel,
