@@ -133,6 +133,9 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_DB)]
         db: String,
     },
+    /// A self-contained demonstration: a stand-in service, a bad deployment,
+    /// the decision, the rollback, the watch and the report, in about a minute.
+    Demo,
     /// Stored incidents: list, show one, or write its post-mortem report.
     Incidents {
         #[command(subcommand)]
@@ -285,6 +288,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Drill { policy, db, force } => {
             runtime()?.block_on(manual::drill(&policy, &db, force))
         }
+        Command::Demo => runtime()?.block_on(crate::demo::run()),
         Command::Incidents { command, db } => runtime()?.block_on(incidents::run(command, &db)),
     }
 }

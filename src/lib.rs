@@ -2,6 +2,7 @@
 pub mod act;
 pub mod backtest;
 pub mod cli;
+pub mod demo;
 pub mod drive;
 pub mod engine;
 pub mod explain;

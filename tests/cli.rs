@@ -166,3 +166,42 @@ fn usage_errors_exit_2() {
     let out = rollwatch().args(["nonsense"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The README's main command: the whole story, with nothing installed.
+#[test]
+fn demo_tells_the_whole_story_and_prints_the_report() {
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("rollwatch"))
+        .arg("demo")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(90));
+    let story = [
+        "[demo] checkout v1.4.2 is serving",
+        "service: v1.4.2, 0.2% errors",
+        "[demo] deploying v1.5.0",
+        "service: v1.5.0, 12.0% errors",
+        "ROLL BACK v1.5.0 -> v1.4.2 [consider",
+        "backup step create-backup succeeded",
+        "application step rollback-application succeeded",
+        "verification step smoke-tests succeeded",
+        "watching error rate and latency for 12s",
+        "stable for 12s after the rollback: incident resolved",
+        "# Incident 1: checkout/demo",
+        "## Stabilization watch",
+    ];
+    let mut rest: &str = &stdout;
+    for line in story {
+        let at = rest
+            .find(line)
+            .unwrap_or_else(|| panic!("the story lacks (or misorders) {line:?}:\n{stdout}"));
+        rest = &rest[at..];
+    }
+}
