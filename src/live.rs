@@ -229,9 +229,30 @@ pub async fn run(
     let local = listener
         .local_addr()
         .map_err(|e| Failure::Runtime(e.into()))?;
-    eprintln!("serving /healthz and /metrics on http://{local}");
+    eprintln!("serving /healthz, /metrics and /api/v1 on http://{local}");
     let server_shutdown = shutdown.clone();
-    let app = crate::server::app(Arc::clone(&telemetry));
+    let status = crate::server::status::StatusBoard::default();
+    let mut inputs = std::collections::HashMap::new();
+    let mut inboxes = std::collections::HashMap::new();
+    for target in &targets {
+        let name = format!("{}/{}", target.policy.service, target.policy.environment);
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        inputs.insert(name.clone(), sender);
+        inboxes.insert(name, receiver);
+    }
+    let token = std::env::var("ROLLWATCH_API_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty());
+    if token.is_none() {
+        eprintln!("the API's write endpoints are off: set ROLLWATCH_API_TOKEN to enable them");
+    }
+    let app = crate::server::app(crate::server::Api {
+        telemetry: Arc::clone(&telemetry),
+        status: status.clone(),
+        store: store.clone(),
+        inputs,
+        token,
+    });
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
@@ -272,6 +293,10 @@ pub async fn run(
                 .with_delivery(Arc::clone(&delivery))
         });
         let (policy, notify) = (target.policy.clone(), target.notify.clone());
+        let wiring = target::Wiring {
+            status: Some(status.clone()),
+            events: inboxes.remove(&name),
+        };
         let recorder = recorder.clone();
         let shutdown = shutdown.clone();
         let telemetry = Arc::clone(&telemetry);
@@ -282,7 +307,7 @@ pub async fn run(
                     if dry_run {
                         print_messages(&policy, notify.as_ref(), decision);
                     }
-                }, actor).await;
+                }, actor, wiring).await;
             if let Err(error) = &result {
                 tracing::error!(target_name = %name, error = %format!("{error:#}"), "target stopped");
             }

@@ -294,6 +294,7 @@ async fn watch_until_done(
         shutdown,
         |decision| print_decision(&name, decision, false),
         Some(actor),
+        target::Wiring::default(),
     )
     .await
     .map_err(Failure::Runtime)

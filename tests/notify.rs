@@ -390,7 +390,7 @@ async fn alertmanager_shows_the_incidents_alert_open_then_resolved() {
     )
     .await;
     worker.round(Utc::now()).await;
-    let client = reqwest::Client::new();
+    let client = rollwatch::sources::http::client().unwrap();
     let alerts: serde_json::Value = client
         .get(format!("{}/api/v2/alerts", am.url))
         .send()
@@ -626,7 +626,10 @@ impl Drop for Watch {
 }
 
 async fn alerts(am: &Alertmanager) -> Vec<serde_json::Value> {
-    reqwest::get(format!("{}/api/v2/alerts", am.url))
+    rollwatch::sources::http::client()
+        .unwrap()
+        .get(format!("{}/api/v2/alerts", am.url))
+        .send()
         .await
         .unwrap()
         .json::<Vec<serde_json::Value>>()
@@ -785,4 +788,56 @@ async fn an_unanswered_page_escalates_to_the_escalation_contacts_on_time() {
         .count();
     assert_eq!(escalations, 1);
     assert_eq!(watch.rollbacks(), 0, "a page never rolls back");
+    // Delivery shows in the sidecar's metrics.
+    let address = watch
+        .output()
+        .lines()
+        .find_map(|l| {
+            l.split_once(" on http://")
+                .map(|(_, a)| format!("http://{a}"))
+        })
+        .expect("the sidecar says where it listens");
+    let metrics = rollwatch::sources::http::client()
+        .unwrap()
+        .get(format!("{address}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "rollwatch_notification_deliveries_total{channel=\"leads\",result=\"sent\"} 1"
+        ),
+        "{metrics}"
+    );
+    // A human approves the rollback the page recommended: it runs, once.
+    let store = Store::open(&watch.db).await.unwrap();
+    let incident = store.list_incidents(1).await.unwrap()[0].id;
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("rollwatch"))
+        .args([
+            "incidents",
+            "approve",
+            &incident.to_string(),
+            "--by",
+            "bob",
+            "--db",
+            &watch.db,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    watch
+        .wait_for("the approved rollback", |w| w.rollbacks() == 1)
+        .await;
+    assert!(
+        watch.output().contains("rollback approved by bob"),
+        "{}",
+        watch.output()
+    );
 }

@@ -123,6 +123,14 @@ impl Actor {
         self.until_done = Some(incident);
     }
 
+    /// The stored id of the engine's open incident, if it has one.
+    pub fn stored_incident_of(&self, engine: &Engine) -> Option<i64> {
+        engine
+            .incident()
+            .and_then(|i| self.incidents.get(&i.id))
+            .copied()
+    }
+
     /// The awaited incident's end, once it has ended.
     pub fn done(&self) -> Option<IncidentEnd> {
         self.done

@@ -165,6 +165,7 @@ pub async fn run() -> Result<(), Failure> {
             loop_shutdown,
             |decision| print_decision(&name, decision, false),
             Some(actor),
+            target::Wiring::default(),
         )
         .await
     });

@@ -168,6 +168,7 @@ impl Worker {
                     "delivered: {}",
                     notification.subject
                 );
+                self.count(&notification.channel, "sent");
                 if let Err(error) = self
                     .store
                     .mark_notification_sent(notification.id, now)

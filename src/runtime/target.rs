@@ -23,6 +23,7 @@ use crate::trace::TraceItem;
 use super::poll::{PollOutcome, Poller};
 use super::record::Recorder;
 use crate::act::actor::{Actor, Followup, IncidentEnd};
+use crate::server::status::{SourceHealth, StatusBoard, TargetStatus};
 
 /// Wall-clock time that never jumps: read once, then advanced by the monotonic
 /// clock. An NTP step can neither fire a page-then-rollback deadline early nor
@@ -82,7 +83,13 @@ pub async fn run_target(
     shutdown: CancellationToken,
     mut on_decision: impl FnMut(&Decision),
     mut actor: Option<Actor>,
+    wiring: Wiring,
 ) -> anyhow::Result<Option<IncidentEnd>> {
+    let Wiring { status, mut events } = wiring;
+    let mut source = SourceHealth::default();
+    let mut last_decision: Option<Decision> = None;
+    let (policy_path, sha256) = (target.policy.path.clone(), target.policy.sha256.clone());
+    let mode = if actor.is_some() { "acting" } else { "dry-run" };
     let policy = Arc::new(target.policy.clone());
     let name = format!("{}/{}", policy.service, policy.environment);
     let labels = Telemetry::target(&name);
@@ -103,9 +110,11 @@ pub async fn run_target(
     let mut hand_out = async |engine: &mut Engine,
                               decisions: &mut Vec<Decision>,
                               actor: &mut Option<Actor>|
-           -> Result<(), DriveError> {
+           -> Result<Option<Decision>, DriveError> {
+        let mut last = None;
         while !decisions.is_empty() {
             for decision in std::mem::take(decisions) {
+                last = Some(decision.clone());
                 let decision_labels = DecisionLabels {
                     target: name.clone(),
                     action: decision.action.name().to_string(),
@@ -129,7 +138,7 @@ pub async fn run_target(
         if let Some(actor) = actor.as_mut() {
             actor.observed(engine).await;
         }
-        Ok(())
+        Ok(last)
     };
     if let Some(actor) = actor.as_mut() {
         actor.try_resume(&mut engine, clock.now()).await;
@@ -150,8 +159,22 @@ pub async fn run_target(
                 None => std::future::pending().await,
             }
         };
+        let inbox = async {
+            match events.as_mut() {
+                Some(events) => events.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),
+            Some(event) = inbox => {
+                tracing::info!(target_name = %name, event = event.name(), "event from the API");
+                let item = TraceItem::Event { at: clock.now(), event };
+                if let Some(recorder) = &recorder {
+                    recorder.record(&item);
+                }
+                drive::feed(&mut engine, item, rollbacks, &mut collect(&mut pending))?;
+            }
             (engine_incident, ended) = procedure => {
                 let now = clock.now();
                 engine.handle_rollback_finished(now, engine_incident, ended.result)?;
@@ -178,6 +201,12 @@ pub async fn run_target(
                     telemetry.source_errors.get_or_create(&labels).inc();
                 }
                 telemetry.unreadable_lines.get_or_create(&labels).inc_by(outcome.unreadable_lines as u64);
+                source = SourceHealth {
+                    last_poll_at: Some(outcome.item.at()),
+                    ok: matches!(&outcome.item, TraceItem::Observation(o) if !o.is_empty()),
+                    problems: outcome.problems.clone(),
+                    polls: source.polls + 1,
+                };
                 feed(&mut engine, outcome, recorder.as_ref(), rollbacks, &mut collect(&mut pending))?;
                 next_poll += interval + jitter(interval, 0.05);
                 let now = Instant::now();
@@ -191,8 +220,34 @@ pub async fn run_target(
                 }
             }
         }
-        hand_out(&mut engine, &mut pending, &mut actor).await?;
+        if let Some(decision) = hand_out(&mut engine, &mut pending, &mut actor).await? {
+            last_decision = Some(decision);
+        }
+        if let Some(board) = &status {
+            board.publish(TargetStatus {
+                target: name.clone(),
+                policy: policy_path.clone(),
+                sha256: sha256.clone(),
+                mode,
+                rules: engine.rule_status(),
+                deployment: engine.deployment().cloned(),
+                incident: engine.incident().cloned(),
+                incident_id: actor.as_ref().and_then(|a| a.stored_incident_of(&engine)),
+                last_decision: last_decision.clone(),
+                source: source.clone(),
+                reload_error: None,
+            });
+        }
     }
+}
+
+/// What connects a target loop to the sidecar around it.
+#[derive(Default)]
+pub struct Wiring {
+    /// Where the loop publishes its status after every step.
+    pub status: Option<StatusBoard>,
+    /// Events from the API (deployments, declarations, suppressions).
+    pub events: Option<tokio::sync::mpsc::Receiver<Event>>,
 }
 
 /// A decision sink that keeps them for the actor (which is async).

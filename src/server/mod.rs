@@ -1,33 +1,416 @@
-//! The sidecar's HTTP side: liveness and its own metrics. Built by `app()` so
-//! tests can call it without a socket.
+//! The sidecar's HTTP side (SPEC 8): liveness, its own metrics, the status of
+//! every target, the stored incidents, and the write endpoints (deployments,
+//! answers, suppressions, declarations) behind a bearer token. Built by
+//! `app()` so tests can call it without a socket.
 
+pub mod status;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use tokio::sync::mpsc;
 
+use crate::engine::input::Event;
+use crate::engine::policy::Tier;
+use crate::store::{AnswerKind, NewAnswer, Store, StoreError};
 use crate::telemetry::Telemetry;
+use status::StatusBoard;
 
-pub fn app(telemetry: Arc<Telemetry>) -> Router {
+/// Bodies of write requests are small JSON objects.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct Api {
+    pub telemetry: Arc<Telemetry>,
+    pub status: StatusBoard,
+    /// `None` in a dry run: nothing is stored.
+    pub store: Option<Store>,
+    /// Each target loop's inbox for events (deployments, declarations, suppressions).
+    pub inputs: HashMap<String, mpsc::Sender<Event>>,
+    /// From `ROLLWATCH_API_TOKEN`; without one the write endpoints are off.
+    pub token: Option<String>,
+}
+
+pub fn app(api: Api) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .with_state(telemetry)
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/incidents", get(incidents))
+        .route("/api/v1/incidents/{id}", get(incident))
+        .route("/api/v1/incidents/{id}/{answer}", post(answer))
+        .route("/api/v1/deployments", post(deployment))
+        .route("/api/v1/suppressions", post(suppression))
+        .route("/api/v1/declare", post(declare))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(Arc::new(api))
 }
+
+type Shared = State<Arc<Api>>;
 
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn metrics(State(telemetry): State<Arc<Telemetry>>) -> impl IntoResponse {
+async fn metrics(State(api): Shared) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        telemetry.encode(),
+        api.telemetry.encode(),
     )
+}
+
+/// A refused request: its status and what was wrong, sent as `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        message: message.into(),
+    }
+}
+
+type Reply = Result<Response, ApiError>;
+
+fn json_text(text: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+}
+
+async fn status(State(api): Shared) -> Reply {
+    let text = api
+        .status
+        .to_json()
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(json_text(text))
+}
+
+fn store(api: &Api) -> Result<&Store, ApiError> {
+    api.store.as_ref().ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            "a dry run stores no incidents (run without --dry-run)",
+        )
+    })
+}
+
+fn store_error(failure: StoreError) -> ApiError {
+    match failure {
+        StoreError::NoSuchIncident(id) => error_404(id),
+        StoreError::IncidentResolved(id) => error(
+            StatusCode::CONFLICT,
+            format!("incident {id} is resolved: nothing to answer"),
+        ),
+        other => {
+            tracing::error!(error = %other, "API: the store failed");
+            error(StatusCode::SERVICE_UNAVAILABLE, other.to_string())
+        }
+    }
+}
+
+fn error_404(id: i64) -> ApiError {
+    error(StatusCode::NOT_FOUND, format!("no incident {id}"))
+}
+
+async fn incidents(State(api): Shared) -> Reply {
+    let list = store(&api)?
+        .list_incidents(200)
+        .await
+        .map_err(store_error)?;
+    Ok(axum::Json(serde_json::json!({ "incidents": list })).into_response())
+}
+
+fn parse_id(text: &str) -> Result<i64, ApiError> {
+    text.parse::<i64>().map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("\"{text}\" is not an incident id (a number)"),
+        )
+    })
+}
+
+async fn incident(State(api): Shared, Path(id): Path<String>) -> Reply {
+    let id = parse_id(&id)?;
+    match store(&api)?.incident(id).await.map_err(store_error)? {
+        Some(timeline) => Ok(axum::Json(timeline).into_response()),
+        None => Err(error_404(id)),
+    }
+}
+
+/// Writes need `Authorization: Bearer TOKEN`. Without a configured token the
+/// write endpoints are off (403); a missing or wrong one is 401, logged
+/// without the token.
+fn authorize(api: &Api, headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
+    let Some(expected) = &api.token else {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "write endpoints are off: set ROLLWATCH_API_TOKEN to enable them",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let matches = given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes()));
+    if !matches {
+        tracing::warn!(
+            endpoint = what,
+            presented = given.is_some(),
+            "API: refused a write with a missing or wrong bearer token"
+        );
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer ...)",
+        ));
+    }
+    Ok(())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The body as `T`, or a 400 that says what is wrong with it.
+fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnswerBody {
+    by: String,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+async fn answer(
+    State(api): Shared,
+    Path((id, verb)): Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Reply {
+    authorize(&api, &headers, "answer")?;
+    let kind = match verb.as_str() {
+        "ack" => AnswerKind::Ack,
+        "hold" => AnswerKind::Hold,
+        "approve" => AnswerKind::Approve,
+        other => {
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                format!("unknown answer \"{other}\", expected ack, hold or approve"),
+            ));
+        }
+    };
+    let id = parse_id(&id)?;
+    let store = store(&api)?;
+    let answer: AnswerBody = body(&bytes)?;
+    if answer.by.trim().is_empty() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "\"by\" must name who answers",
+        ));
+    }
+    match store.incident(id).await.map_err(store_error)? {
+        Some(timeline) if timeline.incident.state.is_resolved() => {
+            return Err(error(
+                StatusCode::CONFLICT,
+                format!("incident {id} is resolved: nothing to answer"),
+            ));
+        }
+        Some(_) => {}
+        None => return Err(error_404(id)),
+    }
+    let answer_id = store
+        .record_answer(&NewAnswer {
+            incident: id,
+            kind,
+            by: answer.by.clone(),
+            at: Utc::now(),
+            note: answer.note,
+        })
+        .await
+        .map_err(store_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({
+            "incident": id,
+            "answer": answer_id,
+            "kind": kind.as_str(),
+            "by": answer.by,
+            "applied": "at the watching target's next poll",
+        })),
+    )
+        .into_response())
+}
+
+/// The target an event is for: named, or the only one.
+fn inbox<'a>(
+    api: &'a Api,
+    target: Option<&str>,
+) -> Result<(&'a str, &'a mpsc::Sender<Event>), ApiError> {
+    match target {
+        Some(name) => api
+            .inputs
+            .get_key_value(name)
+            .map(|(k, v)| (k.as_str(), v))
+            .ok_or_else(|| {
+                let mut known: Vec<&str> = api.inputs.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                error(
+                    StatusCode::NOT_FOUND,
+                    format!("no target \"{name}\", expected one of {}", known.join(", ")),
+                )
+            }),
+        None if api.inputs.len() == 1 => Ok(api
+            .inputs
+            .iter()
+            .next()
+            .map(|(k, v)| (k.as_str(), v))
+            .expect("one target")),
+        None => Err(error(
+            StatusCode::BAD_REQUEST,
+            "\"target\" is required (service/environment) when rollwatch watches several",
+        )),
+    }
+}
+
+async fn send(api: &Api, target: Option<&str>, event: Event) -> Reply {
+    let (name, inbox) = inbox(api, target)?;
+    let what = event.name();
+    inbox.try_send(event).map_err(|_| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("target {name} is not taking events right now; try again"),
+        )
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ "target": name, "event": what, "applied": "now" })),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeploymentBody {
+    #[serde(default)]
+    target: Option<String>,
+    version: String,
+    #[serde(default)]
+    previous: Option<String>,
+    #[serde(default)]
+    migrations: Vec<String>,
+}
+
+async fn deployment(State(api): Shared, headers: HeaderMap, bytes: Bytes) -> Reply {
+    authorize(&api, &headers, "deployments")?;
+    let deployment: DeploymentBody = body(&bytes)?;
+    if deployment.version.trim().is_empty() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "\"version\" must not be empty",
+        ));
+    }
+    let event = Event::Deploy {
+        version: Some(deployment.version),
+        previous: deployment.previous,
+        migrations: deployment.migrations,
+    };
+    send(&api, deployment.target.as_deref(), event).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuppressionBody {
+    #[serde(default)]
+    target: Option<String>,
+    rule: String,
+    until: DateTime<Utc>,
+    reason: String,
+}
+
+async fn suppression(State(api): Shared, headers: HeaderMap, bytes: Bytes) -> Reply {
+    authorize(&api, &headers, "suppressions")?;
+    let s: SuppressionBody = body(&bytes)?;
+    if s.until <= Utc::now() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "\"until\" must be in the future",
+        ));
+    }
+    if s.reason.trim().is_empty() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "\"reason\" must say why (the known issue)",
+        ));
+    }
+    let event = Event::Suppress {
+        rule: s.rule,
+        until: s.until,
+        reason: s.reason,
+    };
+    send(&api, s.target.as_deref(), event).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeclareBody {
+    #[serde(default)]
+    target: Option<String>,
+    tier: String,
+    reason: String,
+    #[serde(default)]
+    component: Option<String>,
+}
+
+async fn declare(State(api): Shared, headers: HeaderMap, bytes: Bytes) -> Reply {
+    authorize(&api, &headers, "declare")?;
+    let d: DeclareBody = body(&bytes)?;
+    let Some(tier) = Tier::ALL
+        .iter()
+        .find(|(n, _)| *n == d.tier)
+        .map(|(_, t)| *t)
+    else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unknown tier \"{}\", expected immediate or consider",
+                d.tier
+            ),
+        ));
+    };
+    if d.reason.trim().is_empty() {
+        return Err(error(StatusCode::BAD_REQUEST, "\"reason\" must say why"));
+    }
+    let event = Event::Declare {
+        tier,
+        reason: d.reason,
+        component: d.component,
+    };
+    send(&api, d.target.as_deref(), event).await
 }

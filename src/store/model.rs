@@ -215,6 +215,12 @@ pub enum IncidentState {
     },
 }
 
+impl IncidentState {
+    pub fn is_resolved(&self) -> bool {
+        matches!(self, IncidentState::Resolved { .. })
+    }
+}
+
 /// A stored incident (without its timeline).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct IncidentRecord {

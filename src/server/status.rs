@@ -1,0 +1,69 @@
+//! What each target loop publishes for `GET /api/v1/status`: a snapshot
+//! replaced after every poll, decision and answer, so a status request never
+//! waits for a target (nor a target for a status request beyond one write).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::engine::decision::Decision;
+use crate::engine::{Deployment, Incident, RuleStatus};
+
+/// The source's health as the last poll saw it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SourceHealth {
+    pub last_poll_at: Option<DateTime<Utc>>,
+    /// The last poll returned something to judge.
+    pub ok: bool,
+    pub problems: Vec<String>,
+    pub polls: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetStatus {
+    pub target: String,
+    pub policy: String,
+    pub sha256: String,
+    /// `acting` or `dry-run`.
+    pub mode: &'static str,
+    /// Every rule with its current reading against its threshold.
+    pub rules: Vec<RuleStatus>,
+    pub deployment: Option<Deployment>,
+    pub incident: Option<Incident>,
+    /// The stored incident's id, for the answer endpoints.
+    pub incident_id: Option<i64>,
+    pub last_decision: Option<Decision>,
+    pub source: SourceHealth,
+    /// The last rejected policy edit, if the policy in force is an older one.
+    pub reload_error: Option<String>,
+}
+
+/// Every target's latest snapshot, by target name.
+#[derive(Clone, Default)]
+pub struct StatusBoard(Arc<RwLock<BTreeMap<String, TargetStatus>>>);
+
+impl StatusBoard {
+    pub fn publish(&self, status: TargetStatus) {
+        let mut board = self.0.write().unwrap_or_else(|e| e.into_inner());
+        board.insert(status.target.clone(), status);
+    }
+
+    pub fn snapshot(&self) -> Vec<TargetStatus> {
+        let board = self.0.read().unwrap_or_else(|e| e.into_inner());
+        board.values().cloned().collect()
+    }
+
+    /// JSON of every target, serialized under the read lock (no clone).
+    pub fn to_json(&self) -> serde_json::Result<String> {
+        let board = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let targets: Vec<&TargetStatus> = board.values().collect();
+        serde_json::to_string(&serde_json::json!({ "targets": targets }))
+    }
+
+    pub fn targets(&self) -> Vec<String> {
+        let board = self.0.read().unwrap_or_else(|e| e.into_inner());
+        board.keys().cloned().collect()
+    }
+}

@@ -1,0 +1,331 @@
+//! The sidecar's HTTP API over real HTTP: `rollwatch run` on a stand-in
+//! service, with and without `ROLLWATCH_API_TOKEN`.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::cargo_bin;
+use common::service::TestService;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "s3cret-token-for-tests";
+
+struct Sidecar {
+    child: Child,
+    output: Arc<Mutex<Vec<String>>>,
+    base: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Sidecar {
+    /// No `version` metric: the API's deployment is the only one rollwatch knows.
+    fn start(url: &str, token: Option<&str>) -> Sidecar {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("step.sh");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\necho \"$1\" >> \"$(dirname \"$0\")/calls.log\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let policy = dir.path().join("staging.toml");
+        std::fs::write(
+            &policy,
+            format!(
+                r#"[target]
+service = "web"
+environment = "staging"
+[evaluation]
+interval = "1s"
+[actions]
+consider = "rollback"
+[stabilization]
+duration = "3s"
+[source]
+kind = "scrape"
+url = "{url}/metrics"
+timeout = "900ms"
+[source.metrics]
+requests = "http_requests_total"
+errors = 'http_requests_total{{code=~"5.."}}'
+[[rule]]
+name = "error-rate"
+tier = "consider"
+signal = "error-rate"
+threshold = "5%"
+min_requests = 50
+for = "3s"
+[procedure]
+[[procedure.step]]
+name = "rollback-app"
+stage = "application"
+command = ["{script}", "rollback-app"]
+"#,
+                script = script.display()
+            ),
+        )
+        .unwrap();
+        let db = format!("sqlite://{}", dir.path().join("rollwatch.db").display());
+        let mut command = Command::new(cargo_bin("rollwatch"));
+        command
+            .args(["run", "--listen", "127.0.0.1:0", "--db", &db, "--policy"])
+            .arg(&policy)
+            .env("RUST_LOG", "rollwatch=info")
+            .env_remove("ROLLWATCH_API_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(token) = token {
+            command.env("ROLLWATCH_API_TOKEN", token);
+        }
+        let mut child = command.spawn().unwrap();
+        let output: Arc<Mutex<Vec<String>>> = Arc::default();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = Arc::clone(&output);
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    output.lock().unwrap().push(line);
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let base = loop {
+            let found = output.lock().unwrap().iter().find_map(|l| {
+                l.split_once(" on http://")
+                    .map(|(_, a)| format!("http://{a}"))
+            });
+            if let Some(base) = found {
+                break base;
+            }
+            assert!(Instant::now() < deadline, "{:#?}", output.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Sidecar {
+            child,
+            output,
+            base,
+            dir,
+        }
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let response = rollwatch::sources::http::client()
+            .unwrap()
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: String) -> (u16, Value) {
+        let mut request = rollwatch::sources::http::client()
+            .unwrap()
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_refuses_what_it_must_and_a_deployment_it_accepts_starts_the_window() {
+    let service = TestService::start().await;
+    let sidecar = Sidecar::start(&service.url(), Some(TOKEN));
+    // Status: every target with its rules, its policy and hash, its source.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let (code, status) = sidecar.get("/api/v1/status").await;
+        assert_eq!(code, 200);
+        // The first scrape only primes the counters: data from the second on.
+        if status["targets"][0]["source"]["ok"] == true {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{status:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let target = &status["targets"][0];
+    assert_eq!(target["target"], "web/staging");
+    assert_eq!(target["mode"], "acting");
+    assert_eq!(target["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(target["rules"][0]["rule"], "error-rate");
+    assert!(target["source"]["polls"].as_u64().unwrap() >= 2);
+    assert!(target["deployment"].is_null());
+
+    let deploy =
+        json!({"version": "v2.0.0", "previous": "v1.0.0", "migrations": ["0042_add_index"]})
+            .to_string();
+    // No token, a wrong token: 401, and the token presented is never logged.
+    assert_eq!(
+        sidecar
+            .post("/api/v1/deployments", None, deploy.clone())
+            .await
+            .0,
+        401
+    );
+    let (code, body) = sidecar
+        .post(
+            "/api/v1/deployments",
+            Some("wrong-token-xyz"),
+            deploy.clone(),
+        )
+        .await;
+    assert_eq!(code, 401, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("bearer token"));
+    assert!(
+        !sidecar.output().contains("wrong-token-xyz"),
+        "{}",
+        sidecar.output()
+    );
+    // Bad bodies: 400 saying what is wrong; an oversized one: 413.
+    let (code, body) = sidecar
+        .post("/api/v1/deployments", Some(TOKEN), "{not json".into())
+        .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid JSON body"),
+        "{body}"
+    );
+    let (code, body) = sidecar
+        .post(
+            "/api/v1/deployments",
+            Some(TOKEN),
+            json!({"version": "v2", "verison": 1}).to_string(),
+        )
+        .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `verison`"),
+        "{body}"
+    );
+    let huge = json!({"version": "x".repeat(200_000)}).to_string();
+    assert_eq!(
+        sidecar
+            .post("/api/v1/deployments", Some(TOKEN), huge)
+            .await
+            .0,
+        413
+    );
+    let (code, body) = sidecar
+        .post(
+            "/api/v1/declare",
+            Some(TOKEN),
+            json!({"tier": "urgent", "reason": "x"}).to_string(),
+        )
+        .await;
+    assert_eq!(code, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown tier \"urgent\""),
+        "{body}"
+    );
+    // Unknown incidents.
+    let (code, body) = sidecar.get("/api/v1/incidents/999").await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (404, Some("no incident 999"))
+    );
+    assert_eq!(sidecar.get("/api/v1/incidents/abc").await.0, 400);
+    let (code, _) = sidecar
+        .post(
+            "/api/v1/incidents/999/ack",
+            Some(TOKEN),
+            json!({"by": "alice"}).to_string(),
+        )
+        .await;
+    assert_eq!(code, 404);
+
+    // The deployment, announced: the recent-deploy window starts.
+    let (code, body) = sidecar
+        .post("/api/v1/deployments", Some(TOKEN), deploy)
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = sidecar.get("/api/v1/status").await;
+        if status["targets"][0]["deployment"]["version"] == "v2.0.0" {
+            assert_eq!(
+                status["targets"][0]["deployment"]["migrations"][0],
+                "0042_add_index"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // So errors now roll back (without the announcement they would only page:
+    // no recent deployment).
+    service.set(|k| k.error_rate = 0.3);
+    let calls = sidecar.dir.path().join("calls.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !calls.exists() {
+        assert!(Instant::now() < deadline, "{}", sidecar.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, list) = sidecar.get("/api/v1/incidents").await;
+    assert_eq!(code, 200);
+    let id = list["incidents"][0]["id"].as_i64().unwrap();
+    let (code, timeline) = sidecar.get(&format!("/api/v1/incidents/{id}")).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        timeline["decisions"][0]["action"], "rollback",
+        "{timeline:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_the_write_endpoints_are_off() {
+    let service = TestService::start().await;
+    let sidecar = Sidecar::start(&service.url(), None);
+    let (code, body) = sidecar
+        .post(
+            "/api/v1/deployments",
+            Some("anything"),
+            json!({"version": "v2"}).to_string(),
+        )
+        .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("set ROLLWATCH_API_TOKEN"),
+        "{body}"
+    );
+    assert_eq!(sidecar.get("/api/v1/status").await.0, 200, "reads stay on");
+}
