@@ -838,3 +838,28 @@ async fn an_overdue_drill_waits_for_an_open_incident_and_is_reported() {
         "no drill while an incident is open"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_running_step_finish_records_it_and_exits_0() {
+    let world = World::new(None, "").await;
+    let _heal = world.rollback_heals();
+    world.hold("rollback-app");
+    let mut rollwatch = world.start(&[]);
+    world.bad_deploy().await;
+    world.wait_for_step("rollback-app").await;
+    let pid = rollwatch.0.as_ref().unwrap().id() as i32;
+    // SAFETY: a signal to the child this test started.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    world.release("rollback-app");
+    let status = rollwatch.wait_dead();
+    assert_eq!(status.code(), Some(0), "{}", world.output());
+    let store = world.store().await;
+    let incident = store.list_incidents(1).await.unwrap().remove(0);
+    let steps = store.steps(incident.id).await.unwrap();
+    let step = steps.iter().find(|s| s.name == "rollback-app").unwrap();
+    assert_eq!(step.outcome, StepOutcome::Succeeded, "{steps:#?}");
+    assert_eq!(world.count("rollback-app"), 1);
+}

@@ -145,6 +145,7 @@ pub async fn run_target(
     }
     // Spread many targets over the interval rather than polling them all at once.
     let mut next_poll = Instant::now() + jitter(interval, 0.5);
+    let mut stopping = false;
     loop {
         if let Some(end) = actor.as_ref().and_then(Actor::done) {
             return Ok(Some(end));
@@ -166,7 +167,7 @@ pub async fn run_target(
             }
         };
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
+            _ = shutdown.cancelled() => stopping = true,
             Some(event) = inbox => {
                 tracing::info!(target_name = %name, event = event.name(), "event from the API");
                 let item = TraceItem::Event { at: clock.now(), event };
@@ -220,6 +221,26 @@ pub async fn run_target(
                 }
             }
         }
+        if stopping {
+            // A running step finishes (its end recorded, the engine told);
+            // one that outlasts the grace is parked: its start is stored, and
+            // the restart records it as unknown and never runs it again.
+            if let Some(running) = actor.as_mut().filter(|a| a.procedure_running()) {
+                tracing::warn!(target_name = %name, grace_s = STOP_GRACE.as_secs(), "stopping: waiting for the running procedure");
+                match tokio::time::timeout(STOP_GRACE, running.procedure_ended()).await {
+                    Ok((engine_incident, ended)) => {
+                        engine.handle_rollback_finished(clock.now(), engine_incident, ended.result)?;
+                        drive::drain(&mut engine, rollbacks, &mut collect(&mut pending))?;
+                        hand_out(&mut engine, &mut pending, &mut actor).await?;
+                    }
+                    Err(_) => tracing::error!(
+                        target_name = %name,
+                        "stopping with a step still running: it is parked; the next start records it as unknown and goes on without running it again"
+                    ),
+                }
+            }
+            return Ok(None);
+        }
         if let Some(decision) = hand_out(&mut engine, &mut pending, &mut actor).await? {
             last_decision = Some(decision);
         }
@@ -240,6 +261,9 @@ pub async fn run_target(
         }
     }
 }
+
+/// On SIGTERM, how long a running procedure may take to finish.
+const STOP_GRACE: Duration = Duration::from_secs(60);
 
 /// What connects a target loop to the sidecar around it.
 #[derive(Default)]
