@@ -234,11 +234,22 @@ pub async fn run(
     let status = crate::server::status::StatusBoard::default();
     let mut inputs = std::collections::HashMap::new();
     let mut inboxes = std::collections::HashMap::new();
-    for target in &targets {
+    let mut reload_inboxes = std::collections::HashMap::new();
+    let mut watched = Vec::new();
+    for (target, path) in targets.iter().zip(paths) {
         let name = format!("{}/{}", target.policy.service, target.policy.environment);
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
         inputs.insert(name.clone(), sender);
-        inboxes.insert(name, receiver);
+        inboxes.insert(name.clone(), receiver);
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        reload_inboxes.insert(name.clone(), receiver);
+        watched.push(Watched {
+            path: path.clone(),
+            target: name,
+            in_force: target.policy.sha256.clone(),
+            last_seen: target.policy.sha256.clone(),
+            reloads: sender,
+        });
     }
     let token = std::env::var("ROLLWATCH_API_TOKEN")
         .ok()
@@ -274,6 +285,11 @@ pub async fn run(
                 .with_telemetry(Arc::clone(&telemetry));
         worker = Some(tokio::spawn(worker_task.run(shutdown.clone())));
     }
+    let watcher = tokio::spawn(watch_policies(
+        watched,
+        Arc::clone(&telemetry),
+        shutdown.clone(),
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     for target in targets {
         let name = format!("{}/{}", target.policy.service, target.policy.environment);
@@ -296,6 +312,7 @@ pub async fn run(
         let wiring = target::Wiring {
             status: Some(status.clone()),
             events: inboxes.remove(&name),
+            reloads: reload_inboxes.remove(&name),
         };
         let recorder = recorder.clone();
         let shutdown = shutdown.clone();
@@ -342,6 +359,7 @@ pub async fn run(
         }
     }
     let _ = server.await;
+    let _ = watcher.await;
     if let Some(worker) = worker {
         let _ = worker.await;
     }
@@ -408,6 +426,141 @@ pub fn print_decision(name: &str, decision: &Decision, dry_run: bool) {
         decision.rule,
         decision.explanation
     ));
+}
+
+/// A policy file `run` watches for edits.
+struct Watched {
+    path: PathBuf,
+    target: String,
+    /// The hash of the policy in force.
+    in_force: String,
+    /// The hash of the file as last read (a rejected edit is reported once).
+    last_seen: String,
+    reloads: tokio::sync::mpsc::Sender<target::Reload>,
+}
+
+/// How often policy files are looked at for edits.
+const POLICY_CHECK: Duration = Duration::from_secs(2);
+
+/// Hot reload (SPEC 4): every `POLICY_CHECK`, and at once on SIGHUP, each
+/// policy file is read; an edit is validated: valid → the target puts it in
+/// force between polls; invalid → rejected, the last good policy stays, the
+/// error is logged, counted and shown in status.
+async fn watch_policies(
+    mut watched: Vec<Watched>,
+    telemetry: Arc<Telemetry>,
+    shutdown: CancellationToken,
+) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(POLICY_CHECK);
+    loop {
+        #[cfg(unix)]
+        let hup = async {
+            match hangup.as_mut() {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<Option<()>>();
+        let forced = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => false,
+            _ = hup => true,
+        };
+        if forced {
+            tracing::info!("SIGHUP: re-reading every policy");
+        }
+        for entry in &mut watched {
+            reload_one(entry, forced, &telemetry).await;
+        }
+    }
+}
+
+async fn reload_one(entry: &mut Watched, forced: bool, telemetry: &Telemetry) {
+    use sha2::Digest;
+    let bytes = match std::fs::read(&entry.path) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            let seen = format!("unreadable: {error}");
+            if entry.last_seen != seen || forced {
+                entry.last_seen = seen;
+                reject(
+                    entry,
+                    telemetry,
+                    format!("{}: cannot read the policy: {error}", entry.path.display()),
+                )
+                .await;
+            }
+            return;
+        }
+    };
+    let hash: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if !forced && (hash == entry.last_seen || hash == entry.in_force) {
+        entry.last_seen = hash;
+        return;
+    }
+    entry.last_seen = hash;
+    match crate::policy::load_target(&entry.path) {
+        Ok(compiled) => {
+            let name = format!(
+                "{}/{}",
+                compiled.policy.service, compiled.policy.environment
+            );
+            if name != entry.target {
+                let reason = format!(
+                    "{}: [target] changed from {} to {name}; a new target needs a restart of rollwatch",
+                    entry.path.display(),
+                    entry.target
+                );
+                reject(entry, telemetry, reason).await;
+                return;
+            }
+            if compiled.policy.sha256 == entry.in_force {
+                return;
+            }
+            entry.in_force = compiled.policy.sha256.clone();
+            telemetry
+                .reloads
+                .get_or_create(&crate::telemetry::ReloadLabels {
+                    target: entry.target.clone(),
+                    result: "ok".into(),
+                })
+                .inc();
+            say(&format!(
+                "{} {} policy {} reloaded: sha256:{} is in force",
+                time_text(chrono::Utc::now()),
+                entry.target,
+                entry.path.display(),
+                compiled.policy.short_hash()
+            ));
+            let _ = entry
+                .reloads
+                .send(target::Reload::Apply(Box::new(compiled)))
+                .await;
+        }
+        Err(errors) => reject(entry, telemetry, errors.to_string()).await,
+    }
+}
+
+async fn reject(entry: &Watched, telemetry: &Telemetry, reason: String) {
+    telemetry
+        .reloads
+        .get_or_create(&crate::telemetry::ReloadLabels {
+            target: entry.target.clone(),
+            result: "failed".into(),
+        })
+        .inc();
+    say(&format!(
+        "{} {} POLICY EDIT REJECTED, the last good policy stays in force: {reason}",
+        time_text(chrono::Utc::now()),
+        entry.target
+    ));
+    let _ = entry.reloads.send(target::Reload::Rejected(reason)).await;
 }
 
 /// A dry run's messages: what would be sent, on which channel, to whom.

@@ -30,6 +30,13 @@ pub struct DeliveryLabels {
     pub result: String,
 }
 
+/// A policy reload's target and result (`ok`, `failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub target: String,
+    pub result: String,
+}
+
 type HistogramFamily = Family<TargetLabels, Histogram, fn() -> Histogram>;
 
 pub struct Telemetry {
@@ -42,6 +49,8 @@ pub struct Telemetry {
     pub poll_duration: HistogramFamily,
     /// Notification delivery attempts by channel and result.
     pub deliveries: Family<DeliveryLabels, Counter>,
+    /// Policy reloads by target and result.
+    pub reloads: Family<ReloadLabels, Counter>,
 }
 
 fn poll_duration_histogram() -> Histogram {
@@ -89,6 +98,12 @@ impl Telemetry {
             "Notification delivery attempts by channel and result (sent, retry, failed: given up and escalated)",
             deliveries.clone(),
         );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "rollwatch_policy_reloads",
+            "Policy reloads by result (ok: in force; failed: rejected, the last good policy stays)",
+            reloads.clone(),
+        );
         Arc::new(Telemetry {
             registry,
             polls,
@@ -98,6 +113,7 @@ impl Telemetry {
             decisions,
             poll_duration,
             deliveries,
+            reloads,
         })
     }
 

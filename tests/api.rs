@@ -329,3 +329,99 @@ async fn without_a_token_the_write_endpoints_are_off() {
     );
     assert_eq!(sidecar.get("/api/v1/status").await.0, 200, "reads stay on");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_edit_is_applied_and_a_broken_one_rejected_with_the_last_good_policy_acting() {
+    let service = TestService::start().await;
+    let sidecar = Sidecar::start(&service.url(), Some(TOKEN));
+    let policy = sidecar.dir.path().join("staging.toml");
+    let original = std::fs::read_to_string(&policy).unwrap();
+    let sha = |status: &Value| {
+        status["targets"][0]["sha256"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let wait = async |what: &str, done: &dyn Fn(&Value) -> bool| -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (_, status) = sidecar.get("/api/v1/status").await;
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {status:#}\n{}",
+                sidecar.output()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let first = wait("a first status", &|s| !sha(s).is_empty()).await;
+    let original_sha = sha(&first);
+    // A valid edit: errors must pass 50 % now.
+    std::fs::write(
+        &policy,
+        original.replace("threshold = \"5%\"", "threshold = \"50%\""),
+    )
+    .unwrap();
+    let edited = wait("the edit in force", &|s| {
+        !sha(s).is_empty() && sha(s) != original_sha && s["targets"][0]["reload_error"].is_null()
+    })
+    .await;
+    let edited_sha = sha(&edited);
+    // A broken edit: rejected, shown with where and what, the 50 % policy stays.
+    std::fs::write(
+        &policy,
+        original.replace("threshold = \"5%\"", "treshold = \"5%\""),
+    )
+    .unwrap();
+    let rejected = wait("the rejection", &|s| {
+        s["targets"][0]["reload_error"].is_string()
+    })
+    .await;
+    let reason = rejected["targets"][0]["reload_error"].as_str().unwrap();
+    assert!(
+        reason.contains("staging.toml:") && reason.contains("unknown key \"treshold\""),
+        "{reason}"
+    );
+    assert_eq!(sha(&rejected), edited_sha, "the last good policy stays");
+    let metrics = rollwatch::sources::http::client()
+        .unwrap()
+        .get(format!("{}/metrics", sidecar.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("rollwatch_policy_reloads_total{target=\"web/staging\",result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("rollwatch_policy_reloads_total{target=\"web/staging\",result=\"failed\"} 1"),
+        "{metrics}"
+    );
+    // It still acts, on the 50 % policy: 30 % errors after a deployment do
+    // not roll back; 80 % do.
+    let deploy = json!({"version": "v2.0.0", "previous": "v1.0.0"}).to_string();
+    assert_eq!(
+        sidecar
+            .post("/api/v1/deployments", Some(TOKEN), deploy)
+            .await
+            .0,
+        202
+    );
+    service.set(|k| k.error_rate = 0.3);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let calls = sidecar.dir.path().join("calls.log");
+    assert!(!calls.exists(), "30 % < 50 %: {}", sidecar.output());
+    service.set(|k| k.error_rate = 0.8);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !calls.exists() {
+        assert!(Instant::now() < deadline, "{}", sidecar.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -123,6 +123,12 @@ impl Actor {
         self.until_done = Some(incident);
     }
 
+    /// An edited policy: later procedures, messages and drills use it (a
+    /// procedure already running keeps the one it started with).
+    pub fn set_target(&mut self, target: Arc<Compiled>) {
+        self.target = target;
+    }
+
     /// The stored id of the engine's open incident, if it has one.
     pub fn stored_incident_of(&self, engine: &Engine) -> Option<i64> {
         engine

@@ -467,6 +467,56 @@ impl Engine {
         Ok(())
     }
 
+    /// Puts an edited policy in force between inputs (hot reload), keeping
+    /// what the engine knows: the deployment, the open incident, known issues
+    /// added since, and the state of every rule that keeps its name (a breach
+    /// in progress goes on being confirmed, against the new threshold). The
+    /// history is kept unless the samples' meaning changed (another latency
+    /// quantile, other named checks): then windows fill again from now.
+    pub fn replace_policy(&mut self, policy: Arc<Policy>) {
+        let same_samples = policy.baseline.quantile == self.policy.baseline.quantile
+            && policy.checks == self.policy.checks;
+        let rules = policy
+            .rules
+            .iter()
+            .map(|rule| {
+                self.policy
+                    .rules
+                    .iter()
+                    .position(|old| old.name == rule.name)
+                    .map(|i| self.rules[i].clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        self.rules = rules;
+        if !same_samples {
+            self.history = History::with_capacity(history_capacity(&policy));
+            self.latency_trail = policy
+                .needs_latency_trail()
+                .then(|| LatencyTrail::new(policy.baseline.window, policy.evaluation.interval));
+        } else if self.latency_trail.is_none() && policy.needs_latency_trail() {
+            self.latency_trail = Some(LatencyTrail::new(
+                policy.baseline.window,
+                policy.evaluation.interval,
+            ));
+        }
+        for issue in &policy.known_issues {
+            if !self.suppressions.contains(issue) {
+                self.suppressions.push(issue.clone());
+            }
+        }
+        if self.baseline.as_ref().is_none_or(|b| b.source == "fixed") {
+            self.baseline = fixed_baseline(&policy);
+        }
+        tracing::info!(
+            target_service = %policy.service,
+            sha256 = %policy.sha256,
+            kept_history = same_samples,
+            "policy replaced"
+        );
+        self.policy = policy;
+    }
+
     /// Takes up the latest deployment a previous run recorded, so a restart
     /// still knows what changed recently (and whether it was a rollback).
     pub fn restore_deployment(&mut self, deployment: Deployment) {

@@ -982,3 +982,29 @@ fn regression_the_deadline_never_rolls_back_on_stale_evidence() {
         sim.log()
     );
 }
+
+#[test]
+fn a_reloaded_policy_applies_at_once_and_keeps_the_incident_and_the_breach() {
+    let mut sim = deployed(STAGING);
+    // One minute into a 15 % breach (the rule needs two).
+    sim.polls(4, errors(0.15));
+    assert_eq!(sim.rollbacks(), 0);
+    // An edit raises the threshold past the breach: it no longer fires.
+    let raised = STAGING.replacen("threshold = \"5%\"", "threshold = \"20%\"", 1);
+    let policy = crate::policy::from_bytes("policy.toml", raised.as_bytes(), |_| None).unwrap();
+    let sha = policy.sha256.clone();
+    sim.engine.replace_policy(Arc::new(policy));
+    assert_eq!(sim.engine.policy().sha256, sha);
+    sim.polls(20, errors(0.15));
+    assert_eq!(sim.rollbacks(), 0, "{:?}", sim.log());
+    // Back to 5 %: the breach, still going, fires within the rule's 2 minutes.
+    let policy = crate::policy::from_bytes("policy.toml", STAGING.as_bytes(), |_| None).unwrap();
+    sim.engine.replace_policy(Arc::new(policy));
+    sim.polls(9, errors(0.15));
+    assert_eq!(sim.rollbacks(), 1, "{:?}", sim.log());
+    assert!(
+        sim.rollback_decisions()[0]
+            .explanation
+            .contains(sim.engine.policy().short_hash())
+    );
+}

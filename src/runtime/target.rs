@@ -85,10 +85,15 @@ pub async fn run_target(
     mut actor: Option<Actor>,
     wiring: Wiring,
 ) -> anyhow::Result<Option<IncidentEnd>> {
-    let Wiring { status, mut events } = wiring;
+    let Wiring {
+        status,
+        mut events,
+        mut reloads,
+    } = wiring;
+    let mut reload_error: Option<String> = None;
     let mut source = SourceHealth::default();
     let mut last_decision: Option<Decision> = None;
-    let (policy_path, sha256) = (target.policy.path.clone(), target.policy.sha256.clone());
+    let (policy_path, mut sha256) = (target.policy.path.clone(), target.policy.sha256.clone());
     let mode = if actor.is_some() { "acting" } else { "dry-run" };
     let policy = Arc::new(target.policy.clone());
     let name = format!("{}/{}", policy.service, policy.environment);
@@ -166,8 +171,32 @@ pub async fn run_target(
                 None => std::future::pending().await,
             }
         };
+        let reloaded = async {
+            match reloads.as_mut() {
+                Some(reloads) => reloads.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => stopping = true,
+            Some(reload) = reloaded => match reload {
+                Reload::Apply(compiled) => {
+                    let policy = Arc::new(compiled.policy.clone());
+                    sha256 = policy.sha256.clone();
+                    engine.replace_policy(Arc::clone(&policy));
+                    let interval = policy.evaluation.interval.to_std().unwrap_or(interval);
+                    poller = Poller::new(&compiled, interval)?;
+                    if let Some(actor) = actor.as_mut() {
+                        actor.set_target(Arc::new(*compiled));
+                    }
+                    reload_error = None;
+                    tracing::warn!(target_name = %name, sha256 = %sha256, "policy reloaded: the edit is in force");
+                }
+                Reload::Rejected(reason) => {
+                    tracing::error!(target_name = %name, "policy edit rejected; the last good policy stays in force: {reason}");
+                    reload_error = Some(reason);
+                }
+            },
             Some(event) = inbox => {
                 tracing::info!(target_name = %name, event = event.name(), "event from the API");
                 let item = TraceItem::Event { at: clock.now(), event };
@@ -229,7 +258,11 @@ pub async fn run_target(
                 tracing::warn!(target_name = %name, grace_s = STOP_GRACE.as_secs(), "stopping: waiting for the running procedure");
                 match tokio::time::timeout(STOP_GRACE, running.procedure_ended()).await {
                     Ok((engine_incident, ended)) => {
-                        engine.handle_rollback_finished(clock.now(), engine_incident, ended.result)?;
+                        engine.handle_rollback_finished(
+                            clock.now(),
+                            engine_incident,
+                            ended.result,
+                        )?;
                         drive::drain(&mut engine, rollbacks, &mut collect(&mut pending))?;
                         hand_out(&mut engine, &mut pending, &mut actor).await?;
                     }
@@ -256,7 +289,7 @@ pub async fn run_target(
                 incident_id: actor.as_ref().and_then(|a| a.stored_incident_of(&engine)),
                 last_decision: last_decision.clone(),
                 source: source.clone(),
-                reload_error: None,
+                reload_error: reload_error.clone(),
             });
         }
     }
@@ -272,6 +305,16 @@ pub struct Wiring {
     pub status: Option<StatusBoard>,
     /// Events from the API (deployments, declarations, suppressions).
     pub events: Option<tokio::sync::mpsc::Receiver<Event>>,
+    /// Edited policies (hot reload), applied between polls.
+    pub reloads: Option<tokio::sync::mpsc::Receiver<Reload>>,
+}
+
+/// What the policy watcher found.
+pub enum Reload {
+    /// A valid edit: it goes into force.
+    Apply(Box<Compiled>),
+    /// An invalid edit: rejected; the policy in force stays. The reason.
+    Rejected(String),
 }
 
 /// A decision sink that keeps them for the actor (which is async).
