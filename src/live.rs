@@ -269,16 +269,32 @@ pub async fn run(
             .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
             .await
     });
+    // Several replicas on one PostgreSQL: each target is acted on by the
+    // replica holding its advisory lock; the others stay passive.
+    let mut leaderships = match &store {
+        Some(store) if store.backend() == crate::store::Backend::Postgres => {
+            let names: Vec<String> = targets
+                .iter()
+                .map(|t| format!("{}/{}", t.policy.service, t.policy.environment))
+                .collect();
+            let interval = targets
+                .iter()
+                .filter_map(|t| t.policy.evaluation.interval.to_std().ok())
+                .min()
+                .unwrap_or(Duration::from_secs(15));
+            crate::ha::lead(store.clone(), &names, interval, shutdown.clone())
+        }
+        _ => std::collections::HashMap::new(),
+    };
     // The outbox worker delivers what the targets' decisions store.
     let delivery = Arc::new(tokio::sync::Notify::new());
     let mut worker = None;
     if let Some(store) = &store {
         let mut routing = crate::notify::deliver::Routing::default();
         for target in &targets {
-            routing.add(
-                format!("{}/{}", target.policy.service, target.policy.environment),
-                target.notify.clone(),
-            );
+            let name = format!("{}/{}", target.policy.service, target.policy.environment);
+            let owner = leaderships.get(&name).cloned();
+            routing.add_owned(name, target.notify.clone(), owner);
         }
         let worker_task =
             crate::notify::deliver::Worker::new(store.clone(), routing, Arc::clone(&delivery))
@@ -313,6 +329,7 @@ pub async fn run(
             status: Some(status.clone()),
             events: inboxes.remove(&name),
             reloads: reload_inboxes.remove(&name),
+            leadership: leaderships.remove(&name),
         };
         let recorder = recorder.clone();
         let shutdown = shutdown.clone();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -51,6 +52,8 @@ pub struct Telemetry {
     pub deliveries: Family<DeliveryLabels, Counter>,
     /// Policy reloads by target and result.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// 1 while this replica owns (acts on) the target.
+    pub leader: Family<TargetLabels, Gauge>,
 }
 
 fn poll_duration_histogram() -> Histogram {
@@ -104,6 +107,12 @@ impl Telemetry {
             "Policy reloads by result (ok: in force; failed: rejected, the last good policy stays)",
             reloads.clone(),
         );
+        let leader = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "rollwatch_leader",
+            "1 while this replica owns the target and acts on it, 0 while passive",
+            leader.clone(),
+        );
         Arc::new(Telemetry {
             registry,
             polls,
@@ -114,6 +123,7 @@ impl Telemetry {
             poll_duration,
             deliveries,
             reloads,
+            leader,
         })
     }
 

@@ -929,3 +929,18 @@ async fn each_channel_delivers_in_order_from_its_head(db: TestDb) {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].last_error.as_deref(), Some("550 no such user"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_opens_of_one_new_sqlite_file_at_once_migrate_it_once() {
+    // `run` and an `incidents` command starting together on a new file.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("rollwatch.db").display());
+    let opens = (0..8).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { Store::open(&url).await })
+    });
+    for open in futures_util::future::join_all(opens).await {
+        let store = open.unwrap().unwrap_or_else(|e| panic!("{e}"));
+        store.close().await;
+    }
+}

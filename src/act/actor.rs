@@ -123,6 +123,32 @@ impl Actor {
         self.until_done = Some(incident);
     }
 
+    /// Before taking a target over again: a procedure this replica started
+    /// before it lost ownership runs to its end first (two procedures never
+    /// run the same steps at once from one replica).
+    pub async fn await_own_procedure(&mut self) {
+        if let Some(running) = self.running.take() {
+            self.say(&format!(
+                "{} {} waiting for the procedure this replica started before it lost ownership",
+                time_text(Utc::now()),
+                self.name
+            ));
+            let _ = running.handle.await;
+        }
+    }
+
+    /// Forgets what this replica knew while another one owned the target:
+    /// the store is the truth; `try_resume` takes it up.
+    pub fn reset_for_takeover(&mut self) {
+        self.incidents.clear();
+        self.applied_answers.clear();
+        self.paged_at.clear();
+        self.resumed = false;
+        self.bookkeeping_paused_until = None;
+        self.recorded_deployment = None;
+        self.last_sample_at = None;
+    }
+
     /// An edited policy: later procedures, messages and drills use it (a
     /// procedure already running keeps the one it started with).
     pub fn set_target(&mut self, target: Arc<Compiled>) {

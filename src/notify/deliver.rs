@@ -36,11 +36,33 @@ const ALERT_REFRESH: Duration = Duration::from_secs(60);
 #[derive(Clone, Default)]
 pub struct Routing {
     targets: HashMap<String, Option<NotifyConfig>>,
+    /// With several replicas, a target's messages are sent by its owner only.
+    owners: HashMap<String, tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Routing {
     pub fn add(&mut self, target: String, notify: Option<NotifyConfig>) {
         self.targets.insert(target, notify);
+    }
+
+    /// Like `add`, for a target this replica sends for only while it owns it.
+    pub fn add_owned(
+        &mut self,
+        target: String,
+        notify: Option<NotifyConfig>,
+        owner: Option<tokio::sync::watch::Receiver<bool>>,
+    ) {
+        if let Some(owner) = owner {
+            self.owners.insert(target.clone(), owner);
+        }
+        self.targets.insert(target, notify);
+    }
+
+    /// This replica sends the target's messages (it owns the target, or
+    /// there is no leadership: one replica).
+    fn sends_for(&self, target: &str) -> bool {
+        self.targets.contains_key(target)
+            && self.owners.get(target).is_none_or(|owner| *owner.borrow())
     }
 }
 
@@ -123,8 +145,10 @@ impl Worker {
                 return Some(now + TimeDelta::seconds(5));
             }
         };
-        let (due, waiting): (Vec<_>, Vec<_>) =
-            heads.into_iter().partition(|n| n.next_attempt_at <= now);
+        let (due, waiting): (Vec<_>, Vec<_>) = heads
+            .into_iter()
+            .filter(|n| self.routing.sends_for(&n.target))
+            .partition(|n| n.next_attempt_at <= now);
         let attempts = due.iter().map(|n| self.deliver(n, now));
         let delivered = futures_util::future::join_all(attempts).await;
         if delivered.iter().any(|more| *more) {

@@ -89,12 +89,13 @@ pub async fn run_target(
         status,
         mut events,
         mut reloads,
+        mut leadership,
     } = wiring;
     let mut reload_error: Option<String> = None;
     let mut source = SourceHealth::default();
     let mut last_decision: Option<Decision> = None;
     let (policy_path, mut sha256) = (target.policy.path.clone(), target.policy.sha256.clone());
-    let mode = if actor.is_some() { "acting" } else { "dry-run" };
+    let dry_run = actor.is_none();
     let policy = Arc::new(target.policy.clone());
     let name = format!("{}/{}", policy.service, policy.environment);
     let labels = Telemetry::target(&name);
@@ -106,15 +107,27 @@ pub async fn run_target(
     let mut poller = Poller::new(&target, interval)?;
     let mut engine = Engine::new(policy);
     let clock = Clock::start();
-    let rollbacks = if actor.is_some() {
+    let mut rollbacks = if actor.is_some() {
         Rollbacks::Reported
     } else {
         Rollbacks::SucceedAtOnce
     };
+    // A passive replica (another one owns the target) keeps its actor here:
+    // it evaluates, and acts only once it owns the target.
+    let mut parked: Option<Actor> = None;
+    let mut leading = true;
+    if let Some(leadership) = &leadership
+        && !*leadership.borrow()
+    {
+        leading = false;
+        parked = actor.take();
+        rollbacks = Rollbacks::SucceedAtOnce;
+    }
     let mut pending: Vec<Decision> = Vec::new();
     let mut hand_out = async |engine: &mut Engine,
                               decisions: &mut Vec<Decision>,
-                              actor: &mut Option<Actor>|
+                              actor: &mut Option<Actor>,
+                              rollbacks: Rollbacks|
            -> Result<Option<Decision>, DriveError> {
         let mut last = None;
         while !decisions.is_empty() {
@@ -155,6 +168,26 @@ pub async fn run_target(
         if let Some(end) = actor.as_ref().and_then(Actor::done) {
             return Ok(Some(end));
         }
+        // Ownership moved: take over (a fresh engine, the store's unfinished
+        // incidents taken up as after a restart) or step back to passive.
+        let owns = leadership.as_ref().is_none_or(|l| *l.borrow());
+        if owns != leading {
+            leading = owns;
+            if owns {
+                if let Some(mut taken) = parked.take() {
+                    taken.await_own_procedure().await;
+                    engine = Engine::new(Arc::clone(engine.policy()));
+                    rollbacks = Rollbacks::Reported;
+                    taken.reset_for_takeover();
+                    taken.try_resume(&mut engine, clock.now()).await;
+                    actor = Some(taken);
+                }
+            } else {
+                parked = actor.take();
+                rollbacks = Rollbacks::SucceedAtOnce;
+            }
+            telemetry.leader.get_or_create(&labels).set(i64::from(owns));
+        }
         let deadline = engine
             .poll_timeout()
             .map(|at| clock.instant_of(at))
@@ -171,6 +204,12 @@ pub async fn run_target(
                 None => std::future::pending().await,
             }
         };
+        let ownership = async {
+            match leadership.as_mut() {
+                Some(leadership) => leadership.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         let reloaded = async {
             match reloads.as_mut() {
                 Some(reloads) => reloads.recv().await,
@@ -179,6 +218,7 @@ pub async fn run_target(
         };
         tokio::select! {
             _ = shutdown.cancelled() => stopping = true,
+            Ok(()) = ownership => {}
             Some(reload) = reloaded => match reload {
                 Reload::Apply(compiled) => {
                     let policy = Arc::new(compiled.policy.clone());
@@ -186,8 +226,9 @@ pub async fn run_target(
                     engine.replace_policy(Arc::clone(&policy));
                     let interval = policy.evaluation.interval.to_std().unwrap_or(interval);
                     poller = Poller::new(&compiled, interval)?;
-                    if let Some(actor) = actor.as_mut() {
-                        actor.set_target(Arc::new(*compiled));
+                    let compiled = Arc::new(*compiled);
+                    for actor in [actor.as_mut(), parked.as_mut()].into_iter().flatten() {
+                        actor.set_target(Arc::clone(&compiled));
                     }
                     reload_error = None;
                     tracing::warn!(target_name = %name, sha256 = %sha256, "policy reloaded: the edit is in force");
@@ -264,7 +305,7 @@ pub async fn run_target(
                             ended.result,
                         )?;
                         drive::drain(&mut engine, rollbacks, &mut collect(&mut pending))?;
-                        hand_out(&mut engine, &mut pending, &mut actor).await?;
+                        hand_out(&mut engine, &mut pending, &mut actor, rollbacks).await?;
                     }
                     Err(_) => tracing::error!(
                         target_name = %name,
@@ -274,7 +315,7 @@ pub async fn run_target(
             }
             return Ok(None);
         }
-        if let Some(decision) = hand_out(&mut engine, &mut pending, &mut actor).await? {
+        if let Some(decision) = hand_out(&mut engine, &mut pending, &mut actor, rollbacks).await? {
             last_decision = Some(decision);
         }
         if let Some(board) = &status {
@@ -282,7 +323,11 @@ pub async fn run_target(
                 target: name.clone(),
                 policy: policy_path.clone(),
                 sha256: sha256.clone(),
-                mode,
+                mode: match (dry_run, leading) {
+                    (true, _) => "dry-run",
+                    (false, true) => "acting",
+                    (false, false) => "passive",
+                },
                 rules: engine.rule_status(),
                 deployment: engine.deployment().cloned(),
                 incident: engine.incident().cloned(),
@@ -307,6 +352,8 @@ pub struct Wiring {
     pub events: Option<tokio::sync::mpsc::Receiver<Event>>,
     /// Edited policies (hot reload), applied between polls.
     pub reloads: Option<tokio::sync::mpsc::Receiver<Reload>>,
+    /// Whether this replica owns the target (`crate::ha`); none: it does.
+    pub leadership: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// What the policy watcher found.

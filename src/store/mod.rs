@@ -22,6 +22,7 @@ mod outbox;
 mod samples;
 mod time;
 
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -128,6 +129,8 @@ pub struct Store {
     pool: std::sync::Arc<Pool>,
     /// The URL without its password, for messages.
     database: String,
+    /// PostgreSQL: how to open a connection of one's own (leadership locks).
+    postgres: Option<std::sync::Arc<PgConnectOptions>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -160,10 +163,18 @@ impl Store {
 
     pub async fn open_with(url: &str, options: &OpenOptions) -> Result<Store, StoreError> {
         let database = redact(url);
-        let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Pool::Postgres(open_postgres(url, &database, options).await?)
+        // sqlx locks PostgreSQL while it migrates, not SQLite: two processes
+        // opening one new file at once (`run` and an `incidents` command)
+        // would race to create it and to apply a migration. `_lock` holds a
+        // file lock from before the first connection to after the migrations.
+        let (pool, _lock) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (
+                Pool::Postgres(open_postgres(url, &database, options).await?),
+                None,
+            )
         } else {
-            Pool::Sqlite(open_sqlite(url, &database, options).await?)
+            let (pool, lock) = open_sqlite(url, &database, options).await?;
+            (Pool::Sqlite(pool), lock)
         };
         let migrated = match &pool {
             Pool::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
@@ -173,9 +184,16 @@ impl Store {
             database: database.clone(),
             source,
         })?;
+        let postgres = match &pool {
+            Pool::Postgres(_) => PgConnectOptions::from_str(url)
+                .ok()
+                .map(std::sync::Arc::new),
+            Pool::Sqlite(_) => None,
+        };
         Ok(Store {
             pool: std::sync::Arc::new(pool),
             database,
+            postgres,
         })
     }
 
@@ -184,6 +202,28 @@ impl Store {
             Pool::Sqlite(_) => Backend::Sqlite,
             Pool::Postgres(_) => Backend::Postgres,
         }
+    }
+
+    /// PostgreSQL: a connection outside the pool, for a session-level
+    /// advisory lock held as long as the connection lives. `None` for SQLite.
+    pub async fn dedicated_connection(
+        &self,
+        timeout: Duration,
+    ) -> Option<Result<PgConnection, StoreError>> {
+        let options = self.postgres.as_ref()?;
+        Some(
+            match tokio::time::timeout(timeout, PgConnection::connect_with(options)).await {
+                Ok(Ok(connection)) => Ok(connection),
+                Ok(Err(source)) => Err(StoreError::Open {
+                    database: self.database.clone(),
+                    source,
+                }),
+                Err(_) => Err(StoreError::OpenTimedOut {
+                    database: self.database.clone(),
+                    after: timeout,
+                }),
+            },
+        )
     }
 
     /// The database's URL or path, without a password.
@@ -200,11 +240,40 @@ impl Store {
     }
 }
 
+/// An exclusive `flock` on `DB-migrate.lock` beside a SQLite file, held while
+/// migrations run; released when dropped (the file closes).
+struct MigrationLock {
+    _file: std::fs::File,
+}
+
+impl MigrationLock {
+    async fn acquire(database: &Path) -> std::io::Result<MigrationLock> {
+        let mut name = database.as_os_str().to_owned();
+        name.push("-migrate.lock");
+        let path = std::path::PathBuf::from(name);
+        tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsRawFd;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            // SAFETY: flock on a file descriptor this function owns.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(MigrationLock { _file: file })
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+}
+
 async fn open_sqlite(
     url: &str,
     database: &str,
     options: &OpenOptions,
-) -> Result<SqlitePool, StoreError> {
+) -> Result<(SqlitePool, Option<MigrationLock>), StoreError> {
     let connect = if url.starts_with("sqlite:") {
         SqliteConnectOptions::from_str(url).map_err(|e| StoreError::BadUrl {
             database: database.to_string(),
@@ -226,7 +295,18 @@ async fn open_sqlite(
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(options.busy_timeout)
         .foreign_keys(true);
-    SqlitePoolOptions::new()
+    let lock = match connect.get_filename() {
+        path if path.as_os_str().is_empty() || path == Path::new(":memory:") => None,
+        path => Some(
+            MigrationLock::acquire(path)
+                .await
+                .map_err(|e| StoreError::Open {
+                    database: database.to_string(),
+                    source: sqlx::Error::Io(e),
+                })?,
+        ),
+    };
+    let pool = SqlitePoolOptions::new()
         .max_connections(options.max_connections)
         .acquire_timeout(options.connect_timeout)
         .connect_with(connect)
@@ -234,7 +314,8 @@ async fn open_sqlite(
         .map_err(|source| StoreError::Open {
             database: database.to_string(),
             source,
-        })
+        })?;
+    Ok((pool, lock))
 }
 
 async fn open_postgres(
