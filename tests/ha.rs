@@ -1,0 +1,260 @@
+//! Two `rollwatch run` replicas on the machine's real PostgreSQL: one owns
+//! the target and acts, the other stays passive; kill -9 the owner during a
+//! rollback and the other takes over within two intervals and finishes the
+//! incident, the rollback script having run once in total. Never two owners
+//! at once: both replicas' status is sampled continuously.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::cargo_bin;
+use common::pg::Schema;
+use common::service::TestService;
+use rollwatch::store::{IncidentPhase, IncidentState, Store};
+
+struct Replica {
+    child: Option<Child>,
+    output: Arc<Mutex<Vec<String>>>,
+    base: String,
+}
+
+impl Replica {
+    fn start(policy: &std::path::Path, db: &str) -> Replica {
+        let mut child = Command::new(cargo_bin("rollwatch"))
+            .args(["run", "--listen", "127.0.0.1:0", "--db", db, "--policy"])
+            .arg(policy)
+            .env("RUST_LOG", "rollwatch=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output: Arc<Mutex<Vec<String>>> = Arc::default();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = Arc::clone(&output);
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    output.lock().unwrap().push(line);
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let base = loop {
+            let found = output.lock().unwrap().iter().find_map(|l| {
+                l.split_once(" on http://")
+                    .map(|(_, a)| format!("http://{a}"))
+            });
+            if let Some(base) = found {
+                break base;
+            }
+            assert!(Instant::now() < deadline, "{:#?}", output.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Replica {
+            child: Some(child),
+            output,
+            base,
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The replica's mode for the target: "acting", "passive", or None (dead).
+async fn mode(base: &str) -> Option<String> {
+    let client = rollwatch::sources::http::client().ok()?;
+    let response = client
+        .get(format!("{base}/api/v1/status"))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await
+        .ok()?;
+    let status: serde_json::Value = response.json().await.ok()?;
+    status["targets"][0]["mode"].as_str().map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_dies_during_a_rollback_and_the_other_replica_finishes_it_once() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("step.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ndir=\"$(dirname \"$0\")\"\necho \"$1\" >> \"$dir/calls.log\"\nwhile [ -e \"$dir/hold-$1\" ]; do sleep 0.05; done\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(dir.path().join("hold-rollback-app"), "").unwrap();
+    let service = TestService::start().await;
+    let policy = dir.path().join("staging.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"[target]
+service = "web"
+environment = "staging"
+[evaluation]
+interval = "1s"
+[actions]
+consider = "rollback"
+[stabilization]
+duration = "3s"
+[source]
+kind = "scrape"
+url = "{url}/metrics"
+timeout = "900ms"
+[source.metrics]
+requests = "http_requests_total"
+errors = 'http_requests_total{{code=~"5.."}}'
+version = "app_build_info"
+[[rule]]
+name = "error-rate"
+tier = "consider"
+signal = "error-rate"
+threshold = "5%"
+min_requests = 50
+for = "3s"
+[procedure]
+[[procedure.step]]
+name = "rollback-app"
+stage = "application"
+command = ["{script}", "rollback-app"]
+timeout = "30s"
+[[procedure.step]]
+name = "smoke-tests"
+stage = "verification"
+command = ["{script}", "smoke-tests"]
+"#,
+            url = service.url(),
+            script = script.display()
+        ),
+    )
+    .unwrap();
+    let mut a = Replica::start(&policy, &schema.url);
+    // A owns the target before B starts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mode(&a.base).await.as_deref() != Some("acting") {
+        assert!(Instant::now() < deadline, "{}", a.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = Replica::start(&policy, &schema.url);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mode(&b.base).await.as_deref() != Some("passive") {
+        assert!(Instant::now() < deadline, "{}", b.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Never two owners: sample both, all along.
+    let two_owners = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (two_owners, stop) = (Arc::clone(&two_owners), Arc::clone(&stop));
+        let (a_base, b_base) = (a.base.clone(), b.base.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let (ma, mb) = tokio::join!(mode(&a_base), mode(&b_base));
+                if ma.as_deref() == Some("acting") && mb.as_deref() == Some("acting") {
+                    two_owners.store(true, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    // The bad deployment; A rolls back; its rollback script is held.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    service.set(|k| {
+        k.version = "v2.0.0".into();
+        k.error_rate = 0.3;
+    });
+    let calls = dir.path().join("calls.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&calls)
+        .unwrap_or_default()
+        .contains("rollback-app")
+    {
+        assert!(Instant::now() < deadline, "{}", a.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The rollback lands (the script's process outlives A, as a real one would).
+    service.set(|k| {
+        k.version = "v1.0.0".into();
+        k.error_rate = 0.002;
+    });
+    a.kill9();
+    let killed = Instant::now();
+    std::fs::remove_file(dir.path().join("hold-rollback-app")).unwrap();
+    while mode(&b.base).await.as_deref() != Some("acting") {
+        assert!(killed.elapsed() < Duration::from_secs(10), "{}", b.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let takeover = killed.elapsed();
+    eprintln!("takeover after {:.2}s", takeover.as_secs_f64());
+    assert!(
+        takeover < Duration::from_secs(3),
+        "within two 1 s intervals (plus scheduling): {takeover:?}"
+    );
+    // B finishes the incident without running the rollback again.
+    let store = Store::open(&schema.url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let incident = loop {
+        let incidents = store.list_incidents(5).await.unwrap();
+        if let Some(done) = incidents.into_iter().find(|i| {
+            matches!(i.state, IncidentState::Resolved { .. })
+                || i.state
+                    == IncidentState::Active {
+                        phase: IncidentPhase::Escalated,
+                    }
+        }) {
+            break done;
+        }
+        assert!(Instant::now() < deadline, "{}", b.output());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    stop.store(true, Ordering::SeqCst);
+    sampler.await.unwrap();
+    let log = std::fs::read_to_string(&calls).unwrap();
+    assert_eq!(
+        log.lines().filter(|l| *l == "rollback-app").count(),
+        1,
+        "the rollback script ran once in total: {log}\n{}",
+        b.output()
+    );
+    assert!(log.lines().any(|l| l == "smoke-tests"), "B verified: {log}");
+    assert!(
+        matches!(incident.state, IncidentState::Resolved { .. }),
+        "{incident:#?}\n{}",
+        b.output()
+    );
+    assert!(
+        !two_owners.load(Ordering::SeqCst),
+        "two replicas acted at once"
+    );
+    assert!(b.output().contains("taking up incident"), "{}", b.output());
+    store.close().await;
+}
