@@ -323,6 +323,7 @@ pub async fn run(
         let actor = store.as_ref().map(|store| {
             crate::act::actor::Actor::new(store.clone(), Arc::new(target.clone()), Arc::new(say))
                 .with_delivery(Arc::clone(&delivery))
+                .with_telemetry(Arc::clone(&telemetry))
         });
         let (policy, notify) = (target.policy.clone(), target.notify.clone());
         let wiring = target::Wiring {

@@ -127,6 +127,7 @@ pub async fn rollback(request: RollbackRequest<'_>) -> Result<(), Failure> {
         from_version: from.clone(),
         to_version: to.clone(),
         say: say_line(),
+        telemetry: None,
     };
     if request.dry_run {
         print_plan(&ctx, &name);

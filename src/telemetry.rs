@@ -3,6 +3,7 @@
 //! updates the counter and writes the log line.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -38,6 +39,23 @@ pub struct ReloadLabels {
     pub result: String,
 }
 
+/// A procedure step's target, stage and outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub target: String,
+    pub stage: String,
+    pub result: String,
+}
+
+/// A rule of a target.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub target: String,
+    pub rule: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
 type HistogramFamily = Family<TargetLabels, Histogram, fn() -> Histogram>;
 
 pub struct Telemetry {
@@ -54,6 +72,16 @@ pub struct Telemetry {
     pub reloads: Family<ReloadLabels, Counter>,
     /// 1 while this replica owns (acts on) the target.
     pub leader: Family<TargetLabels, Gauge>,
+    /// 1 while the target has an open incident.
+    pub incident_open: Family<TargetLabels, Gauge>,
+    /// Procedure steps run, by stage and outcome.
+    pub steps: Family<StepLabels, Counter>,
+    /// Each rule's current signal value (a ratio for rates, the degradation
+    /// for latency, 1/0 for down and checks), its confidence bound, and its
+    /// threshold.
+    pub signal_value: Family<RuleLabels, FloatGauge>,
+    pub signal_bound: Family<RuleLabels, FloatGauge>,
+    pub signal_threshold: Family<RuleLabels, FloatGauge>,
 }
 
 fn poll_duration_histogram() -> Histogram {
@@ -113,6 +141,36 @@ impl Telemetry {
             "1 while this replica owns the target and acts on it, 0 while passive",
             leader.clone(),
         );
+        let incident_open = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "rollwatch_incident_open",
+            "1 while the target has an open incident",
+            incident_open.clone(),
+        );
+        let steps = Family::<StepLabels, Counter>::default();
+        registry.register(
+            "rollwatch_procedure_steps",
+            "Procedure steps run, by stage and result (succeeded, failed, timed-out, failed-to-start)",
+            steps.clone(),
+        );
+        let signal_value = Family::<RuleLabels, FloatGauge>::default();
+        registry.register(
+            "rollwatch_signal_value",
+            "A rule's current signal: a ratio for rates, the degradation for latency, 1 or 0 for down and checks",
+            signal_value.clone(),
+        );
+        let signal_bound = Family::<RuleLabels, FloatGauge>::default();
+        registry.register(
+            "rollwatch_signal_bound",
+            "A rate rule's one-sided confidence bound (what is compared with the threshold)",
+            signal_bound.clone(),
+        );
+        let signal_threshold = Family::<RuleLabels, FloatGauge>::default();
+        registry.register(
+            "rollwatch_signal_threshold",
+            "A rule's threshold",
+            signal_threshold.clone(),
+        );
         Arc::new(Telemetry {
             registry,
             polls,
@@ -124,6 +182,11 @@ impl Telemetry {
             deliveries,
             reloads,
             leader,
+            incident_open,
+            steps,
+            signal_value,
+            signal_bound,
+            signal_threshold,
         })
     }
 

@@ -427,6 +427,33 @@ async fn a_bad_deploy_is_rolled_back_verified_watched_and_resolved(db: Option<St
         ["rule-fired", "rollback-finished", "stable"],
         "{decisions:#?}"
     );
+    // The sidecar's own metrics tell the same story.
+    let address = world
+        .output()
+        .lines()
+        .find_map(|l| {
+            l.split_once(" on http://")
+                .map(|(_, a)| format!("http://{a}"))
+        })
+        .expect("the sidecar says where it listens");
+    let metrics = rollwatch::sources::http::client()
+        .unwrap()
+        .get(format!("{address}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "rollwatch_procedure_steps_total{target=\"web/staging\",stage=\"application\",result=\"succeeded\"} 1",
+        "rollwatch_procedure_steps_total{target=\"web/staging\",stage=\"verification\",result=\"succeeded\"} 2",
+        "rollwatch_incident_open{target=\"web/staging\"} 0",
+        "rollwatch_signal_threshold{target=\"web/staging\",rule=\"error-rate\"} 0.05",
+        "rollwatch_decisions_total{target=\"web/staging\",action=\"rollback\",tier=\"consider\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
     assert!(decisions.iter().all(|d| d.policy_sha256.len() == 64));
     rollwatch.kill9();
 }

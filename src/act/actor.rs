@@ -56,6 +56,7 @@ pub struct Actor {
     applied_answers: HashMap<i64, i64>,
     /// Per stored incident, when its page went out (until answered or escalated).
     paged_at: HashMap<i64, DateTime<Utc>>,
+    telemetry: Option<Arc<crate::telemetry::Telemetry>>,
     /// Wakes the delivery worker when a message is stored.
     delivery: Arc<tokio::sync::Notify>,
     /// A scheduled drill running in its own task.
@@ -107,9 +108,16 @@ impl Actor {
             drill: None,
             next_drill_check: None,
             delivery: Arc::new(tokio::sync::Notify::new()),
+            telemetry: None,
             applied_answers: HashMap::new(),
             paged_at: HashMap::new(),
         }
+    }
+
+    /// Counts steps in the sidecar's metrics.
+    pub fn with_telemetry(mut self, telemetry: Arc<crate::telemetry::Telemetry>) -> Actor {
+        self.telemetry = Some(telemetry);
+        self
     }
 
     /// Wakes `delivery` whenever a message is put in the outbox.
@@ -342,6 +350,7 @@ impl Actor {
                             from_version: record.from_version.clone(),
                             to_version: record.to_version.clone(),
                             say: Arc::clone(&self.say),
+                            telemetry: self.telemetry.clone(),
                         },
                     );
                 }
@@ -780,6 +789,7 @@ impl Actor {
                         from_version: decision.from_version.clone(),
                         to_version: decision.to_version.clone(),
                         say: Arc::clone(&self.say),
+                        telemetry: self.telemetry.clone(),
                     },
                 );
             }

@@ -66,6 +66,7 @@ pub async fn run(
         from_version: None,
         to_version: None,
         say: Arc::clone(&say),
+        telemetry: None,
     };
     let ended = procedure::execute(&ctx).await;
     let took = started.elapsed();

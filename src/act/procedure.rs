@@ -35,6 +35,8 @@ pub struct Context {
     pub to_version: Option<String>,
     /// Where progress lines go (the terminal, the log).
     pub say: Arc<dyn Fn(&str) + Send + Sync>,
+    /// Counts steps in `rollwatch_procedure_steps_total` (the sidecar).
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 /// How a procedure ended.
@@ -274,6 +276,16 @@ async fn started(ctx: &Context, step: &NewStep) -> Result<i64, String> {
 }
 
 async fn finished(ctx: &Context, id: i64, step: &NewStep, end: &StepEnd) -> Result<(), String> {
+    if let Some(telemetry) = &ctx.telemetry {
+        telemetry
+            .steps
+            .get_or_create(&crate::telemetry::StepLabels {
+                target: ctx.name(),
+                stage: step.stage.as_str().to_string(),
+                result: end.outcome.as_str().to_string(),
+            })
+            .inc();
+    }
     (ctx.say)(&format!(
         "{} {} {} step {} {} after {:.1}s{}",
         crate::engine::time_text(end.ended_at),

@@ -17,7 +17,7 @@ use crate::engine::decision::Decision;
 use crate::engine::input::Event;
 use crate::engine::policy::Policy;
 use crate::policy::Compiled;
-use crate::telemetry::{DecisionLabels, Telemetry};
+use crate::telemetry::{DecisionLabels, RuleLabels, Telemetry};
 use crate::trace::TraceItem;
 
 use super::poll::{PollOutcome, Poller};
@@ -317,6 +317,28 @@ pub async fn run_target(
         }
         if let Some(decision) = hand_out(&mut engine, &mut pending, &mut actor, rollbacks).await? {
             last_decision = Some(decision);
+        }
+        telemetry
+            .incident_open
+            .get_or_create(&labels)
+            .set(i64::from(engine.incident().is_some()));
+        for rule in engine.rule_status() {
+            let Some(reading) = &rule.reading else {
+                continue;
+            };
+            let rule_labels = RuleLabels {
+                target: name.clone(),
+                rule: rule.rule.clone(),
+            };
+            for (family, value) in [
+                (&telemetry.signal_value, reading.value),
+                (&telemetry.signal_bound, reading.bound),
+                (&telemetry.signal_threshold, reading.threshold),
+            ] {
+                if let Some(value) = value {
+                    family.get_or_create(&rule_labels).set(value);
+                }
+            }
         }
         if let Some(board) = &status {
             board.publish(TargetStatus {
