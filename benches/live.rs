@@ -257,10 +257,17 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn start(policies: &[PathBuf]) -> Watcher {
+    /// `db`: act (store, outbox worker, API) on this database instead of a dry run.
+    fn start(policies: &[PathBuf], db: Option<&str>) -> Watcher {
         let binary = env!("CARGO_BIN_EXE_rollwatch");
+        let mode: Vec<&str> = match db {
+            Some(db) => vec!["--db", db],
+            None => vec!["--dry-run"],
+        };
         let mut child = Command::new(binary)
-            .args(["run", "--dry-run", "--listen", "127.0.0.1:0", "--policy"])
+            .arg("run")
+            .args(mode)
+            .args(["--listen", "127.0.0.1:0", "--policy"])
             .args(policies)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -441,6 +448,8 @@ struct Watch {
     /// Every target scraped this often before measuring.
     warm_scrapes: u64,
     measure_for: Duration,
+    /// The acting sidecar (SQLite store, outbox worker, API) rather than a dry run.
+    acting: bool,
 }
 
 struct WatchResult {
@@ -470,8 +479,9 @@ fn watch(rt: &tokio::runtime::Runtime, spec: &Watch) -> WatchResult {
             .map(|(i, url)| example_policy(url, &format!("web-{i:04}"), spec.interval)),
     );
 
+    let db = format!("sqlite://{}", dir.path().join("rollwatch.db").display());
     let launched = Instant::now();
-    let mut watcher = Watcher::start(&policies);
+    let mut watcher = Watcher::start(&policies, spec.acting.then_some(db.as_str()));
     // Warm-up: every target scraped `warm_scrapes` times (bounded).
     let warm_deadline = launched
         + Duration::from_secs_f64(10.0 + spec.interval_secs * (spec.warm_scrapes as f64 + 1.0));
@@ -693,7 +703,7 @@ fn steady_state() -> Steady {
 fn latency_trial(service: &Service, policy: &Path, phase: f64) -> Duration {
     service.set_version("v1.0.0");
     service.healthy.store(true, Ordering::SeqCst);
-    let mut watcher = Watcher::start(&[policy.to_path_buf()]);
+    let mut watcher = Watcher::start(&[policy.to_path_buf()], None);
     let bounded_wait = |watcher: &mut Watcher, scrapes: u64, what: &str| {
         let deadline = Instant::now() + Duration::from_secs(10);
         while service.scrapes() < scrapes {
@@ -812,6 +822,7 @@ fn main() {
             Err(_) if full => 30,
             Err(_) => 3,
         }),
+        acting: false,
     };
     let fleet_result = watch(&rt, &fleet);
     report_watch(
@@ -860,6 +871,7 @@ fn main() {
             interval_secs: 1.0,
             warm_scrapes: 2,
             measure_for: Duration::from_secs(10),
+            acting: false,
         };
         let result = watch(&rt, &one);
         report_watch(&one, &result, false, None, full);
@@ -870,6 +882,7 @@ fn main() {
             interval_secs: 15.0,
             warm_scrapes: 1,
             measure_for: Duration::from_secs(20),
+            acting: false,
         };
         let result = watch(&rt, &idle);
         report_watch(
@@ -878,6 +891,36 @@ fn main() {
             false,
             Some((TARGET_IDLE_RSS_KIB, "20 MB")),
             full,
+        );
+
+        // The sidecar as deployed: acting, with its SQLite store, outbox
+        // worker and HTTP API, one target at 15 s (ROLLWATCH_BENCH_IDLE_SECS).
+        let sidecar = Watch {
+            targets: 1,
+            interval: "15s",
+            interval_secs: 15.0,
+            warm_scrapes: 1,
+            measure_for: Duration::from_secs(
+                std::env::var("ROLLWATCH_BENCH_IDLE_SECS")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(60),
+            ),
+            acting: true,
+        };
+        let result = watch(&rt, &sidecar);
+        println!("{NAME}/acting sidecar (store, outbox worker, API):");
+        report_watch(
+            &sidecar,
+            &result,
+            false,
+            Some((TARGET_IDLE_RSS_KIB, "20 MB")),
+            full,
+        );
+        println!(
+            "  acting idle CPU {:.3} % of one core{}",
+            result.usage.cpu_percent,
+            verdict(true, result.usage.cpu_percent < 1.0, "1 %")
         );
     }
     detection_latency(&rt, if full { 10 } else { 1 }, full);

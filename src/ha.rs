@@ -63,7 +63,7 @@ pub fn lead(
                     }
                     Some(Ok(conn)) => connection = Some(conn),
                     Some(Err(error)) => {
-                        tracing::warn!(%error, "leadership: cannot reach the database; passive");
+                        tracing::error!(%error, "DATABASE UNREACHABLE: no leadership, so this replica is passive: NOT ACTING on any target until the database answers");
                     }
                 }
             }
@@ -77,7 +77,7 @@ pub fn lead(
                 // (the server frees its locks with it), start again.
                 for (target, _, owner) in &owners {
                     if owner.send_if_modified(|held| std::mem::replace(held, false)) {
-                        tracing::error!(target_name = %target, "leadership LOST: no longer acting on this target");
+                        tracing::error!(target_name = %target, "leadership LOST (its database session does not answer): NOT ACTING on this target");
                     }
                 }
                 connection = None;

@@ -127,7 +127,8 @@ pub async fn run_target(
     let mut hand_out = async |engine: &mut Engine,
                               decisions: &mut Vec<Decision>,
                               actor: &mut Option<Actor>,
-                              rollbacks: Rollbacks|
+                              rollbacks: Rollbacks,
+                              passive: bool|
            -> Result<Option<Decision>, DriveError> {
         let mut last = None;
         while !decisions.is_empty() {
@@ -139,6 +140,19 @@ pub async fn run_target(
                     tier: decision.tier.name().to_string(),
                 };
                 telemetry.decisions.get_or_create(&decision_labels).inc();
+                if passive {
+                    // Evaluated, never acted on: say so rather than print
+                    // what only the owner does.
+                    if decision.action.may_roll_back() || decision.action.pages() {
+                        tracing::warn!(
+                            target_name = %name,
+                            action = %decision.action,
+                            "PASSIVE, NOT ROLLING BACK OR PAGING from this replica: it does not own the target (another replica does, or the database is unreachable): {}",
+                            decision.explanation
+                        );
+                    }
+                    continue;
+                }
                 on_decision(&decision);
                 let Some(actor) = actor.as_mut() else {
                     continue;
@@ -305,7 +319,14 @@ pub async fn run_target(
                             ended.result,
                         )?;
                         drive::drain(&mut engine, rollbacks, &mut collect(&mut pending))?;
-                        hand_out(&mut engine, &mut pending, &mut actor, rollbacks).await?;
+                        hand_out(
+                            &mut engine,
+                            &mut pending,
+                            &mut actor,
+                            rollbacks,
+                            parked.is_some(),
+                        )
+                        .await?;
                     }
                     Err(_) => tracing::error!(
                         target_name = %name,
@@ -315,7 +336,15 @@ pub async fn run_target(
             }
             return Ok(None);
         }
-        if let Some(decision) = hand_out(&mut engine, &mut pending, &mut actor, rollbacks).await? {
+        if let Some(decision) = hand_out(
+            &mut engine,
+            &mut pending,
+            &mut actor,
+            rollbacks,
+            parked.is_some(),
+        )
+        .await?
+        {
             last_decision = Some(decision);
         }
         telemetry
