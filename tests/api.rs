@@ -425,3 +425,47 @@ async fn a_valid_edit_is_applied_and_a_broken_one_rejected_with_the_last_good_po
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_messages_that_could_not_be_delivered() {
+    let service = TestService::start().await;
+    let sidecar = Sidecar::start(&service.url(), Some(TOKEN));
+    let url = format!(
+        "sqlite://{}",
+        sidecar.dir.path().join("rollwatch.db").display()
+    );
+    let store = rollwatch::store::Store::open(&url).await.unwrap();
+    let now = chrono::Utc::now();
+    let id = store
+        .enqueue_notification(&rollwatch::store::NewNotification {
+            incident: None,
+            kind: rollwatch::store::NotificationKind::Page,
+            channel: "oncall".into(),
+            recipients: vec!["oncall@example.com".into()],
+            subject: "PAGE staging web".into(),
+            body: "...".into(),
+            dedupe_key: "failed-page".into(),
+            created_at: now,
+            target: "web/staging".into(),
+            details: json!({}),
+        })
+        .await
+        .unwrap()
+        .id();
+    store
+        .mark_notification_failed(id, "SMTP 127.0.0.1:25 refused it: 550 no such user", None)
+        .await
+        .unwrap();
+    let (code, status) = sidecar.get("/api/v1/status").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        status["undelivered"][0]["subject"], "PAGE staging web",
+        "{status:#}"
+    );
+    assert!(
+        status["undelivered"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("550 no such user")
+    );
+}

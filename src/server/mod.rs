@@ -102,12 +102,26 @@ fn json_text(text: String) -> Response {
 }
 
 async fn status(State(api): Shared) -> Reply {
+    // Messages that could not be delivered (and were escalated elsewhere).
+    let undelivered = match &api.store {
+        Some(store) => match store.failed_notifications(UNDELIVERED_SHOWN).await {
+            Ok(failed) => failed,
+            Err(e) => {
+                tracing::warn!(error = %e, "status: cannot read the undelivered messages");
+                Vec::new()
+            }
+        },
+        None => Vec::new(),
+    };
     let text = api
         .status
-        .to_json()
+        .to_json_with(&undelivered)
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(json_text(text))
 }
+
+/// The newest undelivered messages `GET /api/v1/status` shows.
+const UNDELIVERED_SHOWN: i64 = 20;
 
 fn store(api: &Api) -> Result<&Store, ApiError> {
     api.store.as_ref().ok_or_else(|| {

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::engine::decision::Decision;
 use crate::engine::{Deployment, Incident, RuleStatus};
+use crate::store::NotificationRecord;
 
 /// The source's health as the last poll saw it.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -57,9 +58,21 @@ impl StatusBoard {
 
     /// JSON of every target, serialized under the read lock (no clone).
     pub fn to_json(&self) -> serde_json::Result<String> {
+        self.to_json_with(&[])
+    }
+
+    /// The same, with the messages that finally failed to be delivered.
+    pub fn to_json_with(&self, undelivered: &[NotificationRecord]) -> serde_json::Result<String> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            targets: Vec<&'a TargetStatus>,
+            undelivered: &'a [NotificationRecord],
+        }
         let board = self.0.read().unwrap_or_else(|e| e.into_inner());
-        let targets: Vec<&TargetStatus> = board.values().collect();
-        serde_json::to_string(&serde_json::json!({ "targets": targets }))
+        serde_json::to_string(&Body {
+            targets: board.values().collect(),
+            undelivered,
+        })
     }
 
     pub fn targets(&self) -> Vec<String> {
