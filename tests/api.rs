@@ -404,6 +404,30 @@ async fn a_valid_edit_is_applied_and_a_broken_one_rejected_with_the_last_good_po
             .contains("rollwatch_policy_reloads_total{target=\"web/staging\",result=\"failed\"} 1"),
         "{metrics}"
     );
+    // SIGHUP re-reads at once: the broken file is reported again.
+    // SAFETY: a signal to the child this test started.
+    unsafe {
+        libc::kill(sidecar.child.id() as i32, libc::SIGHUP);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = rollwatch::sources::http::client()
+            .unwrap()
+            .get(format!("{}/metrics", sidecar.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics
+            .contains("rollwatch_policy_reloads_total{target=\"web/staging\",result=\"failed\"} 2")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP: {metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // It still acts, on the 50 % policy: 30 % errors after a deployment do
     // not roll back; 80 % do.
     let deploy = json!({"version": "v2.0.0", "previous": "v1.0.0"}).to_string();
