@@ -10,7 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use assert_cmd::cargo::cargo_bin;
@@ -38,16 +38,14 @@ struct World {
     policy: PathBuf,
     db: String,
     /// Lines rollwatch printed, across restarts.
-    output: Arc<Mutex<Vec<String>>>,
+    output: common::process::Lines,
 }
 
 impl World {
     async fn new(db: Option<String>, extra_rules: &str) -> World {
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("step.sh");
-        std::fs::write(&script, STEP_SCRIPT).unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        common::process::write_script(&script, STEP_SCRIPT);
         let service = TestService::start().await;
         let policy = dir.path().join("staging.toml");
         std::fs::write(&policy, policy_text(&service.url(), &script, extra_rules)).unwrap();
@@ -109,26 +107,12 @@ impl World {
             command.env(key, value);
         }
         let mut child = command.spawn().unwrap();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let output = Arc::clone(&self.output);
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(stream)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    output.lock().unwrap().push(line);
-                }
-            });
-        }
+        common::process::capture(&mut child, &self.output);
         Running(Some(child))
     }
 
     fn output(&self) -> String {
-        self.output.lock().unwrap().join("\n")
+        common::process::text(&self.output)
     }
 
     /// Healthy at v1, then a deployment of v2 that serves 30 % errors; the
@@ -428,14 +412,8 @@ async fn a_bad_deploy_is_rolled_back_verified_watched_and_resolved(db: Option<St
         "{decisions:#?}"
     );
     // The sidecar's own metrics tell the same story.
-    let address = world
-        .output()
-        .lines()
-        .find_map(|l| {
-            l.split_once(" on http://")
-                .map(|(_, a)| format!("http://{a}"))
-        })
-        .expect("the sidecar says where it listens");
+    let address =
+        common::process::listen_address(&world.output).expect("the sidecar says where it listens");
     let metrics = rollwatch::sources::http::client()
         .unwrap()
         .get(format!("{address}/metrics"))

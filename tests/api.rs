@@ -4,7 +4,7 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use assert_cmd::cargo::cargo_bin;
@@ -15,7 +15,7 @@ const TOKEN: &str = "s3cret-token-for-tests";
 
 struct Sidecar {
     child: Child,
-    output: Arc<Mutex<Vec<String>>>,
+    output: common::process::Lines,
     base: String,
     dir: tempfile::TempDir,
 }
@@ -32,13 +32,10 @@ impl Sidecar {
     fn start(url: &str, token: Option<&str>) -> Sidecar {
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("step.sh");
-        std::fs::write(
+        common::process::write_script(
             &script,
             "#!/bin/sh\necho \"$1\" >> \"$(dirname \"$0\")/calls.log\"\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        );
         let policy = dir.path().join("staging.toml");
         std::fs::write(
             &policy,
@@ -89,34 +86,9 @@ command = ["{script}", "rollback-app"]
             command.env("ROLLWATCH_API_TOKEN", token);
         }
         let mut child = command.spawn().unwrap();
-        let output: Arc<Mutex<Vec<String>>> = Arc::default();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let output = Arc::clone(&output);
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(stream)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    output.lock().unwrap().push(line);
-                }
-            });
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let base = loop {
-            let found = output.lock().unwrap().iter().find_map(|l| {
-                l.split_once(" on http://")
-                    .map(|(_, a)| format!("http://{a}"))
-            });
-            if let Some(base) = found {
-                break base;
-            }
-            assert!(Instant::now() < deadline, "{:#?}", output.lock().unwrap());
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let output: common::process::Lines = Arc::default();
+        common::process::capture(&mut child, &output);
+        let base = common::process::wait_for_listen_address(&output);
         Sidecar {
             child,
             output,
@@ -126,7 +98,7 @@ command = ["{script}", "rollback-app"]
     }
 
     fn output(&self) -> String {
-        self.output.lock().unwrap().join("\n")
+        common::process::text(&self.output)
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {

@@ -7,8 +7,8 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use assert_cmd::cargo::cargo_bin;
@@ -18,7 +18,7 @@ use rollwatch::store::{IncidentPhase, IncidentState, Store};
 
 struct Replica {
     child: Option<Child>,
-    output: Arc<Mutex<Vec<String>>>,
+    output: common::process::Lines,
     base: String,
 }
 
@@ -32,34 +32,9 @@ impl Replica {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let output: Arc<Mutex<Vec<String>>> = Arc::default();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let output = Arc::clone(&output);
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(stream)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    output.lock().unwrap().push(line);
-                }
-            });
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let base = loop {
-            let found = output.lock().unwrap().iter().find_map(|l| {
-                l.split_once(" on http://")
-                    .map(|(_, a)| format!("http://{a}"))
-            });
-            if let Some(base) = found {
-                break base;
-            }
-            assert!(Instant::now() < deadline, "{:#?}", output.lock().unwrap());
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let output: common::process::Lines = Arc::default();
+        common::process::capture(&mut child, &output);
+        let base = common::process::wait_for_listen_address(&output);
         Replica {
             child: Some(child),
             output,
@@ -75,7 +50,7 @@ impl Replica {
     }
 
     fn output(&self) -> String {
-        self.output.lock().unwrap().join("\n")
+        common::process::text(&self.output)
     }
 }
 
@@ -105,12 +80,10 @@ async fn the_owner_dies_during_a_rollback_and_the_other_replica_finishes_it_once
     };
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("step.sh");
-    std::fs::write(
+    common::process::write_script(
         &script,
         "#!/bin/sh\ndir=\"$(dirname \"$0\")\"\necho \"$1\" >> \"$dir/calls.log\"\nwhile [ -e \"$dir/hold-$1\" ]; do sleep 0.05; done\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     std::fs::write(dir.path().join("hold-rollback-app"), "").unwrap();
     let service = TestService::start().await;
     let policy = dir.path().join("staging.toml");

@@ -296,9 +296,7 @@ impl World {
     async fn new(steps: &[StepDef]) -> World {
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("step.sh");
-        std::fs::write(&script, STEP_SCRIPT).unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        common::process::write_script(&script, STEP_SCRIPT);
         let service = TestService::start().await;
         let policy = dir.path().join("staging.toml");
         std::fs::write(

@@ -478,7 +478,7 @@ struct Watch {
     service: common::service::TestService,
     db: String,
     child: std::process::Child,
-    output: Arc<Mutex<Vec<String>>>,
+    output: common::process::Lines,
 }
 
 impl Watch {
@@ -488,13 +488,10 @@ impl Watch {
         let url = service.url();
         let policy = dir.path().join("production.toml");
         let script = dir.path().join("step.sh");
-        std::fs::write(
+        common::process::write_script(
             &script,
             "#!/bin/sh\necho \"$1\" >> \"$(dirname \"$0\")/calls.log\"\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        );
         std::fs::write(
             &policy,
             format!(
@@ -564,22 +561,8 @@ url = "{am}"
             .env("RUST_LOG", "rollwatch=info")
             .spawn()
             .unwrap();
-        let output: Arc<Mutex<Vec<String>>> = Arc::default();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let output = Arc::clone(&output);
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(stream)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    output.lock().unwrap().push(line);
-                }
-            });
-        }
+        let output: common::process::Lines = Arc::default();
+        common::process::capture(&mut child, &output);
         tokio::time::sleep(Duration::from_millis(2500)).await;
         service.set(|k| {
             k.version = "v2.0.0".into();
@@ -595,7 +578,7 @@ url = "{am}"
     }
 
     fn output(&self) -> String {
-        self.output.lock().unwrap().join("\n")
+        common::process::text(&self.output)
     }
 
     async fn wait_for(&self, what: &str, done: impl Fn(&Watch) -> bool) {
@@ -789,14 +772,8 @@ async fn an_unanswered_page_escalates_to_the_escalation_contacts_on_time() {
     assert_eq!(escalations, 1);
     assert_eq!(watch.rollbacks(), 0, "a page never rolls back");
     // Delivery shows in the sidecar's metrics.
-    let address = watch
-        .output()
-        .lines()
-        .find_map(|l| {
-            l.split_once(" on http://")
-                .map(|(_, a)| format!("http://{a}"))
-        })
-        .expect("the sidecar says where it listens");
+    let address =
+        common::process::listen_address(&watch.output).expect("the sidecar says where it listens");
     let metrics = rollwatch::sources::http::client()
         .unwrap()
         .get(format!("{address}/metrics"))

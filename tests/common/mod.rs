@@ -3,5 +3,6 @@
 
 pub mod mail;
 pub mod pg;
+pub mod process;
 pub mod prometheus;
 pub mod service;
