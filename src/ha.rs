@@ -7,13 +7,12 @@
 //! the lock when the server drops its session. A passive replica tries for
 //! the lock every interval, so ownership moves within two intervals.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use sha2::Digest;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
@@ -26,85 +25,175 @@ pub fn lock_key(target: &str) -> i64 {
     i64::from_be_bytes(bytes)
 }
 
-/// Publishes, per target, whether this replica owns it, checking every
-/// `interval` until `shutdown` (then the locks go with the connection). One
-/// connection holds all of this replica's locks. With SQLite there is one
-/// replica: it owns every target.
-pub fn lead(
-    store: Store,
-    targets: &[String],
-    interval: Duration,
-    shutdown: CancellationToken,
-) -> HashMap<String, watch::Receiver<bool>> {
-    let mut owners = Vec::new();
-    let mut receivers = HashMap::new();
-    for target in targets {
-        let (owner, leadership) = watch::channel(false);
-        owners.push((target.clone(), lock_key(target), owner));
-        receivers.insert(target.clone(), leadership);
+/// This replica's claim on its targets: one task with one database
+/// connection holding the locks, told of targets as they come and go.
+#[derive(Clone)]
+pub struct Leader {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+enum Command {
+    /// Contend for a target; check at least every `interval`.
+    Add {
+        target: String,
+        interval: Duration,
+        owner: watch::Sender<bool>,
+    },
+    /// Give a target up (its loop has ended): unlock it.
+    Remove { target: String },
+}
+
+struct Owned {
+    target: String,
+    key: i64,
+    owner: watch::Sender<bool>,
+}
+
+impl Leader {
+    /// Starts contending, checking every `interval` (or a target's shorter
+    /// one) until `shutdown`; then the locks go with the connection. With
+    /// SQLite there is one replica: it owns every target.
+    pub fn start(store: Store, interval: Duration, shutdown: CancellationToken) -> Leader {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(contend(store, interval, receiver, shutdown));
+        Leader { commands }
     }
-    tokio::spawn(async move {
-        let mut connection: Option<PgConnection> = None;
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            if connection.is_none() {
-                match store.dedicated_connection(interval).await {
-                    None => {
-                        // SQLite: a single replica owns everything.
-                        for (_, _, owner) in &owners {
-                            owner.send_if_modified(|held| !std::mem::replace(held, true));
-                        }
-                        continue;
+
+    /// Whether this replica owns `target`, as it changes. Owned once the lock
+    /// is taken (at the next check).
+    pub fn add(&self, target: &str, interval: Duration) -> watch::Receiver<bool> {
+        let (owner, leadership) = watch::channel(false);
+        let _ = self.commands.send(Command::Add {
+            target: target.to_string(),
+            interval,
+            owner,
+        });
+        leadership
+    }
+
+    /// Releases `target` (call once its loop has ended, so that another
+    /// replica can never act while this one still does).
+    pub fn remove(&self, target: &str) {
+        let _ = self.commands.send(Command::Remove {
+            target: target.to_string(),
+        });
+    }
+}
+
+async fn contend(
+    store: Store,
+    mut interval: Duration,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    shutdown: CancellationToken,
+) {
+    let mut owned: Vec<Owned> = Vec::new();
+    let mut connection: Option<PgConnection> = None;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // SQLite: a single replica owns everything.
+    let mut alone = false;
+    loop {
+        tokio::select! {
+            // Targets added before a check are contended for in that check.
+            biased;
+            _ = shutdown.cancelled() => break,
+            command = commands.recv() => match command {
+                Some(Command::Add { target, interval: every, owner }) => {
+                    if alone {
+                        owner.send_replace(true);
                     }
-                    Some(Ok(conn)) => connection = Some(conn),
-                    Some(Err(error)) => {
-                        tracing::error!(%error, "DATABASE UNREACHABLE: no leadership, so this replica is passive: NOT ACTING on any target until the database answers");
+                    owned.retain(|o| o.target != target);
+                    owned.push(Owned { key: lock_key(&target), target, owner });
+                    if every < interval {
+                        interval = every;
+                        tick = tokio::time::interval(interval);
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     }
-                }
-            }
-            let held: usize = owners.iter().filter(|(_, _, o)| *o.borrow()).count();
-            let healthy = match connection.as_mut() {
-                Some(conn) => held == 0 || held_count(conn, interval).await == Some(held),
-                None => false,
-            };
-            if !healthy {
-                // The session is suspect: stop acting now, drop the connection
-                // (the server frees its locks with it), start again.
-                for (target, _, owner) in &owners {
-                    if owner.send_if_modified(|held| std::mem::replace(held, false)) {
-                        tracing::error!(target_name = %target, "leadership LOST (its database session does not answer): NOT ACTING on this target");
-                    }
-                }
-                connection = None;
-                continue;
-            }
-            let Some(conn) = connection.as_mut() else {
-                continue;
-            };
-            for (target, key, owner) in &owners {
-                if *owner.borrow() {
                     continue;
                 }
-                if try_lock(conn, *key, interval).await {
-                    tracing::warn!(target_name = %target, "leadership taken: this replica acts on the target");
-                    owner.send_replace(true);
+                Some(Command::Remove { target }) => {
+                    if let Some(at) = owned.iter().position(|o| o.target == target) {
+                        let gone = owned.remove(at);
+                        if *gone.owner.borrow()
+                            && let Some(conn) = connection.as_mut()
+                            && !unlock(conn, gone.key, interval).await
+                        {
+                            // The lock may still be held: start a new session.
+                            tracing::warn!(target_name = %target, "cannot release the advisory lock of a removed target; reconnecting");
+                            drop_leadership(&owned, &mut connection);
+                        }
+                    }
+                    continue;
+                }
+                None => break,
+            },
+            _ = tick.tick() => {}
+        }
+        if connection.is_none() {
+            match store.dedicated_connection(interval).await {
+                None => {
+                    alone = true;
+                    for o in &owned {
+                        o.owner
+                            .send_if_modified(|held| !std::mem::replace(held, true));
+                    }
+                    continue;
+                }
+                Some(Ok(conn)) => connection = Some(conn),
+                Some(Err(error)) => {
+                    tracing::error!(%error, "DATABASE UNREACHABLE: no leadership, so this replica is passive: NOT ACTING on any target until the database answers");
                 }
             }
         }
-        if let Some(conn) = connection {
-            let _ = conn.close().await;
+        let held: usize = owned.iter().filter(|o| *o.owner.borrow()).count();
+        let healthy = match connection.as_mut() {
+            Some(conn) => held == 0 || held_count(conn, interval).await == Some(held),
+            None => false,
+        };
+        if !healthy {
+            drop_leadership(&owned, &mut connection);
+            continue;
         }
-    });
-    receivers
+        let Some(conn) = connection.as_mut() else {
+            continue;
+        };
+        for o in &owned {
+            if *o.owner.borrow() {
+                continue;
+            }
+            if try_lock(conn, o.key, interval).await {
+                tracing::warn!(target_name = %o.target, "leadership taken: this replica acts on the target");
+                o.owner.send_replace(true);
+            }
+        }
+    }
+    if let Some(conn) = connection {
+        let _ = conn.close().await;
+    }
+}
+
+/// The session is suspect: stop acting now, drop the connection (the server
+/// frees its locks with it); the next check starts again.
+fn drop_leadership(owned: &[Owned], connection: &mut Option<PgConnection>) {
+    for o in owned {
+        if o.owner
+            .send_if_modified(|held| std::mem::replace(held, false))
+        {
+            tracing::error!(target_name = %o.target, "leadership LOST (its database session does not answer): NOT ACTING on this target");
+        }
+    }
+    *connection = None;
 }
 
 async fn try_lock(conn: &mut PgConnection, key: i64, timeout: Duration) -> bool {
     let query = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+        .bind(key)
+        .fetch_one(&mut *conn);
+    matches!(tokio::time::timeout(timeout, query).await, Ok(Ok(true)))
+}
+
+async fn unlock(conn: &mut PgConnection, key: i64, timeout: Duration) -> bool {
+    let query = sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1)")
         .bind(key)
         .fetch_one(&mut *conn);
     matches!(tokio::time::timeout(timeout, query).await, Ok(Ok(true)))

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod drive;
 pub mod engine;
 pub mod explain;
+pub mod fleet;
 pub mod ha;
 pub mod incidents;
 pub mod live;

@@ -13,6 +13,7 @@ use crate::cli::{Failure, OutputFormat, load_target};
 use crate::engine::decision::Decision;
 use crate::engine::policy::Action;
 use crate::engine::{RuleStatus, time_text};
+use crate::fleet::{self, Fleet};
 use crate::policy::units::{HumanDuration, format_duration};
 use crate::runtime::record::Recorder;
 use crate::runtime::target;
@@ -199,14 +200,39 @@ pub async fn run(
     db: &str,
 ) -> Result<(), Failure> {
     // Every policy is read and validated before anything starts.
-    let targets = paths
-        .iter()
-        .map(|p| load_target(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (files, unlisted) = fleet::policy_files(paths);
+    if let Some((dir, error)) = unlisted.first() {
+        return Err(Failure::Usage(format!(
+            "{}: cannot list the policy directory: {error}",
+            dir.display()
+        )));
+    }
+    let mut targets: Vec<(PathBuf, crate::policy::Compiled)> = Vec::new();
+    for path in &files {
+        let target = load_target(path)?;
+        let name = fleet::target_name(&target);
+        if let Some((other, _)) = targets.iter().find(|(_, t)| fleet::target_name(t) == name) {
+            return Err(Failure::Usage(format!(
+                "{}: target {name} is already watched with {}; one policy file per target",
+                path.display(),
+                other.display()
+            )));
+        }
+        targets.push((path.clone(), target));
+    }
+    for dir in paths.iter().filter(|p| p.is_dir()) {
+        eprintln!(
+            "watching {} for policy files (*.toml): a new file adds a target, a removed one removes it",
+            dir.display()
+        );
+    }
+    if targets.is_empty() {
+        eprintln!("warning: no policy files yet: nothing is watched until one appears");
+    }
     let store = if dry_run {
         None
     } else {
-        for target in &targets {
+        for (_, target) in &targets {
             if target.procedure.is_none() {
                 eprintln!(
                     "warning: {} has no [procedure]: its rollback decisions will fail and escalate; add one, or use --dry-run",
@@ -230,28 +256,8 @@ pub async fn run(
         .local_addr()
         .map_err(|e| Failure::Runtime(e.into()))?;
     eprintln!("serving /healthz, /metrics and /api/v1 on http://{local}");
-    let server_shutdown = shutdown.clone();
     let status = crate::server::status::StatusBoard::default();
-    let mut inputs = std::collections::HashMap::new();
-    let mut inboxes = std::collections::HashMap::new();
-    let mut reload_inboxes = std::collections::HashMap::new();
-    let mut watched = Vec::new();
-    for (target, path) in targets.iter().zip(paths) {
-        let name = format!("{}/{}", target.policy.service, target.policy.environment);
-        let (sender, receiver) = tokio::sync::mpsc::channel(64);
-        inputs.insert(name.clone(), sender);
-        inboxes.insert(name.clone(), receiver);
-        let (sender, receiver) = tokio::sync::mpsc::channel(4);
-        reload_inboxes.insert(name.clone(), receiver);
-        watched.push(Watched {
-            path: path.clone(),
-            target: name,
-            in_force: target.policy.sha256.clone(),
-            last_seen: target.policy.sha256.clone(),
-            stamp: file_stamp(path),
-            reloads: sender,
-        });
-    }
+    let inboxes = crate::server::Inboxes::default();
     let token = std::env::var("ROLLWATCH_API_TOKEN")
         .ok()
         .filter(|t| !t.trim().is_empty());
@@ -262,9 +268,10 @@ pub async fn run(
         telemetry: Arc::clone(&telemetry),
         status: status.clone(),
         store: store.clone(),
-        inputs,
+        inputs: inboxes.clone(),
         token,
     });
+    let server_shutdown = shutdown.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
@@ -272,140 +279,107 @@ pub async fn run(
     });
     // Several replicas on one PostgreSQL: each target is acted on by the
     // replica holding its advisory lock; the others stay passive.
-    let mut leaderships = match &store {
+    let leader = match &store {
         Some(store) if store.backend() == crate::store::Backend::Postgres => {
-            let names: Vec<String> = targets
-                .iter()
-                .map(|t| format!("{}/{}", t.policy.service, t.policy.environment))
-                .collect();
             let interval = targets
                 .iter()
-                .filter_map(|t| t.policy.evaluation.interval.to_std().ok())
+                .filter_map(|(_, t)| t.policy.evaluation.interval.to_std().ok())
                 .min()
                 .unwrap_or(Duration::from_secs(15));
-            crate::ha::lead(store.clone(), &names, interval, shutdown.clone())
+            Some(crate::ha::Leader::start(
+                store.clone(),
+                interval,
+                shutdown.clone(),
+            ))
         }
-        _ => std::collections::HashMap::new(),
+        _ => None,
     };
     // The outbox worker delivers what the targets' decisions store.
     let delivery = Arc::new(tokio::sync::Notify::new());
-    let mut worker = None;
-    if let Some(store) = &store {
-        let mut routing = crate::notify::deliver::Routing::default();
-        for target in &targets {
-            let name = format!("{}/{}", target.policy.service, target.policy.environment);
-            let owner = leaderships.get(&name).cloned();
-            routing.add_owned(name, target.notify.clone(), owner);
+    let routing = store
+        .as_ref()
+        .map(|_| crate::notify::deliver::Routing::default());
+    let worker = match (&store, &routing) {
+        (Some(store), Some(routing)) => {
+            let worker = crate::notify::deliver::Worker::new(
+                store.clone(),
+                routing.clone(),
+                Arc::clone(&delivery),
+            )
+            .with_telemetry(Arc::clone(&telemetry));
+            Some(tokio::spawn(worker.run(shutdown.clone())))
         }
-        let worker_task =
-            crate::notify::deliver::Worker::new(store.clone(), routing, Arc::clone(&delivery))
-                .with_telemetry(Arc::clone(&telemetry));
-        worker = Some(tokio::spawn(worker_task.run(shutdown.clone())));
-    }
-    let watcher = tokio::spawn(watch_policies(
-        watched,
-        Arc::clone(&telemetry),
-        shutdown.clone(),
-    ));
-    let mut tasks = tokio::task::JoinSet::new();
-    for target in targets {
-        let name = format!("{}/{}", target.policy.service, target.policy.environment);
-        let path = target.policy.path.clone();
-        let sources = describe_sources(&target);
-        let mode = if dry_run {
-            "dry run: nothing is executed or sent"
-        } else {
-            "acting: rollbacks run the policy's procedure"
-        };
-        say(&format!(
-            "{} watching {name} with {path} ({sources}); {mode}",
-            time_text(chrono::Utc::now())
-        ));
-        let actor = store.as_ref().map(|store| {
-            crate::act::actor::Actor::new(store.clone(), Arc::new(target.clone()), Arc::new(say))
-                .with_delivery(Arc::clone(&delivery))
-                .with_telemetry(Arc::clone(&telemetry))
-        });
-        let (policy, notify) = (target.policy.clone(), target.notify.clone());
-        let wiring = target::Wiring {
-            status: Some(status.clone()),
-            events: inboxes.remove(&name),
-            reloads: reload_inboxes.remove(&name),
-            leadership: leaderships.remove(&name),
-        };
-        let recorder = recorder.clone();
-        let shutdown = shutdown.clone();
-        let telemetry = Arc::clone(&telemetry);
-        tasks.spawn(async move {
-            let result =
-                target::run_target(target, recorder, telemetry, shutdown, |decision| {
-                    print_decision(&name, decision, dry_run);
-                    if dry_run {
-                        print_messages(&policy, notify.as_ref(), decision);
-                    }
-                }, actor, wiring).await;
-            if let Err(error) = &result {
-                tracing::error!(target_name = %name, error = %format!("{error:#}"), "target stopped");
-            }
-            result.map(|_| ())
-        });
+        _ => None,
+    };
+    let mut fleet = Fleet::new(
+        fleet::Shared {
+            dry_run,
+            store,
+            telemetry,
+            status,
+            inboxes,
+            leader,
+            routing,
+            delivery,
+            recorder,
+            shutdown: shutdown.clone(),
+        },
+        paths.to_vec(),
+    );
+    for (path, target) in targets {
+        fleet.start(&path, target);
     }
     // A target that stops is a target nobody watches: stop loudly, so the
     // supervisor (systemd, Kubernetes) restarts rollwatch.
     let mut failure: Option<anyhow::Error> = None;
-    tokio::select! {
-        _ = wait_for_signal() => eprintln!("stopping"),
-        Some(joined) = tasks.join_next() => {
-            let error = match joined {
-                Ok(Ok(())) => anyhow::anyhow!("a target loop ended unexpectedly"),
-                Ok(Err(error)) => error,
-                Err(join) => anyhow::anyhow!("a target loop crashed: {join}"),
-            };
-            tracing::error!(error = %format!("{error:#}"), "stopping: a target is no longer watched");
-            failure = Some(error);
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(fleet::POLICY_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.reset();
+    loop {
+        #[cfg(unix)]
+        let hup = async {
+            match hangup.as_mut() {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = &mut stop => {
+                eprintln!("stopping");
+                break;
+            }
+            _ = tick.tick() => fleet.check(false).await,
+            _ = hup => fleet.check(true).await,
+            Some(joined) = fleet.next_end() => {
+                let outcome = match joined {
+                    Ok(ended) => fleet.ended(ended),
+                    Err(join) => Err(anyhow::anyhow!("a target loop crashed: {join}")),
+                };
+                if let Err(error) = outcome {
+                    tracing::error!(error = %format!("{error:#}"), "stopping: a target is no longer watched");
+                    failure = Some(error);
+                    break;
+                }
+            }
         }
     }
     shutdown.cancel();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Err(error)) => {
-                failure.get_or_insert(error);
-            }
-            Err(join) if join.is_panic() => {
-                failure.get_or_insert(anyhow::anyhow!("a target loop crashed: {join}"));
-            }
-            _ => {}
-        }
+    if let Some(error) = fleet.stop_all().await {
+        failure.get_or_insert(error);
     }
     let _ = server.await;
-    let _ = watcher.await;
     if let Some(worker) = worker {
         let _ = worker.await;
     }
     match failure {
         Some(error) => Err(Failure::Runtime(error)),
         None => Ok(()),
-    }
-}
-
-fn describe_sources(target: &crate::policy::Compiled) -> String {
-    use crate::sources::config::SourceKind;
-    let mut parts = Vec::new();
-    match target.source.as_ref().map(|s| &s.kind) {
-        Some(SourceKind::Scrape { url, .. }) => parts.push(format!("scrape {url}")),
-        Some(SourceKind::Prometheus { url, .. }) => parts.push(format!("prometheus {url}")),
-        None => {}
-    }
-    if let Some(health) = &target.health {
-        parts.push(format!("health {}", health.url));
-    }
-    if !target.checks.is_empty() {
-        parts.push(format!("{} checks", target.checks.len()));
-    }
-    if parts.is_empty() {
-        "no sources configured".into()
-    } else {
-        parts.join(", ")
     }
 }
 
@@ -447,157 +421,8 @@ pub fn print_decision(name: &str, decision: &Decision, dry_run: bool) {
     ));
 }
 
-/// A policy file `run` watches for edits.
-struct Watched {
-    path: PathBuf,
-    target: String,
-    /// The hash of the policy in force.
-    in_force: String,
-    /// The hash of the file as last read (a rejected edit is reported once).
-    last_seen: String,
-    /// Size and modification time when last read: unchanged, not read again.
-    stamp: Option<(u64, std::time::SystemTime)>,
-    reloads: tokio::sync::mpsc::Sender<target::Reload>,
-}
-
-/// How often policy files are looked at for edits.
-const POLICY_CHECK: Duration = Duration::from_secs(2);
-
-/// Hot reload (SPEC 4): every `POLICY_CHECK`, and at once on SIGHUP, each
-/// policy file is read; an edit is validated: valid → the target puts it in
-/// force between polls; invalid → rejected, the last good policy stays, the
-/// error is logged, counted and shown in status.
-async fn watch_policies(
-    mut watched: Vec<Watched>,
-    telemetry: Arc<Telemetry>,
-    shutdown: CancellationToken,
-) {
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut tick = tokio::time::interval(POLICY_CHECK);
-    loop {
-        #[cfg(unix)]
-        let hup = async {
-            match hangup.as_mut() {
-                Some(signal) => signal.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hup = std::future::pending::<Option<()>>();
-        let forced = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => false,
-            _ = hup => true,
-        };
-        if forced {
-            tracing::info!("SIGHUP: re-reading every policy");
-        }
-        for entry in &mut watched {
-            reload_one(entry, forced, &telemetry).await;
-        }
-    }
-}
-
-/// A file's size and modification time (`None` when it cannot be read).
-fn file_stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
-    let metadata = std::fs::metadata(path).ok()?;
-    Some((metadata.len(), metadata.modified().ok()?))
-}
-
-async fn reload_one(entry: &mut Watched, forced: bool, telemetry: &Telemetry) {
-    use sha2::Digest;
-    // Most checks end here: 1,000 files every 2 s must not be 1,000 reads.
-    let stamp = file_stamp(&entry.path);
-    if !forced && stamp.is_some() && stamp == entry.stamp {
-        return;
-    }
-    entry.stamp = stamp;
-    let bytes = match std::fs::read(&entry.path) {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            let seen = format!("unreadable: {error}");
-            if entry.last_seen != seen || forced {
-                entry.last_seen = seen;
-                reject(
-                    entry,
-                    telemetry,
-                    format!("{}: cannot read the policy: {error}", entry.path.display()),
-                )
-                .await;
-            }
-            return;
-        }
-    };
-    let hash: String = sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    if !forced && (hash == entry.last_seen || hash == entry.in_force) {
-        entry.last_seen = hash;
-        return;
-    }
-    entry.last_seen = hash;
-    match crate::policy::load_target(&entry.path) {
-        Ok(compiled) => {
-            let name = format!(
-                "{}/{}",
-                compiled.policy.service, compiled.policy.environment
-            );
-            if name != entry.target {
-                let reason = format!(
-                    "{}: [target] changed from {} to {name}; a new target needs a restart of rollwatch",
-                    entry.path.display(),
-                    entry.target
-                );
-                reject(entry, telemetry, reason).await;
-                return;
-            }
-            if compiled.policy.sha256 == entry.in_force {
-                return;
-            }
-            entry.in_force = compiled.policy.sha256.clone();
-            telemetry
-                .reloads
-                .get_or_create(&crate::telemetry::ReloadLabels {
-                    target: entry.target.clone(),
-                    result: "ok".into(),
-                })
-                .inc();
-            say(&format!(
-                "{} {} policy {} reloaded: sha256:{} is in force",
-                time_text(chrono::Utc::now()),
-                entry.target,
-                entry.path.display(),
-                compiled.policy.short_hash()
-            ));
-            let _ = entry
-                .reloads
-                .send(target::Reload::Apply(Box::new(compiled)))
-                .await;
-        }
-        Err(errors) => reject(entry, telemetry, errors.to_string()).await,
-    }
-}
-
-async fn reject(entry: &Watched, telemetry: &Telemetry, reason: String) {
-    telemetry
-        .reloads
-        .get_or_create(&crate::telemetry::ReloadLabels {
-            target: entry.target.clone(),
-            result: "failed".into(),
-        })
-        .inc();
-    say(&format!(
-        "{} {} POLICY EDIT REJECTED, the last good policy stays in force: {reason}",
-        time_text(chrono::Utc::now()),
-        entry.target
-    ));
-    let _ = entry.reloads.send(target::Reload::Rejected(reason)).await;
-}
-
 /// A dry run's messages: what would be sent, on which channel, to whom.
-fn print_messages(
+pub fn print_messages(
     policy: &crate::engine::policy::Policy,
     notify: Option<&crate::notify::config::NotifyConfig>,
     decision: &Decision,

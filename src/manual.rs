@@ -224,9 +224,12 @@ pub async fn rollback(request: RollbackRequest<'_>) -> Result<(), Failure> {
         .with_delivery(Arc::clone(&delivery));
     actor.stop_when_done(id);
     let shutdown = CancellationToken::new();
-    let mut routing = crate::notify::deliver::Routing::default();
-    routing.add(name.clone(), target.notify.clone());
-    let worker = crate::notify::deliver::Worker::new(store.clone(), routing, delivery);
+    let worker = crate::notify::deliver::Worker::for_target(
+        store.clone(),
+        name.clone(),
+        target.notify.clone(),
+        delivery,
+    );
     let worker_stop = CancellationToken::new();
     let worker_task = tokio::spawn(worker.run(worker_stop.clone()));
     let stop = shutdown.clone();

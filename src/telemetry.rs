@@ -89,6 +89,27 @@ fn poll_duration_histogram() -> Histogram {
 }
 
 impl Telemetry {
+    /// Drops the gauges of a target no longer watched (counters stay: they
+    /// are totals).
+    pub fn forget(&self, target: &str, rules: &[String]) {
+        let labels = Telemetry::target(target);
+        self.leader.remove(&labels);
+        self.incident_open.remove(&labels);
+        for rule in rules {
+            let labels = RuleLabels {
+                target: target.to_string(),
+                rule: rule.clone(),
+            };
+            for family in [
+                &self.signal_value,
+                &self.signal_bound,
+                &self.signal_threshold,
+            ] {
+                family.remove(&labels);
+            }
+        }
+    }
+
     pub fn new() -> Arc<Telemetry> {
         let mut registry = Registry::default();
         let polls = Family::<TargetLabels, Counter>::default();

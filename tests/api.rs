@@ -27,22 +27,14 @@ impl Drop for Sidecar {
     }
 }
 
-impl Sidecar {
-    /// No `version` metric: the API's deployment is the only one rollwatch knows.
-    fn start(url: &str, token: Option<&str>) -> Sidecar {
-        let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("step.sh");
-        common::process::write_script(
-            &script,
-            "#!/bin/sh\necho \"$1\" >> \"$(dirname \"$0\")/calls.log\"\n",
-        );
-        let policy = dir.path().join("staging.toml");
-        std::fs::write(
-            &policy,
-            format!(
-                r#"[target]
+/// A policy for `web/ENVIRONMENT` on the stand-in at `url`. No `version`
+/// metric: the API's deployment is the only one rollwatch knows. Its
+/// rollback step runs `script` with the step's name.
+fn policy_text(url: &str, environment: &str, script: &std::path::Path) -> String {
+    format!(
+        r#"[target]
 service = "web"
-environment = "staging"
+environment = "{environment}"
 [evaluation]
 interval = "1s"
 [actions]
@@ -69,15 +61,51 @@ name = "rollback-app"
 stage = "application"
 command = ["{script}", "rollback-app"]
 "#,
-                script = script.display()
-            ),
-        )
-        .unwrap();
+        script = script.display()
+    )
+}
+
+impl Sidecar {
+    /// Watches `web/staging` from `staging.toml` in its directory.
+    fn start(url: &str, token: Option<&str>) -> Sidecar {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("staging.toml");
+        Sidecar::start_in(dir, &policy, url, token)
+    }
+
+    /// Watches a directory of policies (`policies/`), `web/staging` in it.
+    fn start_with_directory(url: &str, token: Option<&str>) -> Sidecar {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        let policy = policies.join("staging.toml");
+        Sidecar::start_in(dir, &policy, url, token)
+    }
+
+    /// Writes `web/staging` at `policy` and runs with `--policy` the file,
+    /// or its directory if it is not the sidecar's own.
+    fn start_in(
+        dir: tempfile::TempDir,
+        policy: &std::path::Path,
+        url: &str,
+        token: Option<&str>,
+    ) -> Sidecar {
+        let script = dir.path().join("step.sh");
+        common::process::write_script(
+            &script,
+            "#!/bin/sh\necho \"$1\" >> \"$(dirname \"$0\")/calls.log\"\n",
+        );
+        std::fs::write(policy, policy_text(url, "staging", &script)).unwrap();
+        let watched = if policy.parent() == Some(dir.path()) {
+            policy.to_path_buf()
+        } else {
+            policy.parent().unwrap().to_path_buf()
+        };
         let db = format!("sqlite://{}", dir.path().join("rollwatch.db").display());
         let mut command = Command::new(cargo_bin("rollwatch"));
         command
             .args(["run", "--listen", "127.0.0.1:0", "--db", &db, "--policy"])
-            .arg(&policy)
+            .arg(&watched)
             .env("RUST_LOG", "rollwatch=info")
             .env_remove("ROLLWATCH_API_TOKEN")
             .stdout(Stdio::piped())
@@ -463,5 +491,167 @@ async fn status_shows_the_messages_that_could_not_be_delivered() {
             .as_str()
             .unwrap()
             .contains("550 no such user")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_file_added_to_the_directory_adds_a_target_and_a_removed_one_removes_it() {
+    let staging = TestService::start().await;
+    let canary_service = TestService::start().await;
+    let sidecar = Sidecar::start_with_directory(&staging.url(), Some(TOKEN));
+    let policies = sidecar.dir.path().join("policies");
+    let names = |status: &Value| -> Vec<String> {
+        status["targets"]
+            .as_array()
+            .map(|targets| {
+                targets
+                    .iter()
+                    .filter_map(|t| t["target"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let wait = async |what: &str, secs: u64, done: &dyn Fn(&Value) -> bool| -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (_, status) = sidecar.get("/api/v1/status").await;
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {status:#}\n{}",
+                sidecar.output()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    wait("web/staging watched", 15, &|s| names(s) == ["web/staging"]).await;
+
+    // A new file that is not valid: rejected, shown in status, not watched.
+    let slow = sidecar.dir.path().join("slow.sh");
+    common::process::write_script(
+        &slow,
+        "#!/bin/sh\nlog=\"$(dirname \"$0\")/canary.log\"\necho started >> \"$log\"\nsleep 8\necho finished >> \"$log\"\n",
+    );
+    let canary = policies.join("canary.toml");
+    let text = policy_text(&canary_service.url(), "canary", &slow);
+    std::fs::write(
+        &canary,
+        text.replace("threshold = \"5%\"", "treshold = \"5%\""),
+    )
+    .unwrap();
+    let rejected = wait("the broken new file shown", 15, &|s| {
+        s["rejected_policies"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("canary.toml:") && e.contains("unknown key \"treshold\""))
+    })
+    .await;
+    assert_eq!(names(&rejected), ["web/staging"], "{rejected:#}");
+
+    // Fixed: a new target, watched and taking events.
+    std::fs::write(&canary, &text).unwrap();
+    let both = wait("web/canary watched", 15, &|s| {
+        names(s) == ["web/canary", "web/staging"]
+    })
+    .await;
+    assert_eq!(both["rejected_policies"], json!([]), "{both:#}");
+
+    // A second file for a watched target is refused; editors' hidden files
+    // are not policies.
+    let script = sidecar.dir.path().join("step.sh");
+    std::fs::write(
+        policies.join("copy.toml"),
+        policy_text(&staging.url(), "staging", &script),
+    )
+    .unwrap();
+    std::fs::write(policies.join(".canary.toml.swp"), "not toml at all").unwrap();
+    let refused = wait("the second file for web/staging refused", 15, &|s| {
+        s["rejected_policies"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("copy.toml: target web/staging is already watched"))
+    })
+    .await;
+    assert_eq!(
+        refused["rejected_policies"].as_array().unwrap().len(),
+        1,
+        "{refused:#}"
+    );
+
+    // The new target acts: a deployment, errors, its rollback starts.
+    let deploy = json!({"target": "web/canary", "version": "v2.0.0", "previous": "v1.0.0"});
+    assert_eq!(
+        sidecar
+            .post("/api/v1/deployments", Some(TOKEN), deploy.to_string())
+            .await
+            .0,
+        202
+    );
+    canary_service.set(|k| k.error_rate = 0.8);
+    let log = sidecar.dir.path().join("canary.log");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !read_log().contains("started") {
+        assert!(Instant::now() < deadline, "{}", sidecar.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Its file removed mid-step: the step finishes (and is recorded) before
+    // the target goes.
+    std::fs::remove_file(&canary).unwrap();
+    wait("web/canary removed", 30, &|s| names(s) == ["web/staging"]).await;
+    assert!(
+        read_log().contains("finished"),
+        "the target went before its step ended: {}",
+        sidecar.output()
+    );
+    let db = format!(
+        "sqlite://{}",
+        sidecar.dir.path().join("rollwatch.db").display()
+    );
+    let store = rollwatch::store::Store::open(&db).await.unwrap();
+    let incidents = store.list_incidents(10).await.unwrap();
+    let incident = incidents
+        .iter()
+        .find(|i| i.target == "web/canary")
+        .expect("the canary's incident is stored");
+    let timeline = store.incident(incident.id).await.unwrap().unwrap();
+    let step = timeline
+        .steps
+        .iter()
+        .find(|s| s.name == "rollback-app")
+        .expect("the rollback step is stored");
+    assert!(
+        step.ended_at.is_some() && step.exit_code == Some(0),
+        "{step:?}"
+    );
+
+    // Gone from the API and the gauges; web/staging untouched.
+    let (code, body) = sidecar
+        .post("/api/v1/deployments", Some(TOKEN), deploy.to_string())
+        .await;
+    assert_eq!(code, 404, "{body}");
+    let metrics = rollwatch::sources::http::client()
+        .unwrap()
+        .get(format!("{}/metrics", sidecar.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !metrics.contains("rollwatch_signal_threshold{target=\"web/canary\"")
+            && !metrics.contains("rollwatch_incident_open{target=\"web/canary\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rollwatch_signal_threshold{target=\"web/staging\""),
+        "{metrics}"
+    );
+    assert!(
+        !sidecar.dir.path().join("calls.log").exists(),
+        "web/staging never rolled back: {}",
+        sidecar.output()
     );
 }

@@ -231,3 +231,42 @@ command = ["{script}", "smoke-tests"]
     assert!(b.output().contains("taking up incident"), "{}", b.output());
     store.close().await;
 }
+
+/// A target's lock follows its policy file: a replica that stops watching a
+/// target (its file removed) releases it, and the other replica, contending
+/// all along, takes it; while one holds it the other never does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_target_is_released_to_the_replica_contending_for_it() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let interval = Duration::from_millis(300);
+    let leader = |store| rollwatch::ha::Leader::start(store, interval, shutdown.clone());
+    let a = leader(Store::open(&schema.url).await.unwrap());
+    let b = leader(Store::open(&schema.url).await.unwrap());
+    // Advisory locks are database-wide: a name no other test uses.
+    let target = format!("web-{:016x}/production", rand::random::<u64>());
+    let wait_for = async |owner: &tokio::sync::watch::Receiver<bool>, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !*owner.borrow() {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let in_a = a.add(&target, interval);
+    wait_for(&in_a, "replica A takes the new target").await;
+    let in_b = b.add(&target, interval);
+    for _ in 0..10 {
+        tokio::time::sleep(interval / 3).await;
+        assert!(*in_a.borrow() && !*in_b.borrow(), "one owner at a time");
+    }
+    a.remove(&target);
+    wait_for(&in_b, "replica B takes the released target").await;
+    let again = a.add(&target, interval);
+    for _ in 0..10 {
+        tokio::time::sleep(interval / 3).await;
+        assert!(*in_b.borrow() && !*again.borrow(), "one owner at a time");
+    }
+    shutdown.cancel();
+}

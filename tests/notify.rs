@@ -17,7 +17,7 @@ use axum::routing::post;
 use chrono::{DateTime, TimeDelta, Utc};
 use common::mail::{Alertmanager, SmtpServer};
 use rollwatch::notify::config::{Channel, ChannelKind, NotifyConfig, Routes, SmtpSecurity};
-use rollwatch::notify::deliver::{Routing, Worker};
+use rollwatch::notify::deliver::Worker;
 use rollwatch::notify::message::Details;
 use rollwatch::store::{
     IncidentKind, NewIncident, NewNotification, NotificationKind, NotificationState, Store,
@@ -64,9 +64,12 @@ fn email(name: &str, port: u16, to: &[&str]) -> Channel {
 }
 
 fn worker(store: &Store, notify: NotifyConfig) -> Worker {
-    let mut routing = Routing::default();
-    routing.add(TARGET.into(), Some(notify));
-    Worker::new(store.clone(), routing, Arc::new(tokio::sync::Notify::new()))
+    Worker::for_target(
+        store.clone(),
+        TARGET.into(),
+        Some(notify),
+        Arc::new(tokio::sync::Notify::new()),
+    )
 }
 
 fn details(incident: i64, summary: &str) -> Details {

@@ -33,6 +33,18 @@ struct Running {
     handle: JoinHandle<Ended>,
 }
 
+/// What a procedure run is for; the rest of its context is the actor's.
+struct Order {
+    /// The stored incident.
+    incident: i64,
+    tier: Tier,
+    component: Option<String>,
+    migrations: Vec<String>,
+    reason: String,
+    from_version: Option<String>,
+    to_version: Option<String>,
+}
+
 pub struct Actor {
     store: Store,
     target: Arc<Compiled>,
@@ -339,18 +351,14 @@ impl Actor {
                     };
                     self.start_procedure(
                         id,
-                        Context {
-                            store: self.store.clone(),
+                        Order {
                             incident: record.id,
-                            target: Arc::clone(&self.target),
                             tier,
                             component: record.component.clone(),
                             migrations,
                             reason,
                             from_version: record.from_version.clone(),
                             to_version: record.to_version.clone(),
-                            say: Arc::clone(&self.say),
-                            telemetry: self.telemetry.clone(),
                         },
                     );
                 }
@@ -421,7 +429,20 @@ impl Actor {
         self.running.is_some()
     }
 
-    fn start_procedure(&mut self, engine_incident: u64, ctx: Context) {
+    fn start_procedure(&mut self, engine_incident: u64, order: Order) {
+        let ctx = Context {
+            store: self.store.clone(),
+            incident: order.incident,
+            target: Arc::clone(&self.target),
+            tier: order.tier,
+            component: order.component,
+            migrations: order.migrations,
+            reason: order.reason,
+            from_version: order.from_version,
+            to_version: order.to_version,
+            say: Arc::clone(&self.say),
+            telemetry: self.telemetry.clone(),
+        };
         let handle = tokio::spawn(async move { procedure::execute(&ctx).await });
         self.running = Some(Running {
             engine_incident,
@@ -554,45 +575,15 @@ impl Actor {
             let Some(engine_incident) = engine.incident() else {
                 continue;
             };
-            let decision = Decision {
-                at: now,
-                action: Action::Page,
-                tier: engine_incident.tier,
-                rule: engine_incident.rule.clone(),
-                explanation: format!(
-                    "nobody acknowledged, held or approved the page of {} within {}; escalating to the escalation contacts [{} sha256:{}]",
-                    time_text(paged),
-                    crate::policy::units::format_duration(after),
-                    self.target.policy.path,
-                    self.target.policy.short_hash()
-                ),
-                cause: Cause::WatchFailed,
-                incident: None,
-                guard: None,
-                reading: None,
-                deadline: engine_incident.deadline,
-                component: None,
-                from_version: None,
-                to_version: None,
-                migrations: Vec::new(),
-            };
-            let Some(mut message) = message::for_decision(
+            let message = message::unanswered_page(
                 &self.target.policy,
-                &decision,
-                Some(incident),
+                engine_incident,
+                incident,
+                paged,
+                after,
+                now,
                 self.store.database(),
-            ) else {
-                continue;
-            };
-            message.subject = format!(
-                "ESCALATION {} {}: page unanswered for {}",
-                self.target.policy.environment,
-                self.target.policy.service,
-                crate::policy::units::format_duration(after)
             );
-            message.details.summary = message.subject.clone();
-            message.details.recommendation = "the on-call engineer did not answer: take the incident over (ack), then approve or hold".into();
-            message.body = message::text_body(&message.details, now);
             self.say(&format!(
                 "{} {} {}",
                 time_text(now),
@@ -778,18 +769,14 @@ impl Actor {
                 }
                 self.start_procedure(
                     engine_incident,
-                    Context {
-                        store: self.store.clone(),
+                    Order {
                         incident: id,
-                        target: Arc::clone(&self.target),
                         tier: decision.tier,
                         component: decision.component.clone(),
                         migrations: decision.migrations.clone(),
                         reason: decision.explanation.clone(),
                         from_version: decision.from_version.clone(),
                         to_version: decision.to_version.clone(),
-                        say: Arc::clone(&self.say),
-                        telemetry: self.telemetry.clone(),
                     },
                 );
             }

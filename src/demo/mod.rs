@@ -152,9 +152,12 @@ pub async fn run() -> Result<(), Failure> {
     let actor = Actor::new(store.clone(), Arc::new(target.clone()), Arc::new(say))
         .with_delivery(Arc::clone(&delivery));
     let shutdown = CancellationToken::new();
-    let mut routing = crate::notify::deliver::Routing::default();
-    routing.add(name.clone(), target.notify.clone());
-    let worker = crate::notify::deliver::Worker::new(store.clone(), routing, delivery);
+    let worker = crate::notify::deliver::Worker::for_target(
+        store.clone(),
+        name.clone(),
+        target.notify.clone(),
+        delivery,
+    );
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
     let loop_shutdown = shutdown.clone();
     let watching = tokio::spawn(async move {

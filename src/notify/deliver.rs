@@ -7,7 +7,7 @@
 //! (beyond the single attempt in flight when the process died).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -33,36 +33,65 @@ const IDLE_CHECK: Duration = Duration::from_secs(5);
 const ALERT_REFRESH: Duration = Duration::from_secs(60);
 
 /// The channels of every watched target, by target name (`web/production`).
+/// Shared: `run` adds targets as policy files appear and updates their
+/// channels as policies are edited. A removed target stays, so that what its
+/// incidents left in the outbox is still delivered.
 #[derive(Clone, Default)]
-pub struct Routing {
-    targets: HashMap<String, Option<NotifyConfig>>,
+pub struct Routing(Arc<RwLock<HashMap<String, Route>>>);
+
+struct Route {
+    notify: Option<Arc<NotifyConfig>>,
     /// With several replicas, a target's messages are sent by its owner only.
-    owners: HashMap<String, tokio::sync::watch::Receiver<bool>>,
+    owner: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Routing {
-    pub fn add(&mut self, target: String, notify: Option<NotifyConfig>) {
-        self.targets.insert(target, notify);
+    pub fn add(&self, target: String, notify: Option<NotifyConfig>) {
+        self.add_owned(target, notify, None);
     }
 
     /// Like `add`, for a target this replica sends for only while it owns it.
     pub fn add_owned(
-        &mut self,
+        &self,
         target: String,
         notify: Option<NotifyConfig>,
         owner: Option<tokio::sync::watch::Receiver<bool>>,
     ) {
-        if let Some(owner) = owner {
-            self.owners.insert(target.clone(), owner);
+        let route = Route {
+            notify: notify.map(Arc::new),
+            owner,
+        };
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(target, route);
+    }
+
+    /// An edited policy's channels, for a target already routed.
+    pub fn update(&self, target: &str, notify: Option<NotifyConfig>) {
+        if let Some(route) = self
+            .0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(target)
+        {
+            route.notify = notify.map(Arc::new);
         }
-        self.targets.insert(target, notify);
+    }
+
+    /// The target's channels (none: not routed, or the policy has none).
+    fn notify_of(&self, target: &str) -> Option<Arc<NotifyConfig>> {
+        let routes = self.0.read().unwrap_or_else(|e| e.into_inner());
+        routes.get(target).and_then(|r| r.notify.clone())
     }
 
     /// This replica sends the target's messages (it owns the target, or
     /// there is no leadership: one replica).
     fn sends_for(&self, target: &str) -> bool {
-        self.targets.contains_key(target)
-            && self.owners.get(target).is_none_or(|owner| *owner.borrow())
+        let routes = self.0.read().unwrap_or_else(|e| e.into_inner());
+        routes
+            .get(target)
+            .is_some_and(|r| r.owner.as_ref().is_none_or(|owner| *owner.borrow()))
     }
 }
 
@@ -91,6 +120,18 @@ impl Worker {
             wake,
             telemetry: None,
         }
+    }
+
+    /// A worker for one target's messages (`rollback`, `drill`, the demo).
+    pub fn for_target(
+        store: Store,
+        target: String,
+        notify: Option<NotifyConfig>,
+        wake: Arc<Notify>,
+    ) -> Worker {
+        let routing = Routing::default();
+        routing.add(target, notify);
+        Worker::new(store, routing, wake)
     }
 
     /// Counts every attempt in `rollwatch_notification_deliveries_total`.
@@ -160,13 +201,13 @@ impl Worker {
 
     /// One attempt on one message; true when it settled (sent or failed).
     async fn deliver(&self, notification: &NotificationRecord, now: DateTime<Utc>) -> bool {
-        let config = self.routing.targets.get(&notification.target);
+        let config = self.routing.notify_of(&notification.target);
         let result = if notification.channel == LOG_CHANNEL {
             log_message(notification);
             Ok(())
         } else {
             match config
-                .and_then(Option::as_ref)
+                .as_deref()
                 .and_then(|c| c.channel(&notification.channel))
             {
                 Some(channel) => channels::send(channel, notification).await,
@@ -177,7 +218,7 @@ impl Worker {
             }
         };
         let deadline = config
-            .and_then(Option::as_ref)
+            .as_deref()
             .and_then(|c| c.channel(&notification.channel))
             .map_or(TimeDelta::hours(1), |c| {
                 TimeDelta::from_std(c.deadline).unwrap_or(TimeDelta::hours(1))
@@ -249,12 +290,7 @@ impl Worker {
             .iter()
             .filter(|i| matches!(i.state, crate::store::IncidentState::Active { .. }))
         {
-            let Some(config) = self
-                .routing
-                .targets
-                .get(&incident.target)
-                .and_then(Option::as_ref)
-            else {
+            let Some(config) = self.routing.notify_of(&incident.target) else {
                 continue;
             };
             let Ok(sent) = self.store.notifications(incident.id).await else {
@@ -311,12 +347,7 @@ impl Worker {
             failed.kind.as_str(),
             failed.subject
         );
-        let channels: Vec<(String, Vec<String>)> = match self
-            .routing
-            .targets
-            .get(&failed.target)
-            .and_then(Option::as_ref)
-        {
+        let channels: Vec<(String, Vec<String>)> = match self.routing.notify_of(&failed.target) {
             Some(config) => config
                 .routes
                 .escalation

@@ -189,6 +189,54 @@ pub fn for_decision(
     })
 }
 
+/// The escalation of a page nobody acknowledged, held or approved within
+/// `after` of `paged_at`.
+pub fn unanswered_page(
+    policy: &Policy,
+    incident: &crate::engine::Incident,
+    stored: i64,
+    paged_at: DateTime<Utc>,
+    after: chrono::TimeDelta,
+    now: DateTime<Utc>,
+    db: &str,
+) -> Message {
+    let waited = crate::policy::units::format_duration(after);
+    let subject = format!(
+        "ESCALATION {} {}: page unanswered for {waited}",
+        policy.environment, policy.service
+    );
+    let details = Details {
+        service: policy.service.clone(),
+        environment: policy.environment.clone(),
+        target: format!("{}/{}", policy.service, policy.environment),
+        rule: incident.rule.clone(),
+        tier: incident.tier.name().to_string(),
+        action: Action::Page.name().to_string(),
+        incident: Some(stored),
+        deadline: incident.deadline,
+        summary: subject.clone(),
+        recommendation:
+            "the on-call engineer did not answer: take the incident over (ack), then approve or hold"
+                .into(),
+        commands: answer_commands(stored, db),
+        explanation: format!(
+            "nobody acknowledged, held or approved the page of {} within {waited}; escalating to the escalation contacts [{} sha256:{}]",
+            time_text(paged_at),
+            policy.path,
+            policy.short_hash()
+        ),
+        resolved: false,
+    };
+    Message {
+        kind: NotificationKind::Escalation,
+        body: text_body(&details, now),
+        subject,
+        details,
+        at: now,
+        incident: Some(stored),
+    }
+}
+
 fn short_cause(cause: Cause) -> &'static str {
     match cause {
         Cause::RollbackFailed => "the rollback failed",

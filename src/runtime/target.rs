@@ -87,8 +87,7 @@ pub async fn run_target(
 ) -> anyhow::Result<Option<IncidentEnd>> {
     let Wiring {
         status,
-        mut events,
-        mut reloads,
+        mut inbox,
         mut leadership,
     } = wiring;
     let mut reload_error: Option<String> = None;
@@ -212,9 +211,9 @@ pub async fn run_target(
                 None => std::future::pending().await,
             }
         };
-        let inbox = async {
-            match events.as_mut() {
-                Some(events) => events.recv().await,
+        let input = async {
+            match inbox.as_mut() {
+                Some(inbox) => inbox.recv().await,
                 None => std::future::pending().await,
             }
         };
@@ -224,17 +223,11 @@ pub async fn run_target(
                 None => std::future::pending().await,
             }
         };
-        let reloaded = async {
-            match reloads.as_mut() {
-                Some(reloads) => reloads.recv().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = shutdown.cancelled() => stopping = true,
             Ok(()) = ownership => {}
-            Some(reload) = reloaded => match reload {
-                Reload::Apply(compiled) => {
+            Some(input) = input => match input {
+                Input::Reload(Reload::Apply(compiled)) => {
                     let policy = Arc::new(compiled.policy.clone());
                     sha256 = policy.sha256.clone();
                     engine.replace_policy(Arc::clone(&policy));
@@ -247,19 +240,20 @@ pub async fn run_target(
                     reload_error = None;
                     tracing::warn!(target_name = %name, sha256 = %sha256, "policy reloaded: the edit is in force");
                 }
-                Reload::Rejected(reason) => {
+                Input::Reload(Reload::Rejected(reason)) => {
                     tracing::error!(target_name = %name, "policy edit rejected; the last good policy stays in force: {reason}");
                     reload_error = Some(reason);
                 }
-            },
-            Some(event) = inbox => {
-                tracing::info!(target_name = %name, event = event.name(), "event from the API");
-                let item = TraceItem::Event { at: clock.now(), event };
-                if let Some(recorder) = &recorder {
-                    recorder.record(&item);
+                Input::Reload(Reload::Restored) => reload_error = None,
+                Input::Event(event) => {
+                    tracing::info!(target_name = %name, event = event.name(), "event from the API");
+                    let item = TraceItem::Event { at: clock.now(), event };
+                    if let Some(recorder) = &recorder {
+                        recorder.record(&item);
+                    }
+                    drive::feed(&mut engine, item, rollbacks, &mut collect(&mut pending))?;
                 }
-                drive::feed(&mut engine, item, rollbacks, &mut collect(&mut pending))?;
-            }
+            },
             (engine_incident, ended) = procedure => {
                 let now = clock.now();
                 engine.handle_rollback_finished(now, engine_incident, ended.result)?;
@@ -351,7 +345,8 @@ pub async fn run_target(
             .incident_open
             .get_or_create(&labels)
             .set(i64::from(engine.incident().is_some()));
-        for rule in engine.rule_status() {
+        let rules = engine.rule_status();
+        for rule in &rules {
             let Some(reading) = &rule.reading else {
                 continue;
             };
@@ -379,7 +374,7 @@ pub async fn run_target(
                     (false, true) => "acting",
                     (false, false) => "passive",
                 },
-                rules: engine.rule_status(),
+                rules,
                 deployment: engine.deployment().cloned(),
                 incident: engine.incident().cloned(),
                 incident_id: actor.as_ref().and_then(|a| a.stored_incident_of(&engine)),
@@ -399,12 +394,18 @@ const STOP_GRACE: Duration = Duration::from_secs(60);
 pub struct Wiring {
     /// Where the loop publishes its status after every step.
     pub status: Option<StatusBoard>,
-    /// Events from the API (deployments, declarations, suppressions).
-    pub events: Option<tokio::sync::mpsc::Receiver<Event>>,
-    /// Edited policies (hot reload), applied between polls.
-    pub reloads: Option<tokio::sync::mpsc::Receiver<Reload>>,
+    /// Events from the API and edited policies, in the order they came.
+    pub inbox: Option<tokio::sync::mpsc::Receiver<Input>>,
     /// Whether this replica owns the target (`crate::ha`); none: it does.
     pub leadership: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+/// What reaches a target loop from outside.
+pub enum Input {
+    /// From the API: a deployment, declaration or suppression.
+    Event(Event),
+    /// From the policy watcher, applied between polls.
+    Reload(Reload),
 }
 
 /// What the policy watcher found.
@@ -413,6 +414,8 @@ pub enum Reload {
     Apply(Box<Compiled>),
     /// An invalid edit: rejected; the policy in force stays. The reason.
     Rejected(String),
+    /// The file is back to the policy in force (a rejected edit undone).
+    Restored,
 }
 
 /// A decision sink that keeps them for the actor (which is async).

@@ -6,7 +6,7 @@
 pub mod status;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -20,9 +20,62 @@ use tokio::sync::mpsc;
 
 use crate::engine::input::Event;
 use crate::engine::policy::Tier;
+use crate::runtime::target::Input;
 use crate::store::{AnswerKind, NewAnswer, Store, StoreError};
 use crate::telemetry::Telemetry;
 use status::StatusBoard;
+
+/// Each watched target's inbox, by target name. Shared: targets come and go
+/// with their policy files.
+#[derive(Clone, Default)]
+pub struct Inboxes(Arc<RwLock<HashMap<String, mpsc::Sender<Input>>>>);
+
+impl Inboxes {
+    pub fn insert(&self, target: String, inbox: mpsc::Sender<Input>) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(target, inbox);
+    }
+
+    pub fn remove(&self, target: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(target);
+    }
+
+    /// The target an event is for: named, or the only one.
+    fn find(&self, target: Option<&str>) -> Result<(String, mpsc::Sender<Input>), ApiError> {
+        let inboxes = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let found = match target {
+            Some(name) => inboxes.get_key_value(name),
+            None if inboxes.len() == 1 => inboxes.iter().next(),
+            None if inboxes.is_empty() => None,
+            None => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "\"target\" is required (service/environment) when rollwatch watches several",
+                ));
+            }
+        };
+        found
+            .map(|(name, inbox)| (name.clone(), inbox.clone()))
+            .ok_or_else(|| {
+                let mut known: Vec<&str> = inboxes.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                error(
+                    StatusCode::NOT_FOUND,
+                    match target {
+                        Some(name) if !known.is_empty() => {
+                            format!("no target \"{name}\", expected one of {}", known.join(", "))
+                        }
+                        _ => "no target is watched".to_string(),
+                    },
+                )
+            })
+    }
+}
 
 /// Bodies of write requests are small JSON objects.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -35,7 +88,7 @@ pub struct Api {
     /// `None` in a dry run: nothing is stored.
     pub store: Option<Store>,
     /// Each target loop's inbox for events (deployments, declarations, suppressions).
-    pub inputs: HashMap<String, mpsc::Sender<Event>>,
+    pub inputs: Inboxes,
     /// From `ROLLWATCH_API_TOKEN`; without one the write endpoints are off.
     pub token: Option<String>,
 }
@@ -282,41 +335,10 @@ async fn answer(
         .into_response())
 }
 
-/// The target an event is for: named, or the only one.
-fn inbox<'a>(
-    api: &'a Api,
-    target: Option<&str>,
-) -> Result<(&'a str, &'a mpsc::Sender<Event>), ApiError> {
-    match target {
-        Some(name) => api
-            .inputs
-            .get_key_value(name)
-            .map(|(k, v)| (k.as_str(), v))
-            .ok_or_else(|| {
-                let mut known: Vec<&str> = api.inputs.keys().map(String::as_str).collect();
-                known.sort_unstable();
-                error(
-                    StatusCode::NOT_FOUND,
-                    format!("no target \"{name}\", expected one of {}", known.join(", ")),
-                )
-            }),
-        None if api.inputs.len() == 1 => Ok(api
-            .inputs
-            .iter()
-            .next()
-            .map(|(k, v)| (k.as_str(), v))
-            .expect("one target")),
-        None => Err(error(
-            StatusCode::BAD_REQUEST,
-            "\"target\" is required (service/environment) when rollwatch watches several",
-        )),
-    }
-}
-
 async fn send(api: &Api, target: Option<&str>, event: Event) -> Reply {
-    let (name, inbox) = inbox(api, target)?;
+    let (name, inbox) = api.inputs.find(target)?;
     let what = event.name();
-    inbox.try_send(event).map_err(|_| {
+    inbox.try_send(Input::Event(event)).map_err(|_| {
         error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("target {name} is not taking events right now; try again"),

@@ -41,19 +41,60 @@ pub struct TargetStatus {
     pub reload_error: Option<String>,
 }
 
+/// A policy file that defines no watched target: it was rejected when it
+/// appeared (or when it became a second file for one target).
+#[derive(Clone, Debug, Serialize)]
+pub struct RejectedFile {
+    pub policy: String,
+    pub error: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Default)]
+struct Board {
+    targets: BTreeMap<String, TargetStatus>,
+    rejected: BTreeMap<String, RejectedFile>,
+}
+
 /// Every target's latest snapshot, by target name.
 #[derive(Clone, Default)]
-pub struct StatusBoard(Arc<RwLock<BTreeMap<String, TargetStatus>>>);
+pub struct StatusBoard(Arc<RwLock<Board>>);
 
 impl StatusBoard {
     pub fn publish(&self, status: TargetStatus) {
         let mut board = self.0.write().unwrap_or_else(|e| e.into_inner());
-        board.insert(status.target.clone(), status);
+        board.targets.insert(status.target.clone(), status);
+    }
+
+    /// A target no longer watched (its policy file was removed).
+    pub fn remove(&self, target: &str) {
+        let mut board = self.0.write().unwrap_or_else(|e| e.into_inner());
+        board.targets.remove(target);
+    }
+
+    /// Shows (`Some`) or clears (`None`) a policy file's rejection.
+    pub fn set_rejected(&self, policy: &str, error: Option<String>) {
+        let mut board = self.0.write().unwrap_or_else(|e| e.into_inner());
+        match error {
+            Some(error) => {
+                board.rejected.insert(
+                    policy.to_string(),
+                    RejectedFile {
+                        policy: policy.to_string(),
+                        error,
+                        at: Utc::now(),
+                    },
+                );
+            }
+            None => {
+                board.rejected.remove(policy);
+            }
+        }
     }
 
     pub fn snapshot(&self) -> Vec<TargetStatus> {
         let board = self.0.read().unwrap_or_else(|e| e.into_inner());
-        board.values().cloned().collect()
+        board.targets.values().cloned().collect()
     }
 
     /// JSON of every target, serialized under the read lock (no clone).
@@ -66,17 +107,20 @@ impl StatusBoard {
         #[derive(Serialize)]
         struct Body<'a> {
             targets: Vec<&'a TargetStatus>,
+            /// Policy files that define no target: rejected when they appeared.
+            rejected_policies: Vec<&'a RejectedFile>,
             undelivered: &'a [NotificationRecord],
         }
         let board = self.0.read().unwrap_or_else(|e| e.into_inner());
         serde_json::to_string(&Body {
-            targets: board.values().collect(),
+            targets: board.targets.values().collect(),
+            rejected_policies: board.rejected.values().collect(),
             undelivered,
         })
     }
 
     pub fn targets(&self) -> Vec<String> {
         let board = self.0.read().unwrap_or_else(|e| e.into_inner());
-        board.keys().cloned().collect()
+        board.targets.keys().cloned().collect()
     }
 }

@@ -1,0 +1,662 @@
+//! The targets `rollwatch run` watches, kept in step with the policy files
+//! (SPEC 4). `run` is given policy files and directories of them (each
+//! `*.toml` in a directory is a target). Every `POLICY_CHECK`, and at once on
+//! SIGHUP, the files are looked at:
+//!
+//! - an edited file is validated: valid → its target puts it in force between
+//!   polls; invalid → rejected, the last good policy stays, and the error is
+//!   logged, counted and shown in status;
+//! - a new file starts a target (once valid);
+//! - a file gone on two checks in a row (an editor's save is not a removal)
+//!   stops its target as SIGTERM would: a running procedure step finishes
+//!   first, and an open incident stays stored, taken up again if the file
+//!   comes back. A file that now names another target is both.
+//!
+//! Only what a target's loop has ended gives up: its inbox, its status, its
+//! lock (another replica may act only once this one no longer can) and its
+//! gauges.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::time_text;
+use crate::ha::Leader;
+use crate::live::say;
+use crate::notify::deliver::Routing;
+use crate::policy::Compiled;
+use crate::runtime::record::Recorder;
+use crate::runtime::target::{self, Input, Reload};
+use crate::server::Inboxes;
+use crate::server::status::StatusBoard;
+use crate::store::Store;
+use crate::telemetry::{ReloadLabels, Telemetry};
+
+/// How often policy files are looked at for edits.
+pub const POLICY_CHECK: Duration = Duration::from_secs(2);
+
+/// Checks in a row that must find a file gone before its target stops.
+const GONE_AFTER: u32 = 2;
+
+/// How long a policy edit may wait for room in a busy target's inbox.
+const HAND_OVER: Duration = Duration::from_secs(5);
+
+/// What every target loop is wired to.
+pub struct Shared {
+    pub dry_run: bool,
+    pub store: Option<Store>,
+    pub telemetry: Arc<Telemetry>,
+    pub status: StatusBoard,
+    pub inboxes: Inboxes,
+    /// With several replicas (PostgreSQL): who owns which target.
+    pub leader: Option<Leader>,
+    /// The outbox worker's channels per target (none in a dry run).
+    pub routing: Option<Routing>,
+    /// Wakes the outbox worker when a decision stores a message.
+    pub delivery: Arc<Notify>,
+    pub recorder: Option<Recorder>,
+    /// Cancelled on SIGTERM: every target stops.
+    pub shutdown: CancellationToken,
+}
+
+/// A target loop that has ended, and how.
+pub struct Ended {
+    name: String,
+    id: u64,
+    result: anyhow::Result<()>,
+}
+
+pub struct Fleet {
+    shared: Shared,
+    /// The paths `run` was given: policy files and directories of them.
+    given: Vec<PathBuf>,
+    files: BTreeMap<PathBuf, PolicyFile>,
+    running: HashMap<String, Running>,
+    tasks: JoinSet<Ended>,
+    next_id: u64,
+}
+
+/// A policy file, as last looked at.
+#[derive(Default)]
+struct PolicyFile {
+    /// The target it defines (running, stopping, or waiting to start).
+    target: Option<String>,
+    /// The hash of its policy in force.
+    in_force: String,
+    /// The hash of the file as last read (a rejected edit is reported once).
+    last_seen: String,
+    /// Size and modification time when last read: unchanged, not read again.
+    stamp: Option<(u64, SystemTime)>,
+    /// Checks in a row that found it gone.
+    missing: u32,
+    /// Valid, waiting for the previous loop of its target to end.
+    waiting: Option<Box<Compiled>>,
+}
+
+struct Running {
+    path: PathBuf,
+    id: u64,
+    stop: CancellationToken,
+    inbox: mpsc::Sender<Input>,
+    /// Its file is gone or names another target: the loop is ending.
+    stopping: bool,
+    rules: Vec<String>,
+}
+
+/// The name a policy's target goes by: `service/environment`.
+pub fn target_name(target: &Compiled) -> String {
+    format!("{}/{}", target.policy.service, target.policy.environment)
+}
+
+/// The policy files of `given`: each file named, and each `*.toml` of each
+/// directory (not hidden ones: editors' swap and backup files), sorted.
+/// `Err` names a directory that cannot be listed.
+pub fn policy_files(given: &[PathBuf]) -> (BTreeSet<PathBuf>, Vec<(PathBuf, std::io::Error)>) {
+    let mut files = BTreeSet::new();
+    let mut unlisted = Vec::new();
+    for path in given {
+        if !path.is_dir() {
+            files.insert(path.clone());
+            continue;
+        }
+        match std::fs::read_dir(path) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    let file = entry.path();
+                    let visible = !entry.file_name().to_string_lossy().starts_with('.');
+                    if visible && file.extension().is_some_and(|e| e == "toml") && file.is_file() {
+                        files.insert(file);
+                    }
+                }
+            }
+            Err(error) => unlisted.push((path.clone(), error)),
+        }
+    }
+    (files, unlisted)
+}
+
+/// A file's size and modification time (`None` when it cannot be read).
+fn file_stamp(path: &Path) -> Option<(u64, SystemTime)> {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.len(), metadata.modified().ok()?))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Fleet {
+    pub fn new(shared: Shared, given: Vec<PathBuf>) -> Fleet {
+        Fleet {
+            shared,
+            given,
+            files: BTreeMap::new(),
+            running: HashMap::new(),
+            tasks: JoinSet::new(),
+            next_id: 0,
+        }
+    }
+
+    /// How many targets are watched (not counting those stopping).
+    pub fn watched(&self) -> usize {
+        self.running.values().filter(|r| !r.stopping).count()
+    }
+
+    /// Watches a target from a policy file read and validated at start.
+    pub fn start(&mut self, path: &Path, target: Compiled) {
+        let file = self.files.entry(path.to_path_buf()).or_default();
+        file.target = Some(target_name(&target));
+        file.in_force = target.policy.sha256.clone();
+        file.last_seen = target.policy.sha256.clone();
+        file.stamp = file_stamp(path);
+        self.spawn(path, target);
+    }
+
+    fn spawn(&mut self, path: &Path, target: Compiled) {
+        let shared = &self.shared;
+        let name = target_name(&target);
+        let id = self.next_id;
+        self.next_id += 1;
+        let (inbox, receiver) = mpsc::channel(64);
+        shared.inboxes.insert(name.clone(), inbox.clone());
+        let interval = target
+            .policy
+            .evaluation
+            .interval
+            .to_std()
+            .unwrap_or(Duration::from_secs(15));
+        let leadership = shared
+            .leader
+            .as_ref()
+            .map(|leader| leader.add(&name, interval));
+        if let Some(routing) = &shared.routing {
+            routing.add_owned(name.clone(), target.notify.clone(), leadership.clone());
+        }
+        let mode = if shared.dry_run {
+            "dry run: nothing is executed or sent"
+        } else {
+            "acting: rollbacks run the policy's procedure"
+        };
+        say(&format!(
+            "{} watching {name} with {} ({}); {mode}",
+            time_text(chrono::Utc::now()),
+            path.display(),
+            describe_sources(&target)
+        ));
+        let actor = shared.store.as_ref().map(|store| {
+            crate::act::actor::Actor::new(store.clone(), Arc::new(target.clone()), Arc::new(say))
+                .with_delivery(Arc::clone(&shared.delivery))
+                .with_telemetry(Arc::clone(&shared.telemetry))
+        });
+        let wiring = target::Wiring {
+            status: Some(shared.status.clone()),
+            inbox: Some(receiver),
+            leadership,
+        };
+        let stop = shared.shutdown.child_token();
+        self.running.insert(
+            name.clone(),
+            Running {
+                path: path.to_path_buf(),
+                id,
+                stop: stop.clone(),
+                inbox,
+                stopping: false,
+                rules: target.policy.rules.iter().map(|r| r.name.clone()).collect(),
+            },
+        );
+        let dry_run = shared.dry_run;
+        let (policy, notify) = (target.policy.clone(), target.notify.clone());
+        let recorder = shared.recorder.clone();
+        let telemetry = Arc::clone(&shared.telemetry);
+        self.tasks.spawn(async move {
+            let result = target::run_target(
+                target,
+                recorder,
+                telemetry,
+                stop,
+                |decision| {
+                    crate::live::print_decision(&name, decision, dry_run);
+                    if dry_run {
+                        crate::live::print_messages(&policy, notify.as_ref(), decision);
+                    }
+                },
+                actor,
+                wiring,
+            )
+            .await
+            .map(|_| ());
+            Ended { name, id, result }
+        });
+    }
+
+    /// The next target loop to end (`None`: there are none).
+    pub async fn next_end(&mut self) -> Option<Result<Ended, tokio::task::JoinError>> {
+        self.tasks.join_next().await
+    }
+
+    /// A loop has ended. One that was told to stop hands its target over (to
+    /// the file that now defines it, if any); any other end is an error: a
+    /// target nobody watches.
+    pub fn ended(&mut self, ended: Ended) -> anyhow::Result<()> {
+        let Ended { name, id, result } = ended;
+        let stopping = self
+            .running
+            .get(&name)
+            .is_some_and(|r| r.id == id && r.stopping);
+        if !stopping {
+            return Err(match result {
+                Ok(()) => anyhow::anyhow!("the loop of {name} ended unexpectedly"),
+                Err(error) => error.context(format!("the loop of {name} failed")),
+            });
+        }
+        if let Err(error) = result {
+            tracing::error!(target_name = %name, error = %format!("{error:#}"), "the loop of a removed target failed as it stopped");
+        }
+        let Some(gone) = self.running.remove(&name) else {
+            return Ok(());
+        };
+        self.shared.status.remove(&name);
+        if let Some(leader) = &self.shared.leader {
+            leader.remove(&name);
+        }
+        self.shared.telemetry.forget(&name, &gone.rules);
+        say(&format!(
+            "{} {name} is no longer watched",
+            time_text(chrono::Utc::now())
+        ));
+        let next = self.files.iter_mut().find_map(|(path, file)| {
+            (file.target.as_deref() == Some(name.as_str()))
+                .then(|| file.waiting.take().map(|t| (path.clone(), t)))
+                .flatten()
+        });
+        if let Some((path, target)) = next {
+            self.spawn(&path, *target);
+        }
+        Ok(())
+    }
+
+    /// Stops every target (after `shutdown` is cancelled) and waits for the
+    /// loops. The first failure, if any.
+    pub async fn stop_all(&mut self) -> Option<anyhow::Error> {
+        let mut failure = None;
+        while let Some(joined) = self.tasks.join_next().await {
+            match joined {
+                Ok(Ended {
+                    result: Err(error),
+                    name,
+                    ..
+                }) => {
+                    failure.get_or_insert(error.context(format!("the loop of {name} failed")));
+                }
+                Err(join) if join.is_panic() => {
+                    failure.get_or_insert(anyhow::anyhow!("a target loop crashed: {join}"));
+                }
+                _ => {}
+            }
+        }
+        failure
+    }
+
+    /// Looks at every policy file: edits, new files, files gone. `forced`
+    /// (SIGHUP): every file is read and validated again.
+    pub async fn check(&mut self, forced: bool) {
+        if forced {
+            tracing::info!("SIGHUP: re-reading every policy");
+        }
+        let (listed, unlisted) = policy_files(&self.given);
+        for (dir, error) in &unlisted {
+            // Not a removal: its files keep their targets until it can be read.
+            tracing::error!(directory = %dir.display(), %error, "cannot list the policy directory; its targets stay as they are");
+        }
+        for path in &listed {
+            if !self.files.contains_key(path) {
+                tracing::info!(policy = %path.display(), "new policy file");
+                self.files.insert(path.clone(), PolicyFile::default());
+            }
+        }
+        let known: Vec<PathBuf> = self.files.keys().cloned().collect();
+        for path in known {
+            let in_unlisted_dir = unlisted.iter().any(|(dir, _)| path.starts_with(dir));
+            if listed.contains(&path) {
+                self.look_at(&path, forced).await;
+            } else if !in_unlisted_dir {
+                self.gone(&path);
+            }
+        }
+    }
+
+    /// The file is not there: on the `GONE_AFTER`th check in a row, its
+    /// target stops.
+    fn gone(&mut self, path: &Path) {
+        let Some(file) = self.files.get_mut(path) else {
+            return;
+        };
+        file.missing += 1;
+        if file.missing < GONE_AFTER {
+            return;
+        }
+        let Some(file) = self.files.remove(path) else {
+            return;
+        };
+        self.shared
+            .status
+            .set_rejected(&path.display().to_string(), None);
+        if let Some(name) = file.target {
+            let acting = if self.shared.dry_run {
+                ""
+            } else {
+                " (a running step finishes first; an open incident stays stored)"
+            };
+            say(&format!(
+                "{} {name}: policy file {} REMOVED: the target is no longer watched{acting}",
+                time_text(chrono::Utc::now()),
+                path.display()
+            ));
+            self.stop(&name, path);
+        }
+    }
+
+    /// Tells the loop of `name` (if it runs from `path`) to stop.
+    fn stop(&mut self, name: &str, path: &Path) {
+        if let Some(running) = self.running.get_mut(name)
+            && running.path == path
+            && !running.stopping
+        {
+            running.stopping = true;
+            running.stop.cancel();
+            self.shared.inboxes.remove(name);
+        }
+    }
+
+    async fn look_at(&mut self, path: &Path, forced: bool) {
+        let stamp = file_stamp(path);
+        let Some(file) = self.files.get_mut(path) else {
+            return;
+        };
+        // Most checks end here: 1,000 files every 2 s must not be 1,000 reads.
+        if !forced && stamp.is_some() && stamp == file.stamp {
+            file.missing = 0;
+            return;
+        }
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                self.gone(path);
+                return;
+            }
+            Err(error) => {
+                file.missing = 0;
+                file.stamp = stamp;
+                let seen = format!("unreadable: {error}");
+                if file.last_seen != seen || forced {
+                    file.last_seen = seen;
+                    let reason = format!("{}: cannot read the policy: {error}", path.display());
+                    self.reject(path, reason).await;
+                }
+                return;
+            }
+        };
+        file.missing = 0;
+        file.stamp = stamp;
+        let hash = sha256_hex(&bytes);
+        if !forced && hash == file.last_seen {
+            return;
+        }
+        file.last_seen = hash.clone();
+        if !forced && hash == file.in_force {
+            // A rejected edit undone: the policy in force is the file again.
+            self.restored(path).await;
+            return;
+        }
+        match crate::policy::load_target(path) {
+            Ok(compiled) => self.accept(path, compiled).await,
+            Err(errors) => self.reject(path, errors.to_string()).await,
+        }
+    }
+
+    /// A valid policy read from `path`: an edit of its target, or a target
+    /// to start.
+    async fn accept(&mut self, path: &Path, compiled: Compiled) {
+        let name = target_name(&compiled);
+        let shown = path.display().to_string();
+        let defined = self.files.get(path).and_then(|f| f.target.clone());
+        if let Some(current) = defined.as_deref()
+            && current != name
+        {
+            say(&format!(
+                "{} {current}: policy file {shown} now names {name}: {current} is no longer watched from it",
+                time_text(chrono::Utc::now())
+            ));
+            self.stop(current, path);
+            if let Some(file) = self.files.get_mut(path) {
+                file.target = None;
+                file.waiting = None;
+                file.in_force.clear();
+            }
+        }
+        let Some(file) = self.files.get(path) else {
+            return;
+        };
+        if file.target.is_none() {
+            if let Some((other, _)) = self
+                .files
+                .iter()
+                .find(|(p, f)| *p != path && f.target.as_deref() == Some(name.as_str()))
+            {
+                let reason = format!(
+                    "{shown}: target {name} is already watched with {}; one policy file per target",
+                    other.display()
+                );
+                self.reject(path, reason).await;
+                return;
+            }
+            self.shared.status.set_rejected(&shown, None);
+            let sha256 = compiled.policy.sha256.clone();
+            let Some(file) = self.files.get_mut(path) else {
+                return;
+            };
+            file.target = Some(name.clone());
+            file.in_force = sha256;
+            if self.running.contains_key(&name) {
+                // Its previous loop is still ending: start once it has.
+                file.waiting = Some(Box::new(compiled));
+            } else {
+                self.spawn(path, compiled);
+            }
+            return;
+        }
+        if compiled.policy.sha256 == file.in_force {
+            return;
+        }
+        let Some(running) = self
+            .running
+            .get(&name)
+            .filter(|r| r.path == path && !r.stopping)
+        else {
+            // Waiting to start: the newest valid edit starts.
+            if let Some(file) = self.files.get_mut(path) {
+                file.in_force = compiled.policy.sha256.clone();
+                file.waiting = Some(Box::new(compiled));
+            }
+            return;
+        };
+        let inbox = running.inbox.clone();
+        let sha256 = compiled.policy.sha256.clone();
+        let short = compiled.policy.short_hash().to_string();
+        let notify = compiled.notify.clone();
+        let handed = tokio::time::timeout(
+            HAND_OVER,
+            inbox.send(Input::Reload(Reload::Apply(Box::new(compiled)))),
+        )
+        .await;
+        let Some(file) = self.files.get_mut(path) else {
+            return;
+        };
+        if !matches!(handed, Ok(Ok(()))) {
+            // Not taken: read it again at the next check.
+            tracing::error!(target_name = %name, "the target did not take the policy edit; trying again at the next check");
+            file.stamp = None;
+            file.last_seen.clear();
+            return;
+        }
+        file.in_force = sha256.clone();
+        if let Some(routing) = &self.shared.routing {
+            routing.update(&name, notify);
+        }
+        self.count(&name, "ok");
+        say(&format!(
+            "{} {name} policy {shown} reloaded: sha256:{short} is in force",
+            time_text(chrono::Utc::now()),
+        ));
+    }
+
+    /// The file holds the policy in force again: no rejection to show.
+    async fn restored(&mut self, path: &Path) {
+        self.shared
+            .status
+            .set_rejected(&path.display().to_string(), None);
+        let target = self.files.get(path).and_then(|f| f.target.clone());
+        if let Some(name) = target
+            && let Some(running) = self
+                .running
+                .get(&name)
+                .filter(|r| r.path == path && !r.stopping)
+        {
+            let restored = Input::Reload(Reload::Restored);
+            let _ = tokio::time::timeout(HAND_OVER, running.inbox.send(restored)).await;
+            tracing::info!(target_name = %name, "the policy file is back to the policy in force");
+        }
+    }
+
+    /// An edit (or a new file) that cannot be put in force.
+    async fn reject(&mut self, path: &Path, reason: String) {
+        let shown = path.display().to_string();
+        let target = self.files.get(path).and_then(|f| f.target.clone());
+        let running = target.as_ref().and_then(|name| {
+            self.running
+                .get(name)
+                .filter(|r| r.path == path && !r.stopping)
+                .map(|r| r.inbox.clone())
+        });
+        self.count(target.as_deref().unwrap_or(&shown), "failed");
+        match (target, running) {
+            (Some(name), Some(inbox)) => {
+                say(&format!(
+                    "{} {name} POLICY EDIT REJECTED, the last good policy stays in force: {reason}",
+                    time_text(chrono::Utc::now()),
+                ));
+                let rejected = Input::Reload(Reload::Rejected(reason));
+                let _ = tokio::time::timeout(HAND_OVER, inbox.send(rejected)).await;
+            }
+            _ => {
+                say(&format!(
+                    "{} POLICY FILE REJECTED, it is not watched until it is valid: {reason}",
+                    time_text(chrono::Utc::now()),
+                ));
+                self.shared.status.set_rejected(&shown, Some(reason));
+            }
+        }
+    }
+
+    fn count(&self, target: &str, result: &str) {
+        self.shared
+            .telemetry
+            .reloads
+            .get_or_create(&ReloadLabels {
+                target: target.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+}
+
+fn describe_sources(target: &Compiled) -> String {
+    use crate::sources::config::SourceKind;
+    let mut parts = Vec::new();
+    match target.source.as_ref().map(|s| &s.kind) {
+        Some(SourceKind::Scrape { url, .. }) => parts.push(format!("scrape {url}")),
+        Some(SourceKind::Prometheus { url, .. }) => parts.push(format!("prometheus {url}")),
+        None => {}
+    }
+    if let Some(health) = &target.health {
+        parts.push(format!("health {}", health.url));
+    }
+    if !target.checks.is_empty() {
+        parts.push(format!("{} checks", target.checks.len()));
+    }
+    if parts.is_empty() {
+        "no sources configured".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::policy_files;
+
+    /// A Kubernetes ConfigMap volume: each key a symlink into `..data`, itself
+    /// a symlink to a hidden timestamped directory swapped on each update.
+    #[cfg(unix)]
+    #[test]
+    fn a_configmap_directory_lists_its_keys_and_not_its_hidden_entries() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let version = root.join("..2026_11_25_10_00_00.1");
+        std::fs::create_dir(&version).unwrap();
+        std::fs::write(version.join("production.toml"), "x").unwrap();
+        std::fs::write(version.join("notes.txt"), "x").unwrap();
+        symlink("..2026_11_25_10_00_00.1", root.join("..data")).unwrap();
+        symlink("..data/production.toml", root.join("production.toml")).unwrap();
+        symlink("..data/notes.txt", root.join("notes.txt")).unwrap();
+        std::fs::write(root.join(".production.toml.swp"), "x").unwrap();
+        std::fs::create_dir(root.join("nested.toml")).unwrap();
+        let explicit = root.join("elsewhere.toml");
+        let (files, unlisted) = policy_files(&[root.to_path_buf(), explicit.clone()]);
+        assert!(unlisted.is_empty());
+        let files: Vec<_> = files.into_iter().collect();
+        assert_eq!(files, [explicit, root.join("production.toml")]);
+    }
+
+    /// A file named on the command line stays watched while it is gone, so
+    /// that its target comes back with it.
+    #[test]
+    fn a_named_file_is_listed_whether_or_not_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.toml");
+        let (files, unlisted) = policy_files(std::slice::from_ref(&file));
+        assert_eq!(files.into_iter().collect::<Vec<_>>(), [file]);
+        assert!(unlisted.is_empty());
+    }
+}
