@@ -259,12 +259,14 @@ struct Watcher {
 impl Watcher {
     /// `db`: act (store, outbox worker, API) on this database instead of a dry run.
     fn start(policies: &[PathBuf], db: Option<&str>) -> Watcher {
-        let binary = env!("CARGO_BIN_EXE_rollwatch");
+        // ROLLWATCH_BENCH_BINARY compares another build (an older commit's).
+        let binary = std::env::var("ROLLWATCH_BENCH_BINARY")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_rollwatch").to_string());
         let mode: Vec<&str> = match db {
             Some(db) => vec!["--db", db],
             None => vec!["--dry-run"],
         };
-        let mut child = Command::new(binary)
+        let mut child = Command::new(&binary)
             .arg("run")
             .args(mode)
             .args(["--listen", "127.0.0.1:0", "--policy"])

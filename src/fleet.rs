@@ -75,6 +75,10 @@ pub struct Fleet {
     shared: Shared,
     /// The paths `run` was given: policy files and directories of them.
     given: Vec<PathBuf>,
+    /// Those of them that are directories.
+    directories: BTreeSet<PathBuf>,
+    /// Directories that could not be listed at the last check (logged once).
+    unlisted: BTreeSet<PathBuf>,
     files: BTreeMap<PathBuf, PolicyFile>,
     running: HashMap<String, Running>,
     tasks: JoinSet<Ended>,
@@ -114,14 +118,26 @@ pub fn target_name(target: &Compiled) -> String {
 }
 
 /// The policy files of `given`: each file named, and each `*.toml` of each
-/// directory (not hidden ones: editors' swap and backup files), sorted.
-/// `Err` names a directory that cannot be listed.
-pub fn policy_files(given: &[PathBuf]) -> (BTreeSet<PathBuf>, Vec<(PathBuf, std::io::Error)>) {
+/// directory (not hidden ones: editors' swap and backup files), sorted. The
+/// second list names the directories that cannot be listed, with why; one of
+/// `directories` (seen as a directory before) that is gone is among them: an
+/// unmounted volume is not the removal of every target.
+pub fn policy_files(
+    given: &[PathBuf],
+    directories: &BTreeSet<PathBuf>,
+) -> (BTreeSet<PathBuf>, Vec<(PathBuf, std::io::Error)>) {
     let mut files = BTreeSet::new();
     let mut unlisted = Vec::new();
     for path in given {
         if !path.is_dir() {
-            files.insert(path.clone());
+            if directories.contains(path) {
+                let error = std::fs::metadata(path)
+                    .err()
+                    .unwrap_or_else(|| std::io::Error::other("no longer a directory"));
+                unlisted.push((path.clone(), error));
+            } else {
+                files.insert(path.clone());
+            }
             continue;
         }
         match std::fs::read_dir(path) {
@@ -156,9 +172,12 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 impl Fleet {
     pub fn new(shared: Shared, given: Vec<PathBuf>) -> Fleet {
+        let directories = given.iter().filter(|p| p.is_dir()).cloned().collect();
         Fleet {
             shared,
             given,
+            directories,
+            unlisted: BTreeSet::new(),
             files: BTreeMap::new(),
             running: HashMap::new(),
             tasks: JoinSet::new(),
@@ -333,11 +352,20 @@ impl Fleet {
         if forced {
             tracing::info!("SIGHUP: re-reading every policy");
         }
-        let (listed, unlisted) = policy_files(&self.given);
+        let (listed, unlisted) = policy_files(&self.given, &self.directories);
         for (dir, error) in &unlisted {
             // Not a removal: its files keep their targets until it can be read.
-            tracing::error!(directory = %dir.display(), %error, "cannot list the policy directory; its targets stay as they are");
+            if self.unlisted.insert(dir.clone()) {
+                tracing::error!(directory = %dir.display(), %error, "cannot list the policy directory; its targets stay as they are until it can be");
+            }
         }
+        self.unlisted.retain(|dir| {
+            let back = !unlisted.iter().any(|(d, _)| d == dir);
+            if back {
+                tracing::warn!(directory = %dir.display(), "the policy directory can be listed again");
+            }
+            !back
+        });
         for path in &listed {
             if !self.files.contains_key(path) {
                 tracing::info!(policy = %path.display(), "new policy file");
@@ -643,7 +671,8 @@ mod tests {
         std::fs::write(root.join(".production.toml.swp"), "x").unwrap();
         std::fs::create_dir(root.join("nested.toml")).unwrap();
         let explicit = root.join("elsewhere.toml");
-        let (files, unlisted) = policy_files(&[root.to_path_buf(), explicit.clone()]);
+        let given = [root.to_path_buf(), explicit.clone()];
+        let (files, unlisted) = policy_files(&given, &Default::default());
         assert!(unlisted.is_empty());
         let files: Vec<_> = files.into_iter().collect();
         assert_eq!(files, [explicit, root.join("production.toml")]);
@@ -655,8 +684,23 @@ mod tests {
     fn a_named_file_is_listed_whether_or_not_it_exists() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("a.toml");
-        let (files, unlisted) = policy_files(std::slice::from_ref(&file));
+        let (files, unlisted) = policy_files(std::slice::from_ref(&file), &Default::default());
         assert_eq!(files.into_iter().collect::<Vec<_>>(), [file]);
         assert!(unlisted.is_empty());
+    }
+
+    /// A policy directory that disappears (an unmounted volume) is reported,
+    /// and its targets stay: deleting its files is how targets are removed.
+    #[test]
+    fn a_vanished_policy_directory_is_unlisted_not_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        let known: std::collections::BTreeSet<_> = [policies.clone()].into();
+        std::fs::remove_dir(&policies).unwrap();
+        let (files, unlisted) = policy_files(std::slice::from_ref(&policies), &known);
+        assert!(files.is_empty());
+        assert_eq!(unlisted.len(), 1);
+        assert_eq!(unlisted[0].0, policies);
     }
 }

@@ -200,7 +200,7 @@ pub async fn run(
     db: &str,
 ) -> Result<(), Failure> {
     // Every policy is read and validated before anything starts.
-    let (files, unlisted) = fleet::policy_files(paths);
+    let (files, unlisted) = fleet::policy_files(paths, &Default::default());
     if let Some((dir, error)) = unlisted.first() {
         return Err(Failure::Usage(format!(
             "{}: cannot list the policy directory: {error}",

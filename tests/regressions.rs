@@ -27,21 +27,21 @@ fn regression_backslash_before_a_multibyte_character_does_not_panic_the_parser()
     assert_eq!(exposition.samples.len() + exposition.errors.len(), 1);
 }
 
-/// `MAX_CHECKS` (64) is documented but never enforced by the compiler; a policy
-/// with 65 named checks compiles, and the 65th shifts `1u64 << 64`: a panic in
-/// debug builds, and in release the bit wraps onto check 0, so check 64 failing
-/// reads as check 0 failing.
+/// `MAX_CHECKS` (32, one bit each in a sample) is enforced by the compiler:
+/// a policy with more named checks is refused rather than having its 33rd
+/// check's bit wrap onto check 0 (then a failing check 32 would read as check
+/// 0 failing). Found when it was 64 and unenforced.
 #[test]
-fn regression_more_than_64_checks_are_refused_by_the_compiler() {
+fn regression_more_named_checks_than_a_sample_has_bits_are_refused_by_the_compiler() {
     let mut text = String::from("[target]\nservice = \"web\"\nenvironment = \"production\"\n");
-    for i in 0..65 {
+    for i in 0..=rollwatch::engine::signals::MAX_CHECKS {
         text.push_str(&format!(
             "[[rule]]\nname = \"c{i}\"\ntier = \"consider\"\nsignal = \"check\"\ncheck = \"c{i}\"\n"
         ));
     }
     let errors = rollwatch::policy::from_bytes("many.toml", text.as_bytes(), |_| None).unwrap_err();
     assert!(
-        errors.to_string().contains("more than 64 named checks"),
+        errors.to_string().contains("more than 32 named checks"),
         "{errors}"
     );
 }

@@ -496,7 +496,7 @@ impl Actor {
         };
         let fresh: Vec<SamplePoint> = engine
             .samples()
-            .filter(|s| self.last_sample_at.is_none_or(|t| s.at > t))
+            .filter(|s| self.last_sample_at.is_none_or(|t| s.at() > t))
             .map(point)
             .collect();
         if let Some(last) = fresh.last() {
@@ -961,8 +961,8 @@ pub fn tier_named(name: &str) -> Tier {
 
 fn point(sample: &Sample) -> SamplePoint {
     SamplePoint {
-        at: sample.at,
-        up: sample.up,
+        at: sample.at(),
+        up: sample.up(),
         requests: sample.errors().map(|(r, _)| r),
         errors: sample.errors().map(|(_, e)| e),
         users: sample.users().map(|(u, _)| u),

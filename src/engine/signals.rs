@@ -13,27 +13,47 @@ use super::policy::{Policy, Quantile, Rule, Signal};
 use super::stats::{median, wilson_lower_bound};
 use crate::policy::units::{format_duration, format_percent};
 
-/// The parts of an observation the rules read, kept compactly: a thousand
-/// targets at 1 s polls keep 300 samples each, so the values are `f32`
-/// (per-interval counts and milliseconds need no more) and read back as `f64`.
+/// The parts of an observation the rules read, kept compactly (40 bytes): a
+/// thousand targets at 1 s polls keep 300 samples each. The time is in
+/// nanoseconds since the epoch; the values are `f32` (per-interval counts and
+/// milliseconds need no more), NaN for unknown, and read back as `f64`.
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {
-    pub at: DateTime<Utc>,
-    pub up: Option<bool>,
-    /// (requests, errors), present only when both are known and sane.
-    errors: Option<(f32, f32)>,
+    at_ns: i64,
+    /// (requests, errors), NaN unless both are known and sane.
+    errors: [f32; 2],
     /// (users, users affected), same rule.
-    users: Option<(f32, f32)>,
+    users: [f32; 2],
     /// The policy's latency quantile, in milliseconds.
-    latency_ms: Option<f32>,
+    latency_ms: f32,
     /// Bit i set: `Policy::checks[i]` was reported.
-    pub checks_known: u64,
+    checks_known: u32,
     /// Bit i set: `Policy::checks[i]` failed.
-    pub checks_failed: u64,
+    checks_failed: u32,
+    /// 0 unknown, 1 down, 2 up.
+    up: u8,
 }
 
 /// Most named checks a policy may refer to (one bit each in a `Sample`).
-pub const MAX_CHECKS: usize = 64;
+pub const MAX_CHECKS: usize = 32;
+
+/// A time as `Sample` keeps it: nanoseconds since the epoch, clamped to the
+/// years 1678 to 2261 (both sides of a comparison are clamped alike).
+pub fn nanos(at: DateTime<Utc>) -> i64 {
+    at.timestamp_nanos_opt().unwrap_or(if at.timestamp() < 0 {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
+}
+
+fn pair(p: Option<(f64, f64)>) -> [f32; 2] {
+    p.map_or([f32::NAN; 2], |(total, part)| [total as f32, part as f32])
+}
+
+fn unpair(p: [f32; 2]) -> Option<(f64, f64)> {
+    (!p[0].is_nan()).then(|| (f64::from(p[0]), f64::from(p[1])))
+}
 
 impl Sample {
     /// Keeps what the policy reads; drops (and reports) values that make no sense.
@@ -67,58 +87,84 @@ impl Sample {
             }
             None => None,
         };
-        let mut checks_known = 0u64;
-        let mut checks_failed = 0u64;
+        let mut checks_known = 0u32;
+        let mut checks_failed = 0u32;
         for (name, passed) in &obs.checks {
-            if let Some(index) = policy.checks.iter().position(|c| c == name) {
-                checks_known |= 1 << index;
+            let bit = policy
+                .checks
+                .iter()
+                .position(|c| c == name)
+                .and_then(|index| 1u32.checked_shl(u32::try_from(index).ok()?));
+            if let Some(bit) = bit {
+                checks_known |= bit;
                 if !passed {
-                    checks_failed |= 1 << index;
+                    checks_failed |= bit;
                 }
             }
         }
-        let pair = |p: Option<(f64, f64)>| p.map(|(total, part)| (total as f32, part as f32));
         let sample = Sample {
-            at: obs.at,
-            up: obs.up,
+            at_ns: nanos(obs.at),
+            up: match obs.up {
+                None => 0,
+                Some(false) => 1,
+                Some(true) => 2,
+            },
             errors: pair(errors),
             users: pair(users),
-            latency_ms: latency_ms.map(|ms| ms as f32),
+            latency_ms: latency_ms.map_or(f32::NAN, |ms| ms as f32),
             checks_known,
             checks_failed,
         };
         (sample, problems)
     }
 
+    /// When it was observed.
+    pub fn at(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_nanos(self.at_ns)
+    }
+
+    /// Whether it was observed at `at`.
+    pub fn is_at(&self, at: DateTime<Utc>) -> bool {
+        self.at_ns == nanos(at)
+    }
+
+    /// The health probe's result.
+    pub fn up(&self) -> Option<bool> {
+        match self.up {
+            0 => None,
+            up => Some(up == 2),
+        }
+    }
+
+    /// Whether check `index` of the policy was reported, and if so whether it failed.
+    pub fn check_failed(&self, index: usize) -> Option<bool> {
+        let bit = 1u32.checked_shl(u32::try_from(index).ok()?)?;
+        (self.checks_known & bit != 0).then_some(self.checks_failed & bit != 0)
+    }
+
     /// (requests, errors) in the interval.
     pub fn errors(&self) -> Option<(f64, f64)> {
-        self.errors
-            .map(|(total, part)| (f64::from(total), f64::from(part)))
+        unpair(self.errors)
     }
 
     /// (users, users affected) in the interval.
     pub fn users(&self) -> Option<(f64, f64)> {
-        self.users
-            .map(|(total, part)| (f64::from(total), f64::from(part)))
+        unpair(self.users)
     }
 
     /// The policy's latency quantile, in milliseconds.
     pub fn latency_ms(&self) -> Option<f64> {
-        self.latency_ms.map(f64::from)
+        (!self.latency_ms.is_nan()).then_some(f64::from(self.latency_ms))
     }
 
     /// Whether the sample holds a metric a windowed rule can judge.
     pub fn has_metrics(&self) -> bool {
-        self.errors.is_some() || self.users.is_some() || self.latency_ms.is_some()
+        self.errors().is_some() || self.users().is_some() || self.latency_ms().is_some()
     }
 
     /// Whether the sample holds anything a rule can judge.
     pub fn has_data(&self) -> bool {
-        self.up.is_some()
-            || self.errors.is_some()
-            || self.users.is_some()
-            || self.latency_ms.is_some()
-            || self.checks_known != 0
+        self.up != 0 || self.has_metrics() || self.checks_known != 0
     }
 }
 
@@ -158,8 +204,8 @@ impl History {
     }
 
     pub fn push(&mut self, sample: Sample, keep: TimeDelta) {
-        let oldest = sample.at - keep;
-        while self.samples.front().is_some_and(|s| s.at < oldest) {
+        let oldest = nanos(sample.at() - keep);
+        while self.samples.front().is_some_and(|s| s.at_ns < oldest) {
             self.samples.pop_front();
         }
         self.samples.push_back(sample);
@@ -178,11 +224,12 @@ impl History {
         window: TimeDelta,
         from: Option<DateTime<Utc>>,
     ) -> impl Iterator<Item = &Sample> {
-        let start = now - window;
+        let start = nanos(now - window);
+        let from = from.map(nanos);
         self.samples
             .iter()
             .rev()
-            .take_while(move |s| s.at > start && from.is_none_or(|from| s.at > from))
+            .take_while(move |s| s.at_ns > start && from.is_none_or(|from| s.at_ns > from))
     }
 
     /// Every sample kept, oldest first.
@@ -387,7 +434,11 @@ pub fn read(
 ) -> Reading {
     let signal = rule.signal.name();
     match &rule.signal {
-        Signal::Down => match history.latest().filter(|s| s.at == now).and_then(|s| s.up) {
+        Signal::Down => match history
+            .latest()
+            .filter(|s| s.is_at(now))
+            .and_then(Sample::up)
+        {
             Some(up) => Reading {
                 value: Some(if up { 0.0 } else { 1.0 }),
                 ..Reading::new(
@@ -402,25 +453,22 @@ pub fn read(
             None => Reading::inconclusive(signal, "no health probe result in this observation"),
         },
         Signal::Check { name, index } => {
-            let bit = 1u64 << index;
             match history
                 .latest()
-                .filter(|s| s.at == now && s.checks_known & bit != 0)
+                .filter(|s| s.is_at(now))
+                .and_then(|s| s.check_failed(*index))
             {
-                Some(s) => {
-                    let failed = s.checks_failed & bit != 0;
-                    Reading {
-                        value: Some(if failed { 1.0 } else { 0.0 }),
-                        ..Reading::new(
-                            signal,
-                            if failed {
-                                Verdict::Unhealthy
-                            } else {
-                                Verdict::Healthy
-                            },
-                        )
-                    }
-                }
+                Some(failed) => Reading {
+                    value: Some(if failed { 1.0 } else { 0.0 }),
+                    ..Reading::new(
+                        signal,
+                        if failed {
+                            Verdict::Unhealthy
+                        } else {
+                            Verdict::Healthy
+                        },
+                    )
+                },
                 None => Reading::inconclusive(
                     signal,
                     format!("no result for check {name} in this observation"),
@@ -551,10 +599,39 @@ mod tests {
     }
 
     #[test]
+    fn a_sample_reads_back_what_it_keeps() {
+        let text = include_str!("../../policies/production.toml");
+        let mut policy = crate::policy::from_bytes("p.toml", text.as_bytes(), |_| None).unwrap();
+        policy.checks = vec!["data_integrity".into(), "critical_features".into()];
+        let mut obs = Observation::new(at(7));
+        obs.up = Some(false);
+        obs.requests = Some(1200.0);
+        obs.errors = Some(6.0);
+        obs.checks.push(("critical_features".into(), false));
+        obs.checks.push(("unknown".into(), false));
+        let (sample, problems) = Sample::from_observation(&obs, &policy);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(sample.at(), at(7));
+        assert!(sample.is_at(at(7)) && !sample.is_at(at(8)));
+        assert_eq!(sample.up(), Some(false));
+        assert_eq!(sample.errors(), Some((1200.0, 6.0)));
+        assert_eq!((sample.users(), sample.latency_ms()), (None, None));
+        assert_eq!(sample.check_failed(0), None);
+        assert_eq!(sample.check_failed(1), Some(true));
+        assert_eq!(sample.check_failed(40), None);
+        assert!(sample.has_data() && sample.has_metrics());
+        let empty = Sample::from_observation(&Observation::new(at(8)), &policy).0;
+        assert!(!empty.has_data() && empty.up().is_none());
+        // Far outside the representable range, times clamp alike.
+        let far = DateTime::from_timestamp(400_000_000_000, 0).unwrap();
+        assert_eq!(nanos(far), i64::MAX);
+    }
+
+    #[test]
     fn a_sample_stays_small() {
         // 1,000 targets x 300 samples at 1 s polls: each byte is 300 KB.
         assert!(
-            std::mem::size_of::<Sample>() <= 64,
+            std::mem::size_of::<Sample>() <= 40,
             "{}",
             std::mem::size_of::<Sample>()
         );

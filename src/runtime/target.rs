@@ -104,6 +104,8 @@ pub async fn run_target(
         .to_std()
         .unwrap_or(Duration::from_secs(15));
     let mut poller = Poller::new(&target, interval)?;
+    // Not kept for the loop's lifetime: a thousand targets' tasks add up.
+    drop(target);
     let mut engine = Engine::new(policy);
     let clock = Clock::start();
     let mut rollbacks = if actor.is_some() {
@@ -159,7 +161,7 @@ pub async fn run_target(
                 if let Followup::RollbackRefused {
                     engine_incident,
                     reason,
-                } = actor.handle(&decision, engine).await
+                } = Box::pin(actor.handle(&decision, engine)).await
                 {
                     engine.handle_rollback_finished(decision.at, engine_incident, Err(reason))?;
                 }
@@ -167,12 +169,12 @@ pub async fn run_target(
             drive::drain(engine, rollbacks, &mut collect(decisions))?;
         }
         if let Some(actor) = actor.as_mut() {
-            actor.observed(engine).await;
+            Box::pin(actor.observed(engine)).await;
         }
         Ok(last)
     };
     if let Some(actor) = actor.as_mut() {
-        actor.try_resume(&mut engine, clock.now()).await;
+        Box::pin(actor.try_resume(&mut engine, clock.now())).await;
     }
     // Spread many targets over the interval rather than polling them all at once.
     let mut next_poll = Instant::now() + jitter(interval, 0.5);
@@ -188,11 +190,11 @@ pub async fn run_target(
             leading = owns;
             if owns {
                 if let Some(mut taken) = parked.take() {
-                    taken.await_own_procedure().await;
+                    Box::pin(taken.await_own_procedure()).await;
                     engine = Engine::new(Arc::clone(engine.policy()));
                     rollbacks = Rollbacks::Reported;
                     taken.reset_for_takeover();
-                    taken.try_resume(&mut engine, clock.now()).await;
+                    Box::pin(taken.try_resume(&mut engine, clock.now())).await;
                     actor = Some(taken);
                 }
             } else {
@@ -264,16 +266,16 @@ pub async fn run_target(
             }
             _ = tokio::time::sleep_until(next_poll) => {
                 if let Some(actor) = actor.as_mut() {
-                    actor.try_resume(&mut engine, clock.now()).await;
-                    actor.drill_if_due(&engine, clock.now()).await;
-                    for event in actor.new_answers().await {
+                    Box::pin(actor.try_resume(&mut engine, clock.now())).await;
+                    Box::pin(actor.drill_if_due(&engine, clock.now())).await;
+                    for event in Box::pin(actor.new_answers()).await {
                         let answer = TraceItem::Event { at: clock.now(), event };
                         drive::feed(&mut engine, answer, rollbacks, &mut collect(&mut pending))?;
                     }
-                    actor.escalate_unanswered(&engine, clock.now()).await;
+                    Box::pin(actor.escalate_unanswered(&engine, clock.now())).await;
                 }
                 let started = Instant::now();
-                let outcome = poller.poll(clock.now()).await;
+                let outcome = Box::pin(poller.poll(clock.now())).await;
                 telemetry.poll_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
                 telemetry.polls.get_or_create(&labels).inc();
                 if outcome.source_failed {
@@ -313,13 +315,13 @@ pub async fn run_target(
                             ended.result,
                         )?;
                         drive::drain(&mut engine, rollbacks, &mut collect(&mut pending))?;
-                        hand_out(
+                        Box::pin(hand_out(
                             &mut engine,
                             &mut pending,
                             &mut actor,
                             rollbacks,
                             parked.is_some(),
-                        )
+                        ))
                         .await?;
                     }
                     Err(_) => tracing::error!(
@@ -330,13 +332,13 @@ pub async fn run_target(
             }
             return Ok(None);
         }
-        if let Some(decision) = hand_out(
+        if let Some(decision) = Box::pin(hand_out(
             &mut engine,
             &mut pending,
             &mut actor,
             rollbacks,
             parked.is_some(),
-        )
+        ))
         .await?
         {
             last_decision = Some(decision);
