@@ -578,6 +578,28 @@ async fn a_policy_file_added_to_the_directory_adds_a_target_and_a_removed_one_re
         "{refused:#}"
     );
 
+    // Fixed to name a target of its own, it starts one; renamed again, the
+    // old target goes and the new one comes.
+    std::fs::write(
+        policies.join("copy.toml"),
+        policy_text(&staging.url(), "qa", &script),
+    )
+    .unwrap();
+    let fixed = wait("web/qa watched", 15, &|s| {
+        names(s) == ["web/canary", "web/qa", "web/staging"]
+    })
+    .await;
+    assert_eq!(fixed["rejected_policies"], json!([]), "{fixed:#}");
+    std::fs::write(
+        policies.join("copy.toml"),
+        policy_text(&staging.url(), "qa2", &script),
+    )
+    .unwrap();
+    wait("web/qa renamed web/qa2", 15, &|s| {
+        names(s) == ["web/canary", "web/qa2", "web/staging"]
+    })
+    .await;
+
     // The new target acts: a deployment, errors, its rollback starts.
     let deploy = json!({"target": "web/canary", "version": "v2.0.0", "previous": "v1.0.0"});
     assert_eq!(
@@ -599,7 +621,10 @@ async fn a_policy_file_added_to_the_directory_adds_a_target_and_a_removed_one_re
     // Its file removed mid-step: the step finishes (and is recorded) before
     // the target goes.
     std::fs::remove_file(&canary).unwrap();
-    wait("web/canary removed", 30, &|s| names(s) == ["web/staging"]).await;
+    wait("web/canary removed", 30, &|s| {
+        names(s) == ["web/qa2", "web/staging"]
+    })
+    .await;
     assert!(
         read_log().contains("finished"),
         "the target went before its step ended: {}",
@@ -651,7 +676,7 @@ async fn a_policy_file_added_to_the_directory_adds_a_target_and_a_removed_one_re
     );
     assert!(
         !sidecar.dir.path().join("calls.log").exists(),
-        "web/staging never rolled back: {}",
+        "web/staging and web/qa2 never rolled back: {}",
         sidecar.output()
     );
 }
