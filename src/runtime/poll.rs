@@ -37,6 +37,9 @@ pub struct Poller {
     source: Option<SourceConfig>,
     health: Option<HealthConfig>,
     checks: Vec<CheckConfig>,
+    /// The scrape and health URLs, parsed once rather than on every request.
+    scrape_url: Option<reqwest::Url>,
+    health_url: Option<reqwest::Url>,
     client: reqwest::Client,
     /// The health probe and the scrape go to one host: run them one after the
     /// other on one connection.
@@ -73,6 +76,11 @@ impl Poller {
         };
         Ok(Poller {
             one_connection,
+            scrape_url: scrape_url.and_then(|url| reqwest::Url::parse(url).ok()),
+            health_url: target
+                .health
+                .as_ref()
+                .and_then(|health| reqwest::Url::parse(&health.url).ok()),
             source: target.source.clone(),
             health: target.health.clone(),
             checks: target.checks.clone(),
@@ -92,8 +100,9 @@ impl Poller {
             &self.client,
             self.deriver.as_mut(),
             &self.interval_text,
+            self.scrape_url.as_ref(),
         );
-        let health = probe_health(&self.client, self.health.as_ref());
+        let health = probe_health(&self.client, self.health.as_ref(), self.health_url.as_ref());
         let checks = run_checks(&self.checks, &self.check_env);
         let (metrics, health, checks) = if self.one_connection {
             // One host serves both: one kept-alive connection, not two per target.
@@ -160,6 +169,7 @@ async fn poll_metrics(
     client: &reqwest::Client,
     deriver: Option<&mut Deriver>,
     interval_text: &str,
+    parsed_url: Option<&reqwest::Url>,
 ) -> Option<Result<Metrics, SourceFailure>> {
     let source = source?;
     Some(match &source.kind {
@@ -170,7 +180,7 @@ async fn poll_metrics(
                     target_unreachable: false,
                 }));
             };
-            let result = scrape(client, url, source, &mut *deriver).await;
+            let result = scrape(client, url, parsed_url, source, &mut *deriver).await;
             if result.is_err() {
                 // The next delta would span the gap: start afresh.
                 deriver.reset();
@@ -188,20 +198,23 @@ async fn poll_metrics(
 async fn probe_health(
     client: &reqwest::Client,
     health: Option<&HealthConfig>,
+    parsed_url: Option<&reqwest::Url>,
 ) -> Option<Result<bool, String>> {
     let health = health?;
-    Some(
-        match http::status(client, &health.url, health.timeout).await {
-            Ok(status) => {
-                if status != health.expect_status {
-                    tracing::debug!(url = %health.url, status, "health probe failed");
-                }
-                Ok(status == health.expect_status)
+    let status = match parsed_url {
+        Some(url) => http::status(client, url.clone(), health.timeout).await,
+        None => http::status(client, &health.url, health.timeout).await,
+    };
+    Some(match status {
+        Ok(status) => {
+            if status != health.expect_status {
+                tracing::debug!(url = %health.url, status, "health probe failed");
             }
-            Err(error) if error.target_unreachable() => Ok(false),
-            Err(error) => Err(format!("health probe {}: {error}", health.url)),
-        },
-    )
+            Ok(status == health.expect_status)
+        }
+        Err(error) if error.target_unreachable() => Ok(false),
+        Err(error) => Err(format!("health probe {}: {error}", health.url)),
+    })
 }
 
 async fn run_checks(
@@ -246,15 +259,18 @@ struct SourceFailure {
 async fn scrape(
     client: &reqwest::Client,
     url: &str,
+    parsed_url: Option<&reqwest::Url>,
     source: &SourceConfig,
     deriver: &mut Deriver,
 ) -> Result<Metrics, SourceFailure> {
-    let fetched = http::get(client, url, source.timeout, source.max_bytes)
-        .await
-        .map_err(|error| SourceFailure {
-            reason: format!("scrape {url}: {error}"),
-            target_unreachable: error.target_unreachable(),
-        })?;
+    let fetched = match parsed_url {
+        Some(parsed) => http::get(client, parsed.clone(), source.timeout, source.max_bytes).await,
+        None => http::get(client, url, source.timeout, source.max_bytes).await,
+    };
+    let fetched = fetched.map_err(|error| SourceFailure {
+        reason: format!("scrape {url}: {error}"),
+        target_unreachable: error.target_unreachable(),
+    })?;
     if fetched.status != 200 {
         return Err(SourceFailure {
             reason: format!("scrape {url}: HTTP {}", fetched.status),

@@ -4,9 +4,14 @@
 //! never reads it.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -98,6 +103,10 @@ pub async fn run_target(
     let policy = Arc::new(target.policy.clone());
     let name = format!("{}/{}", policy.service, policy.environment);
     let labels = Telemetry::target(&name);
+    // This target's series, looked up once and then held (a lookup hashes and
+    // compares the label set under the family's lock); each is still created
+    // on first use, as before.
+    let mut series = Series::default();
     let interval = policy
         .evaluation
         .interval
@@ -276,12 +285,12 @@ pub async fn run_target(
                 }
                 let started = Instant::now();
                 let outcome = Box::pin(poller.poll(clock.now())).await;
-                telemetry.poll_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-                telemetry.polls.get_or_create(&labels).inc();
+                held(&mut series.poll_duration, &telemetry.poll_duration, &labels).observe(started.elapsed().as_secs_f64());
+                held(&mut series.polls, &telemetry.polls, &labels).inc();
                 if outcome.source_failed {
-                    telemetry.source_errors.get_or_create(&labels).inc();
+                    held(&mut series.source_errors, &telemetry.source_errors, &labels).inc();
                 }
-                telemetry.unreadable_lines.get_or_create(&labels).inc_by(outcome.unreadable_lines as u64);
+                held(&mut series.unreadable_lines, &telemetry.unreadable_lines, &labels).inc_by(outcome.unreadable_lines as u64);
                 source = SourceHealth {
                     last_poll_at: Some(outcome.item.at()),
                     ok: matches!(&outcome.item, TraceItem::Observation(o) if !o.is_empty()),
@@ -343,26 +352,36 @@ pub async fn run_target(
         {
             last_decision = Some(decision);
         }
-        telemetry
-            .incident_open
-            .get_or_create(&labels)
+        held(&mut series.incident_open, &telemetry.incident_open, &labels)
             .set(i64::from(engine.incident().is_some()));
         let rules = engine.rule_status();
         for rule in &rules {
             let Some(reading) = &rule.reading else {
                 continue;
             };
-            let rule_labels = RuleLabels {
+            let gauges = match series.rules.iter().position(|(r, _)| *r == rule.rule) {
+                Some(index) => &mut series.rules[index].1,
+                None => {
+                    series.rules.push((rule.rule.clone(), Default::default()));
+                    &mut series.rules.last_mut().expect("just pushed").1
+                }
+            };
+            let rule_labels = || RuleLabels {
                 target: name.clone(),
                 rule: rule.rule.clone(),
             };
-            for (family, value) in [
-                (&telemetry.signal_value, reading.value),
-                (&telemetry.signal_bound, reading.bound),
-                (&telemetry.signal_threshold, reading.threshold),
-            ] {
+            for ((slot, family), value) in gauges
+                .iter_mut()
+                .zip([
+                    &telemetry.signal_value,
+                    &telemetry.signal_bound,
+                    &telemetry.signal_threshold,
+                ])
+                .zip([reading.value, reading.bound, reading.threshold])
+            {
                 if let Some(value) = value {
-                    family.get_or_create(&rule_labels).set(value);
+                    slot.get_or_insert_with(|| family.get_or_create_owned(&rule_labels()))
+                        .set(value);
                 }
             }
         }
@@ -386,6 +405,30 @@ pub async fn run_target(
             });
         }
     }
+}
+
+/// A target's own telemetry series, held once looked up.
+#[derive(Default)]
+struct Series {
+    polls: Option<Counter>,
+    source_errors: Option<Counter>,
+    unreadable_lines: Option<Counter>,
+    poll_duration: Option<Histogram>,
+    incident_open: Option<Gauge>,
+    /// Per rule name: its value, bound and threshold gauges.
+    rules: Vec<(String, [Option<FloatGauge>; 3])>,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// The series of `labels` in `family`, looked up on first use and then held.
+fn held<'a, S, M, C>(slot: &'a mut Option<M>, family: &Family<S, M, C>, labels: &S) -> &'a M
+where
+    S: Clone + std::hash::Hash + Eq,
+    M: Clone,
+    C: MetricConstructor<M>,
+{
+    slot.get_or_insert_with(|| family.get_or_create_owned(labels))
 }
 
 /// On SIGTERM, how long a running procedure may take to finish.

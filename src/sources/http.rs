@@ -60,7 +60,7 @@ impl FetchError {
 /// may answer 200 with a large or binary page).
 pub async fn status(
     client: &reqwest::Client,
-    url: &str,
+    url: impl reqwest::IntoUrl,
     timeout: Duration,
 ) -> Result<u16, FetchError> {
     let request = async {
@@ -82,7 +82,7 @@ pub async fn status(
 /// GETs `url`, reading at most `max_bytes` of body, all within `timeout`.
 pub async fn get(
     client: &reqwest::Client,
-    url: &str,
+    url: impl reqwest::IntoUrl,
     timeout: Duration,
     max_bytes: u64,
 ) -> Result<Fetched, FetchError> {
@@ -94,7 +94,7 @@ pub async fn get(
 
 async fn get_unbounded_time(
     client: &reqwest::Client,
-    url: &str,
+    url: impl reqwest::IntoUrl,
     max_bytes: u64,
 ) -> Result<Fetched, FetchError> {
     let mut response = client.get(url).send().await.map_err(|e| {
