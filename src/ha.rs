@@ -145,25 +145,31 @@ async fn contend(
                 }
             }
         }
+        // The session is checked every round, holding locks or not: a
+        // passive replica whose session died with a database restart must
+        // notice, reconnect and be ready to take over.
         let held: usize = owned.iter().filter(|o| *o.owner.borrow()).count();
-        let healthy = match connection.as_mut() {
-            Some(conn) => held == 0 || held_count(conn, interval).await == Some(held),
-            None => false,
-        };
-        if !healthy {
-            drop_leadership(&owned, &mut connection);
-            continue;
-        }
         let Some(conn) = connection.as_mut() else {
             continue;
         };
+        if held_count(conn, interval).await != Some(held) {
+            session_lost(&owned, &mut connection);
+            continue;
+        }
         for o in &owned {
             if *o.owner.borrow() {
                 continue;
             }
-            if try_lock(conn, o.key, interval).await {
-                tracing::warn!(target_name = %o.target, "leadership taken: this replica acts on the target");
-                o.owner.send_replace(true);
+            match try_lock(conn, o.key, interval).await {
+                Some(true) => {
+                    tracing::warn!(target_name = %o.target, "leadership taken: this replica acts on the target");
+                    o.owner.send_replace(true);
+                }
+                Some(false) => {}
+                None => {
+                    session_lost(&owned, &mut connection);
+                    break;
+                }
             }
         }
     }
@@ -185,11 +191,26 @@ fn drop_leadership(owned: &[Owned], connection: &mut Option<PgConnection>) {
     *connection = None;
 }
 
-async fn try_lock(conn: &mut PgConnection, key: i64, timeout: Duration) -> bool {
+/// The session stopped answering: leadership dropped as above, and said
+/// loudly even when this replica held nothing.
+fn session_lost(owned: &[Owned], connection: &mut Option<PgConnection>) {
+    if owned.iter().all(|o| !*o.owner.borrow()) {
+        tracing::error!(
+            "DATABASE UNREACHABLE: the leadership session does not answer; this replica is passive and reconnects"
+        );
+    }
+    drop_leadership(owned, connection);
+}
+
+/// `None`: the session did not answer.
+async fn try_lock(conn: &mut PgConnection, key: i64, timeout: Duration) -> Option<bool> {
     let query = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
         .bind(key)
         .fetch_one(&mut *conn);
-    matches!(tokio::time::timeout(timeout, query).await, Ok(Ok(true)))
+    match tokio::time::timeout(timeout, query).await {
+        Ok(Ok(taken)) => Some(taken),
+        _ => None,
+    }
 }
 
 async fn unlock(conn: &mut PgConnection, key: i64, timeout: Duration) -> bool {
