@@ -118,11 +118,18 @@ impl World {
     /// Healthy at v1, then a deployment of v2 that serves 30 % errors; the
     /// service is healthy at v1 again once the rollback script has run.
     async fn bad_deploy(&self) {
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        self.healthy_seen().await;
         self.service.set(|k| {
             k.version = "v2.0.0".into();
             k.error_rate = 0.3;
         });
+    }
+
+    /// Returns once rollwatch has scraped the healthy v1 service twice, so the
+    /// change that follows is a deployment it sees (a fixed sleep was not
+    /// enough on a loaded machine: the first scrape came after the change).
+    async fn healthy_seen(&self) {
+        self.service.wait_for_scrapes(2).await;
     }
 
     /// Turns the service back to v1 when the rollback script runs.
@@ -654,7 +661,7 @@ for = "3s"
     let world = World::new(None, users).await;
     let _heal = world.rollback_heals();
     let _rollwatch = world.start(&[]);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    world.healthy_seen().await;
     world.service.set(|k| {
         k.version = "v2.0.0".into();
         k.error_rate = 0.3;

@@ -566,7 +566,8 @@ url = "{am}"
             .unwrap();
         let output: common::process::Lines = Arc::default();
         common::process::capture(&mut child, &output);
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        // Rollwatch sees the healthy v1 before the deployment.
+        service.wait_for_scrapes(2).await;
         service.set(|k| {
             k.version = "v2.0.0".into();
             k.error_rate = 0.3;

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,6 +88,8 @@ struct Counters {
 struct Shared {
     knobs: Mutex<Knobs>,
     counters: Mutex<Counters>,
+    /// Normal expositions served so far.
+    scrapes: AtomicU64,
 }
 
 /// Changes a running service's knobs (see `TestService::knobs`).
@@ -111,6 +114,7 @@ impl TestService {
         let shared = Arc::new(Shared {
             knobs: Mutex::new(Knobs::default()),
             counters: Mutex::new(Counters::default()),
+            scrapes: AtomicU64::new(0),
         });
         let app = Router::new()
             .route("/metrics", get(metrics))
@@ -148,6 +152,22 @@ impl TestService {
     /// A handle that changes the knobs from another task.
     pub fn knobs(&self) -> KnobHandle {
         KnobHandle(Arc::clone(&self.shared))
+    }
+
+    /// Waits until `/metrics` has served `n` more expositions (30 s at most):
+    /// a scraper started before this call has then seen the service as it is
+    /// now, so a change made next is one it sees happen (a baseline, then a
+    /// deployment) rather than its first view.
+    pub async fn wait_for_scrapes(&self, n: u64) {
+        let until = self.shared.scrapes.load(Ordering::SeqCst) + n;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.shared.scrapes.load(Ordering::SeqCst) < until {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the service was not scraped {n} times within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The process "restarts": every counter goes back to zero.
@@ -211,6 +231,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         _ => {}
     }
     let body = exposition(&shared, mode);
+    shared.scrapes.fetch_add(1, Ordering::SeqCst);
     let body = match mode {
         MetricsMode::Huge(bytes) => {
             let line = "# padding padding padding padding padding padding padding padding\n";
