@@ -535,8 +535,16 @@ fn report_watch(
 ) {
     let u = &result.usage;
     println!(
-        "{NAME}/{}x{}: rollwatch run --dry-run --policy <{} files>, interval {}",
-        spec.targets, spec.interval, spec.targets, spec.interval
+        "{NAME}/{}x{}: rollwatch run {} --policy <{} files>, interval {}",
+        spec.targets,
+        spec.interval,
+        if spec.acting {
+            "--db <SQLite>"
+        } else {
+            "--dry-run"
+        },
+        spec.targets,
+        spec.interval
     );
     println!(
         "  start-up: every target scraped {} times after {:.1} s; measured for {:.1} s",
