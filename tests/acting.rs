@@ -421,15 +421,7 @@ async fn a_bad_deploy_is_rolled_back_verified_watched_and_resolved(db: Option<St
     // The sidecar's own metrics tell the same story.
     let address =
         common::process::listen_address(&world.output).expect("the sidecar says where it listens");
-    let metrics = rollwatch::sources::http::client()
-        .unwrap()
-        .get(format!("{address}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::process::get_text(&format!("{address}/metrics")).await;
     for line in [
         "rollwatch_procedure_steps_total{target=\"web/staging\",stage=\"application\",result=\"succeeded\"} 1",
         "rollwatch_procedure_steps_total{target=\"web/staging\",stage=\"verification\",result=\"succeeded\"} 2",

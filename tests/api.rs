@@ -129,6 +129,24 @@ impl Sidecar {
         common::process::text(&self.output)
     }
 
+    /// The status once `done` holds of it (panics after `secs`, with the
+    /// last status and the sidecar's output).
+    async fn wait_for_status(&self, what: &str, secs: u64, done: &dyn Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (_, status) = self.get("/api/v1/status").await;
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {status:#}\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn get(&self, path: &str) -> (u16, Value) {
         let response = rollwatch::sources::http::client()
             .unwrap()
@@ -343,19 +361,7 @@ async fn a_valid_edit_is_applied_and_a_broken_one_rejected_with_the_last_good_po
             .to_string()
     };
     let wait = async |what: &str, done: &dyn Fn(&Value) -> bool| -> Value {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let (_, status) = sidecar.get("/api/v1/status").await;
-            if done(&status) {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: {status:#}\n{}",
-                sidecar.output()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        sidecar.wait_for_status(what, 15, done).await
     };
     let first = wait("a first status", &|s| !sha(s).is_empty()).await;
     let original_sha = sha(&first);
@@ -386,15 +392,7 @@ async fn a_valid_edit_is_applied_and_a_broken_one_rejected_with_the_last_good_po
         "{reason}"
     );
     assert_eq!(sha(&rejected), edited_sha, "the last good policy stays");
-    let metrics = rollwatch::sources::http::client()
-        .unwrap()
-        .get(format!("{}/metrics", sidecar.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::process::get_text(&format!("{}/metrics", sidecar.base)).await;
     assert!(
         metrics.contains("rollwatch_policy_reloads_total{target=\"web/staging\",result=\"ok\"} 1"),
         "{metrics}"
@@ -411,15 +409,7 @@ async fn a_valid_edit_is_applied_and_a_broken_one_rejected_with_the_last_good_po
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = rollwatch::sources::http::client()
-            .unwrap()
-            .get(format!("{}/metrics", sidecar.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = common::process::get_text(&format!("{}/metrics", sidecar.base)).await;
         if metrics
             .contains("rollwatch_policy_reloads_total{target=\"web/staging\",result=\"failed\"} 2")
         {
@@ -512,19 +502,7 @@ async fn a_policy_file_added_to_the_directory_adds_a_target_and_a_removed_one_re
             .unwrap_or_default()
     };
     let wait = async |what: &str, secs: u64, done: &dyn Fn(&Value) -> bool| -> Value {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let (_, status) = sidecar.get("/api/v1/status").await;
-            if done(&status) {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: {status:#}\n{}",
-                sidecar.output()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        sidecar.wait_for_status(what, secs, done).await
     };
     wait("web/staging watched", 15, &|s| names(s) == ["web/staging"]).await;
 
@@ -656,15 +634,7 @@ async fn a_policy_file_added_to_the_directory_adds_a_target_and_a_removed_one_re
         .post("/api/v1/deployments", Some(TOKEN), deploy.to_string())
         .await;
     assert_eq!(code, 404, "{body}");
-    let metrics = rollwatch::sources::http::client()
-        .unwrap()
-        .get(format!("{}/metrics", sidecar.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::process::get_text(&format!("{}/metrics", sidecar.base)).await;
     assert!(
         !metrics.contains("rollwatch_signal_threshold{target=\"web/canary\"")
             && !metrics.contains("rollwatch_incident_open{target=\"web/canary\""),

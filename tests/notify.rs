@@ -778,15 +778,7 @@ async fn an_unanswered_page_escalates_to_the_escalation_contacts_on_time() {
     // Delivery shows in the sidecar's metrics.
     let address =
         common::process::listen_address(&watch.output).expect("the sidecar says where it listens");
-    let metrics = rollwatch::sources::http::client()
-        .unwrap()
-        .get(format!("{address}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::process::get_text(&format!("{address}/metrics")).await;
     assert!(
         metrics.contains(
             "rollwatch_notification_deliveries_total{channel=\"leads\",result=\"sent\"} 1"

@@ -59,6 +59,20 @@ pub fn wait_for_listen_address(lines: &Lines) -> String {
     }
 }
 
+/// The body of a GET of `url` (a sidecar's `/metrics`, say); panics when
+/// it cannot be fetched.
+pub async fn get_text(url: &str) -> String {
+    rollwatch::sources::http::client()
+        .unwrap()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Writes an executable script.
 pub fn write_script(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
