@@ -110,6 +110,7 @@ on_both_backends!(
     a_decision_round_trips_with_its_policy_hash,
     an_incidents_samples_round_trip_once_each,
     each_channel_delivers_in_order_from_its_head,
+    answers_are_recorded_while_another_process_writes,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -448,6 +449,51 @@ async fn answers_round_trip_and_set_the_incident_flags(db: TestDb) {
             .await,
         Err(StoreError::NoSuchIncident(777))
     ));
+}
+
+/// `rollwatch incidents ack|hold|approve` beside a running `run`, which
+/// writes all the time: every answer is stored. On SQLite an answer's
+/// transaction (read the incident, then write) failed at once with "database
+/// is locked" whenever `run` wrote in between (a stale WAL snapshot).
+async fn answers_are_recorded_while_another_process_writes(db: TestDb) {
+    let run = db.open().await;
+    let cli = db.open().await;
+    let incident = run
+        .open_incident(&new_incident(TARGET, IncidentKind::Rule, t0()))
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = std::sync::Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut written = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let key = format!("busy-{written}");
+                run.enqueue_notification(&page(Some(incident), &key, secs(written)))
+                    .await
+                    .unwrap();
+                written += 1;
+            }
+            written
+        })
+    };
+    for n in 0..60 {
+        let answer = NewAnswer {
+            incident,
+            kind: AnswerKind::Ack,
+            by: format!("oncall-{n}"),
+            at: secs(n),
+            note: None,
+        };
+        if let Err(error) = cli.record_answer(&answer).await {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            panic!("answer {n} was not stored: {error}");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let written = writer.await.unwrap();
+    assert!(written > 0, "the other process wrote meanwhile");
+    assert_eq!(cli.answers(incident).await.unwrap().len(), 60);
 }
 
 async fn suppressions_round_trip_and_expire(db: TestDb) {

@@ -204,6 +204,19 @@ impl Store {
         }
     }
 
+    /// How a transaction that reads and then writes begins. SQLite (WAL): a
+    /// deferred transaction that read first cannot take the write lock once
+    /// another connection has written since (`SQLITE_BUSY_SNAPSHOT`, "database
+    /// is locked" at once, the busy timeout not applied): an `incidents
+    /// approve` beside a running `run` failed so. `BEGIN IMMEDIATE` takes the
+    /// write lock first, waiting the busy timeout.
+    pub(crate) fn begin_statement(&self) -> &'static str {
+        match self.backend() {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        }
+    }
+
     /// PostgreSQL: a connection outside the pool, for a session-level
     /// advisory lock held as long as the connection lives. `None` for SQLite.
     pub async fn dedicated_connection(

@@ -730,7 +730,10 @@ impl Store {
         let held = answer.kind == AnswerKind::Hold;
         let id: Option<i64> = on_backend!(self, pool => {
             let failed = query_failed("record answer");
-            let mut tx = pool.begin().await.map_err(query_failed("record answer"))?;
+            let mut tx = pool
+                .begin_with(self.begin_statement())
+                .await
+                .map_err(query_failed("record answer"))?;
             let exists = sqlx::query_scalar::<_, i64>("SELECT id FROM incidents WHERE id = $1")
                 .bind(answer.incident)
                 .fetch_optional(&mut *tx)

@@ -44,7 +44,10 @@ impl Store {
             return Ok(());
         }
         on_backend!(self, pool => {
-            let mut tx = pool.begin().await.map_err(query_failed("record samples"))?;
+            let mut tx = pool
+                .begin_with(self.begin_statement())
+                .await
+                .map_err(query_failed("record samples"))?;
             for sample in samples {
                 sqlx::query(
                     "INSERT INTO incident_samples (incident_id, at, up, requests, errors, users, \
