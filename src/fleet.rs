@@ -100,6 +100,10 @@ struct PolicyFile {
     missing: u32,
     /// Valid, waiting for the previous loop of its target to end.
     waiting: Option<Box<Compiled>>,
+    /// Valid but refused: another file defines this target. Looked at again
+    /// once that file lets the target go (a renamed file: the new name is
+    /// seen while the old one is not yet counted gone).
+    wants: Option<String>,
 }
 
 struct Running {
@@ -235,11 +239,13 @@ impl Fleet {
             crate::act::actor::Actor::new(store.clone(), Arc::new(target.clone()), Arc::new(say))
                 .with_delivery(Arc::clone(&shared.delivery))
                 .with_telemetry(Arc::clone(&shared.telemetry))
+                .with_owner(leadership.clone())
         });
         let wiring = target::Wiring {
             status: Some(shared.status.clone()),
             inbox: Some(receiver),
             leadership,
+            exit: Some(shared.shutdown.clone()),
         };
         let stop = shared.shutdown.child_token();
         self.running.insert(
@@ -400,6 +406,7 @@ impl Fleet {
             .status
             .set_rejected(&path.display().to_string(), None);
         if let Some(name) = file.target {
+            self.released(&name);
             let acting = if self.shared.dry_run {
                 ""
             } else {
@@ -411,6 +418,18 @@ impl Fleet {
                 path.display()
             ));
             self.stop(&name, path);
+        }
+    }
+
+    /// No file defines `name` any more: a file refused because one did is
+    /// read again at the next check, and may take the target over.
+    fn released(&mut self, name: &str) {
+        for file in self.files.values_mut() {
+            if file.target.is_none() && file.wants.as_deref() == Some(name) {
+                file.wants = None;
+                file.stamp = None;
+                file.last_seen.clear();
+            }
         }
     }
 
@@ -491,6 +510,7 @@ impl Fleet {
                 file.waiting = None;
                 file.in_force.clear();
             }
+            self.released(current);
         }
         let Some(file) = self.files.get(path) else {
             return;
@@ -505,6 +525,9 @@ impl Fleet {
                     "{shown}: target {name} is already watched with {}; one policy file per target",
                     other.display()
                 );
+                if let Some(file) = self.files.get_mut(path) {
+                    file.wants = Some(name.clone());
+                }
                 self.reject(path, reason).await;
                 return;
             }
@@ -513,6 +536,7 @@ impl Fleet {
             let Some(file) = self.files.get_mut(path) else {
                 return;
             };
+            file.wants = None;
             file.target = Some(name.clone());
             file.in_force = sha256;
             if self.running.contains_key(&name) {

@@ -278,7 +278,10 @@ pub async fn run(
             .await
     });
     // Several replicas on one PostgreSQL: each target is acted on by the
-    // replica holding its advisory lock; the others stay passive.
+    // replica holding its advisory lock; the others stay passive. The locks
+    // are let go only once every target loop has stopped (a step finishing
+    // after SIGTERM still runs under this replica's lock).
+    let leadership = CancellationToken::new();
     let leader = match &store {
         Some(store) if store.backend() == crate::store::Backend::Postgres => {
             let interval = targets
@@ -289,7 +292,7 @@ pub async fn run(
             Some(crate::ha::Leader::start(
                 store.clone(),
                 interval,
-                shutdown.clone(),
+                leadership.clone(),
             ))
         }
         _ => None,
@@ -373,6 +376,7 @@ pub async fn run(
     if let Some(error) = fleet.stop_all().await {
         failure.get_or_insert(error);
     }
+    leadership.cancel();
     let _ = server.await;
     if let Some(worker) = worker {
         let _ = worker.await;

@@ -128,6 +128,7 @@ pub async fn rollback(request: RollbackRequest<'_>) -> Result<(), Failure> {
         to_version: to.clone(),
         say: say_line(),
         telemetry: None,
+        owner: None,
     };
     if request.dry_run {
         print_plan(&ctx, &name);

@@ -578,6 +578,29 @@ async fn a_policy_file_added_to_the_directory_adds_a_target_and_a_removed_one_re
     })
     .await;
 
+    // The file renamed (`mv`): the new name is seen before the old one is
+    // counted gone, so it is refused at first; once the old name lets the
+    // target go, the new file takes it (it used to be lost for good).
+    let renamed = policies.join("qa2.toml");
+    std::fs::rename(policies.join("copy.toml"), &renamed).unwrap();
+    let moved = wait("web/qa2 watched from qa2.toml", 20, &|s| {
+        s["targets"].as_array().is_some_and(|targets| {
+            targets.iter().any(|t| {
+                t["target"] == "web/qa2"
+                    && t["policy"]
+                        .as_str()
+                        .is_some_and(|p| p.ends_with("qa2.toml"))
+            })
+        })
+    })
+    .await;
+    assert_eq!(moved["rejected_policies"], json!([]), "{moved:#}");
+    assert_eq!(
+        names(&moved),
+        ["web/canary", "web/qa2", "web/staging"],
+        "{moved:#}"
+    );
+
     // The new target acts: a deployment, errors, its rollback starts.
     let deploy = json!({"target": "web/canary", "version": "v2.0.0", "previous": "v1.0.0"});
     assert_eq!(

@@ -42,6 +42,22 @@ impl Replica {
         }
     }
 
+    fn sigterm(&self) {
+        if let Some(child) = &self.child {
+            // SAFETY: a signal to the child this test started.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+        }
+    }
+
+    /// Whether the process is still running.
+    fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -78,71 +94,8 @@ async fn the_owner_dies_during_a_rollback_and_the_other_replica_finishes_it_once
     let Some(schema) = Schema::create().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("step.sh");
-    common::process::write_script(
-        &script,
-        "#!/bin/sh\ndir=\"$(dirname \"$0\")\"\necho \"$1\" >> \"$dir/calls.log\"\nwhile [ -e \"$dir/hold-$1\" ]; do sleep 0.05; done\n",
-    );
-    std::fs::write(dir.path().join("hold-rollback-app"), "").unwrap();
-    let service = TestService::start().await;
-    let policy = dir.path().join("staging.toml");
-    std::fs::write(
-        &policy,
-        format!(
-            r#"[target]
-service = "web"
-environment = "staging"
-[evaluation]
-interval = "1s"
-[actions]
-consider = "rollback"
-[stabilization]
-duration = "3s"
-[source]
-kind = "scrape"
-url = "{url}/metrics"
-timeout = "900ms"
-[source.metrics]
-requests = "http_requests_total"
-errors = 'http_requests_total{{code=~"5.."}}'
-version = "app_build_info"
-[[rule]]
-name = "error-rate"
-tier = "consider"
-signal = "error-rate"
-threshold = "5%"
-min_requests = 50
-for = "3s"
-[procedure]
-[[procedure.step]]
-name = "rollback-app"
-stage = "application"
-command = ["{script}", "rollback-app"]
-timeout = "30s"
-[[procedure.step]]
-name = "smoke-tests"
-stage = "verification"
-command = ["{script}", "smoke-tests"]
-"#,
-            url = service.url(),
-            script = script.display()
-        ),
-    )
-    .unwrap();
-    let mut a = Replica::start(&policy, &schema.url);
-    // A owns the target before B starts.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while mode(&a.base).await.as_deref() != Some("acting") {
-        assert!(Instant::now() < deadline, "{}", a.output());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let b = Replica::start(&policy, &schema.url);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while mode(&b.base).await.as_deref() != Some("passive") {
-        assert!(Instant::now() < deadline, "{}", b.output());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (dir, service, policy) = rollback_setup().await;
+    let (mut a, b) = owner_and_standby(&policy, &schema.url).await;
     // Never two owners: sample both, all along.
     let two_owners = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -159,30 +112,8 @@ command = ["{script}", "smoke-tests"]
             }
         })
     };
-    // The bad deployment; A rolls back; its rollback script is held.
-    service.wait_for_scrapes(4).await;
-    service.set(|k| {
-        k.version = "v2.0.0".into();
-        k.error_rate = 0.3;
-    });
+    bad_deploy_rolled_back_by(&service, dir.path(), &a).await;
     let calls = dir.path().join("calls.log");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&calls)
-        .unwrap_or_default()
-        .contains("rollback-app")
-    {
-        assert!(Instant::now() < deadline, "{}", a.output());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // The rollback lands (the script's process outlives A, as a real one would).
-    service.set(|k| {
-        k.version = "v1.0.0".into();
-        k.error_rate = 0.002;
-    });
-    // Both replicas see it land before A dies (still inside its step): the
-    // stabilization watch's data is then the healed service's, even when the
-    // stand-in service, starved on a loaded machine, counts missed traffic late.
-    service.wait_for_scrapes(2).await;
     a.kill9();
     let killed = Instant::now();
     std::fs::remove_file(dir.path().join("hold-rollback-app")).unwrap();
@@ -320,4 +251,233 @@ async fn wait_for_owner(owner: &tokio::sync::watch::Receiver<bool>, want: bool, 
         assert!(Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A staging target on a stand-in service whose error rate the test sets:
+/// rolled back by `rollback-app` (held while the file `hold-rollback-app`
+/// exists, so the test decides when it ends), verified by `smoke-tests`;
+/// every step's name is appended to `calls.log`.
+async fn rollback_setup() -> (tempfile::TempDir, TestService, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("step.sh");
+    common::process::write_script(
+        &script,
+        "#!/bin/sh\ndir=\"$(dirname \"$0\")\"\necho \"$1\" >> \"$dir/calls.log\"\nwhile [ -e \"$dir/hold-$1\" ]; do sleep 0.05; done\n",
+    );
+    std::fs::write(dir.path().join("hold-rollback-app"), "").unwrap();
+    let service = TestService::start().await;
+    let policy = dir.path().join("staging.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"[target]
+service = "web"
+environment = "staging-{suffix:08x}"
+[evaluation]
+interval = "1s"
+[actions]
+consider = "rollback"
+[stabilization]
+duration = "3s"
+[source]
+kind = "scrape"
+url = "{url}/metrics"
+timeout = "900ms"
+[source.metrics]
+requests = "http_requests_total"
+errors = 'http_requests_total{{code=~"5.."}}'
+version = "app_build_info"
+[[rule]]
+name = "error-rate"
+tier = "consider"
+signal = "error-rate"
+threshold = "5%"
+min_requests = 50
+for = "3s"
+[procedure]
+[[procedure.step]]
+name = "rollback-app"
+stage = "application"
+command = ["{script}", "rollback-app"]
+timeout = "30s"
+[[procedure.step]]
+name = "smoke-tests"
+stage = "verification"
+command = ["{script}", "smoke-tests"]
+"#,
+            url = service.url(),
+            script = script.display(),
+            // Advisory locks are database-wide: a target no other test uses.
+            suffix = rand::random::<u32>(),
+        ),
+    )
+    .unwrap();
+    (dir, service, policy)
+}
+
+/// Starts replica A, waits for it to own the target, then B, passive.
+async fn owner_and_standby(policy: &std::path::Path, db: &str) -> (Replica, Replica) {
+    let a = Replica::start(policy, db);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mode(&a.base).await.as_deref() != Some("acting") {
+        assert!(Instant::now() < deadline, "{}", a.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = Replica::start(policy, db);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mode(&b.base).await.as_deref() != Some("passive") {
+        assert!(Instant::now() < deadline, "{}", b.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (a, b)
+}
+
+/// The bad deployment; the owner rolls back and its `rollback-app` runs
+/// (held); the rollback lands: the service is healthy at v1 again. Returns
+/// once both replicas have seen it land, so that a stabilization watch's
+/// data is the healed service's even when the stand-in service, starved on
+/// a loaded machine, counts missed traffic late.
+async fn bad_deploy_rolled_back_by(service: &TestService, dir: &std::path::Path, owner: &Replica) {
+    service.wait_for_scrapes(4).await;
+    service.set(|k| {
+        k.version = "v2.0.0".into();
+        k.error_rate = 0.3;
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while calls(dir, "rollback-app") == 0 {
+        assert!(Instant::now() < deadline, "{}", owner.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    service.set(|k| {
+        k.version = "v1.0.0".into();
+        k.error_rate = 0.002;
+    });
+    service.wait_for_scrapes(2).await;
+}
+
+/// How many times the step `name` was started.
+fn calls(dir: &std::path::Path, name: &str) -> usize {
+    std::fs::read_to_string(dir.join("calls.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| *l == name)
+        .count()
+}
+
+/// SIGTERM to the owner during a rollback step (a rolling update of the
+/// sidecars): it lets the procedure finish before it exits and keeps the
+/// target's lock until then, so the other replica stays passive all that
+/// time and takes over only once the owner is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_owner_keeps_its_lock_until_its_procedure_has_finished() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let (dir, service, policy) = rollback_setup().await;
+    let (mut a, b) = owner_and_standby(&policy, &schema.url).await;
+    bad_deploy_rolled_back_by(&service, dir.path(), &a).await;
+    a.sigterm();
+    // Three intervals with A still inside its step: B must not act.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert!(a.alive(), "A waits for its step: {}", a.output());
+        assert_ne!(
+            mode(&b.base).await.as_deref(),
+            Some("acting"),
+            "B took the target while A's step still ran: {}",
+            b.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::remove_file(dir.path().join("hold-rollback-app")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.alive() {
+        assert!(Instant::now() < deadline, "A exits: {}", a.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mode(&b.base).await.as_deref() != Some("acting") {
+        assert!(Instant::now() < deadline, "B takes over: {}", b.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(calls(dir.path(), "rollback-app"), 1);
+    assert_eq!(
+        calls(dir.path(), "smoke-tests"),
+        1,
+        "A verified before it left"
+    );
+}
+
+/// The owner's leadership session ends under it mid-procedure (a database
+/// failover, a DBA, an idle-session killer) while it lives on: once its
+/// running step returns it starts no further step (the other replica, frozen
+/// meanwhile so that it cannot take over yet, would be the one to), and the
+/// other replica, let go, takes the target and carries the procedure on from
+/// its stored steps. Every step ran once in total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_loses_its_lock_mid_procedure_starts_no_further_step() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let (dir, service, policy) = rollback_setup().await;
+    let (a, b) = owner_and_standby(&policy, &schema.url).await;
+    bad_deploy_rolled_back_by(&service, dir.path(), &a).await;
+    let b_pid = b.child.as_ref().unwrap().id() as i32;
+    // SAFETY: signals to the child this test started.
+    unsafe { libc::kill(b_pid, libc::SIGSTOP) };
+    // A's leadership sessions are ended as soon as they start, until the
+    // end of the test.
+    let admin = sqlx::PgPool::connect(&schema.url).await.unwrap();
+    let a_pid = a.child.as_ref().unwrap().id();
+    let ender = tokio::spawn(async move {
+        loop {
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name LIKE 'rollwatch leadership %:' || $1",
+            )
+            .bind(a_pid.to_string())
+            .execute(&admin)
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !a.output().contains("leadership LOST") {
+        assert!(
+            Instant::now() < deadline,
+            "A loses its lock: {}",
+            a.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A's step returns; A must not go on to verification.
+    std::fs::remove_file(dir.path().join("hold-rollback-app")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !a.output().contains("no longer owns") {
+        assert!(Instant::now() < deadline, "A says it stops: {}", a.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(calls(dir.path(), "smoke-tests"), 0, "{}", a.output());
+    // B, let go, takes over and verifies.
+    unsafe { libc::kill(b_pid, libc::SIGCONT) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while calls(dir.path(), "smoke-tests") == 0 {
+        assert!(Instant::now() < deadline, "B verifies: {}", b.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ender.abort();
+    assert_eq!(calls(dir.path(), "rollback-app"), 1, "{}", b.output());
+    assert_eq!(calls(dir.path(), "smoke-tests"), 1, "{}", b.output());
+    assert!(
+        b.output().contains("step smoke-tests started"),
+        "{}",
+        b.output()
+    );
+    assert!(
+        !a.output().contains("step smoke-tests started"),
+        "{}",
+        a.output()
+    );
 }

@@ -69,6 +69,9 @@ pub struct Actor {
     /// Per stored incident, when its page went out (until answered or escalated).
     paged_at: HashMap<i64, DateTime<Utc>>,
     telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    /// With several replicas: whether this one owns the target (its
+    /// procedures start no step once it does not).
+    owner: Option<tokio::sync::watch::Receiver<bool>>,
     /// Wakes the delivery worker when a message is stored.
     delivery: Arc<tokio::sync::Notify>,
     /// A scheduled drill running in its own task.
@@ -121,6 +124,7 @@ impl Actor {
             next_drill_check: None,
             delivery: Arc::new(tokio::sync::Notify::new()),
             telemetry: None,
+            owner: None,
             applied_answers: HashMap::new(),
             paged_at: HashMap::new(),
         }
@@ -129,6 +133,12 @@ impl Actor {
     /// Counts steps in the sidecar's metrics.
     pub fn with_telemetry(mut self, telemetry: Arc<crate::telemetry::Telemetry>) -> Actor {
         self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// Several replicas: `owner` says whether this one owns the target.
+    pub fn with_owner(mut self, owner: Option<tokio::sync::watch::Receiver<bool>>) -> Actor {
+        self.owner = owner;
         self
     }
 
@@ -442,6 +452,7 @@ impl Actor {
             to_version: order.to_version,
             say: Arc::clone(&self.say),
             telemetry: self.telemetry.clone(),
+            owner: self.owner.clone(),
         };
         let handle = tokio::spawn(async move { procedure::execute(&ctx).await });
         self.running = Some(Running {

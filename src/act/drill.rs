@@ -67,6 +67,7 @@ pub async fn run(
         to_version: None,
         say: Arc::clone(&say),
         telemetry: None,
+        owner: None,
     };
     let ended = procedure::execute(&ctx).await;
     let took = started.elapsed();

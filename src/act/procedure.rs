@@ -37,6 +37,10 @@ pub struct Context {
     pub say: Arc<dyn Fn(&str) + Send + Sync>,
     /// Counts steps in `rollwatch_procedure_steps_total` (the sidecar).
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    /// With several replicas: whether this one still owns the target. No
+    /// step starts once it does not (the new owner takes the procedure up
+    /// from the stored steps); none: a lone rollwatch, always the owner.
+    pub owner: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// How a procedure ended.
@@ -49,6 +53,17 @@ pub struct Ended {
 }
 
 impl Context {
+    /// Why no step may start here now: another replica owns the target.
+    fn not_owner(&self) -> Option<String> {
+        let owner = self.owner.as_ref()?;
+        (!*owner.borrow()).then(|| {
+            format!(
+                "this replica no longer owns {}: the procedure stops here, and the replica that owns the target takes it up from its stored steps",
+                self.name()
+            )
+        })
+    }
+
     fn name(&self) -> String {
         format!(
             "{}/{}",
@@ -250,6 +265,10 @@ async fn start_verification(ctx: &Context, probe_stored: bool) -> Result<(), Str
 }
 
 async fn started(ctx: &Context, step: &NewStep) -> Result<i64, String> {
+    if let Some(lost) = ctx.not_owner() {
+        tracing::warn!(incident = ctx.incident, step = %step.name, "{lost}");
+        return Err(format!("step {} was NOT run: {lost}", step.name));
+    }
     let id = ctx
         .store
         .step_started(ctx.incident, step, Utc::now())
@@ -368,6 +387,13 @@ async fn recover(
     steps: &[usize],
     failure: String,
 ) -> Result<(), String> {
+    if let Some(lost) = ctx.not_owner() {
+        tracing::warn!(
+            incident = ctx.incident,
+            "{failure}; no recovery from here: {lost}"
+        );
+        return Err(format!("{failure}; {lost}"));
+    }
     (ctx.say)(&format!(
         "{} {} {}: {failure}; running the recovery steps",
         crate::engine::time_text(Utc::now()),

@@ -94,6 +94,7 @@ pub async fn run_target(
         status,
         mut inbox,
         mut leadership,
+        exit,
     } = wiring;
     let mut reload_error: Option<String> = None;
     let mut source = SourceHealth::default();
@@ -316,7 +317,17 @@ pub async fn run_target(
             // the restart records it as unknown and never runs it again.
             if let Some(running) = actor.as_mut().filter(|a| a.procedure_running()) {
                 tracing::warn!(target_name = %name, grace_s = STOP_GRACE.as_secs(), "stopping: waiting for the running procedure");
-                match tokio::time::timeout(STOP_GRACE, running.procedure_ended()).await {
+                let grace = async {
+                    if let Some(exit) = &exit {
+                        exit.cancelled().await;
+                    }
+                    tokio::time::sleep(STOP_GRACE).await;
+                };
+                let ended = tokio::select! {
+                    ended = running.procedure_ended() => Ok(ended),
+                    () = grace => Err(()),
+                };
+                match ended {
                     Ok((engine_incident, ended)) => {
                         engine.handle_rollback_finished(
                             clock.now(),
@@ -443,6 +454,11 @@ pub struct Wiring {
     pub inbox: Option<tokio::sync::mpsc::Receiver<Input>>,
     /// Whether this replica owns the target (`crate::ha`); none: it does.
     pub leadership: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Cancelled when the whole process stops. A loop stopped without it (its
+    /// policy file removed) waits for its running procedure to end however
+    /// long it takes: its lock is released only after the loop ends, and a
+    /// procedure must not run on unowned. On process exit the grace applies.
+    pub exit: Option<CancellationToken>,
 }
 
 /// What reaches a target loop from outside.

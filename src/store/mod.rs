@@ -223,9 +223,17 @@ impl Store {
         &self,
         timeout: Duration,
     ) -> Option<Result<PgConnection, StoreError>> {
-        let options = self.postgres.as_ref()?;
+        // Named so that a DBA (and `pg_stat_activity`) can tell which
+        // replica holds which lock: host and process id.
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        let options = PgConnectOptions::clone(self.postgres.as_ref()?).application_name(&format!(
+            "rollwatch leadership {host}:{}",
+            std::process::id()
+        ));
         Some(
-            match tokio::time::timeout(timeout, PgConnection::connect_with(options)).await {
+            match tokio::time::timeout(timeout, PgConnection::connect_with(&options)).await {
                 Ok(Ok(connection)) => Ok(connection),
                 Ok(Err(source)) => Err(StoreError::Open {
                     database: self.database.clone(),
