@@ -566,6 +566,7 @@ impl Fleet {
         let sha256 = compiled.policy.sha256.clone();
         let short = compiled.policy.short_hash().to_string();
         let notify = compiled.notify.clone();
+        let interval = compiled.policy.evaluation.interval.to_std().ok();
         let handed = tokio::time::timeout(
             HAND_OVER,
             inbox.send(Input::Reload(Reload::Apply(Box::new(compiled)))),
@@ -584,6 +585,11 @@ impl Fleet {
         file.in_force = sha256.clone();
         if let Some(routing) = &self.shared.routing {
             routing.update(&name, notify);
+        }
+        if let Some(leader) = &self.shared.leader
+            && let Some(interval) = interval
+        {
+            leader.set_interval(&name, interval);
         }
         self.count(&name, "ok");
         say(&format!(

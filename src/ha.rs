@@ -41,12 +41,23 @@ enum Command {
     },
     /// Give a target up (its loop has ended): unlock it.
     Remove { target: String },
+    /// The target's interval changed (an edited policy).
+    Interval { target: String, interval: Duration },
 }
 
 struct Owned {
     target: String,
     key: i64,
     owner: watch::Sender<bool>,
+    /// The target's poll interval: checks run at the shortest.
+    every: Duration,
+}
+
+/// Checks every `interval`, a late one not made up for.
+fn checks(interval: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
 }
 
 impl Leader {
@@ -71,6 +82,15 @@ impl Leader {
         leadership
     }
 
+    /// The target's poll interval is now `interval` (a reloaded policy):
+    /// ownership is checked at the shortest of the targets' intervals.
+    pub fn set_interval(&self, target: &str, interval: Duration) {
+        let _ = self.commands.send(Command::Interval {
+            target: target.to_string(),
+            interval,
+        });
+    }
+
     /// Releases `target` (call once its loop has ended, so that another
     /// replica can never act while this one still does).
     pub fn remove(&self, target: &str) {
@@ -88,8 +108,7 @@ async fn contend(
 ) {
     let mut owned: Vec<Owned> = Vec::new();
     let mut connection: Option<PgConnection> = None;
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = checks(interval);
     // SQLite: a single replica owns everything.
     let mut alone = false;
     loop {
@@ -103,12 +122,18 @@ async fn contend(
                         owner.send_replace(true);
                     }
                     owned.retain(|o| o.target != target);
-                    owned.push(Owned { key: lock_key(&target), target, owner });
-                    if every < interval {
-                        interval = every;
-                        tick = tokio::time::interval(interval);
-                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    owned.push(Owned { key: lock_key(&target), target, owner, every });
+                    retime(&owned, &mut interval, &mut tick);
+                    // A new target is contended for at once (after the
+                    // commands already queued), not an interval later.
+                    tick.reset_immediately();
+                    continue;
+                }
+                Some(Command::Interval { target, interval: every }) => {
+                    if let Some(o) = owned.iter_mut().find(|o| o.target == target) {
+                        o.every = every;
                     }
+                    retime(&owned, &mut interval, &mut tick);
                     continue;
                 }
                 Some(Command::Remove { target }) => {
@@ -122,6 +147,7 @@ async fn contend(
                             tracing::warn!(target_name = %target, "cannot release the advisory lock of a removed target; reconnecting");
                             drop_leadership(&owned, &mut connection);
                         }
+                        retime(&owned, &mut interval, &mut tick);
                     }
                     continue;
                 }
@@ -175,6 +201,17 @@ async fn contend(
     }
     if let Some(conn) = connection {
         let _ = conn.close().await;
+    }
+}
+
+/// Checks at the shortest interval of the targets (unchanged when there
+/// are none).
+fn retime(owned: &[Owned], interval: &mut Duration, tick: &mut tokio::time::Interval) {
+    if let Some(shortest) = owned.iter().map(|o| o.every).min()
+        && shortest != *interval
+    {
+        *interval = shortest;
+        *tick = checks(shortest);
     }
 }
 

@@ -481,3 +481,86 @@ async fn an_owner_that_loses_its_lock_mid_procedure_starts_no_further_step() {
         a.output()
     );
 }
+
+/// The lock session is one a dead host cannot keep: the server probes a
+/// silent client after one check interval and gives up after two probes a
+/// second apart, so the locks of a replica whose host lost power go within
+/// about two intervals (not after the kernel's two-hour default). It is
+/// named after its replica, and keeps the database URL's own options.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_session_is_probed_and_named() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let store = Store::open(&schema.url).await.unwrap();
+    let mut session = store
+        .dedicated_connection(Duration::from_secs(15))
+        .await
+        .expect("PostgreSQL has lock sessions")
+        .unwrap();
+    let setting = async |session: &mut sqlx::PgConnection, name: &str| -> String {
+        sqlx::query_scalar("SELECT setting FROM pg_settings WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut *session)
+            .await
+            .unwrap()
+    };
+    assert_eq!(setting(&mut session, "tcp_keepalives_idle").await, "15");
+    assert_eq!(setting(&mut session, "tcp_keepalives_interval").await, "1");
+    assert_eq!(setting(&mut session, "tcp_keepalives_count").await, "2");
+    assert_eq!(setting(&mut session, "tcp_user_timeout").await, "17000");
+    let name: String = sqlx::query_scalar("SELECT current_setting('application_name')")
+        .fetch_one(&mut session)
+        .await
+        .unwrap();
+    assert!(
+        name.starts_with("rollwatch leadership ")
+            && name.ends_with(&format!(":{}", std::process::id())),
+        "{name}"
+    );
+    let search_path: String = sqlx::query_scalar("SELECT current_setting('search_path')")
+        .fetch_one(&mut session)
+        .await
+        .unwrap();
+    assert!(search_path.contains("rw_test_"), "{search_path}");
+    store.close().await;
+}
+
+/// A policy edit that shortens a target's interval shortens the ownership
+/// checks with it: the standby, checking every 30 s, then every 300 ms,
+/// takes the target within a second or so of the owner going, not half a
+/// minute later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shorter_interval_after_a_reload_shortens_the_takeover() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let slow = Duration::from_secs(30);
+    let (stop_a, stop_b) = (
+        tokio_util::sync::CancellationToken::new(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let open = async || Store::open(&schema.url).await.unwrap();
+    let a = rollwatch::ha::Leader::start(open().await, slow, stop_a.clone());
+    let b = rollwatch::ha::Leader::start(open().await, slow, stop_b.clone());
+    let target = format!("web-{:016x}/production", rand::random::<u64>());
+    let in_a = a.add(&target, slow);
+    wait_for_owner(&in_a, true, "A takes the target").await;
+    let in_b = b.add(&target, slow);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!*in_b.borrow(), "B stays passive while A owns the target");
+    b.set_interval(&target, Duration::from_millis(300));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_a.cancel();
+    let gone = Instant::now();
+    let deadline = gone + Duration::from_secs(5);
+    while !*in_b.borrow() {
+        assert!(
+            Instant::now() < deadline,
+            "B takes over at its new 300 ms interval"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("takeover after {:.2}s", gone.elapsed().as_secs_f64());
+    stop_b.cancel();
+}

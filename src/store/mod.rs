@@ -219,6 +219,12 @@ impl Store {
 
     /// PostgreSQL: a connection outside the pool, for a session-level
     /// advisory lock held as long as the connection lives. `None` for SQLite.
+    /// `timeout` bounds the connect and is the owner's check interval: the
+    /// server probes a silent client after that long (TCP keepalive, 1 s
+    /// apart, 2 probes) and gives up unacknowledged data as late, so that a
+    /// replica whose host dies without closing its connection (power loss,
+    /// a partition) loses its locks within about two intervals, not after
+    /// the two hours of the operating system's default keepalive.
     pub async fn dedicated_connection(
         &self,
         timeout: Duration,
@@ -228,13 +234,32 @@ impl Store {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_default();
-        let options = PgConnectOptions::clone(self.postgres.as_ref()?).application_name(&format!(
-            "rollwatch leadership {host}:{}",
-            std::process::id()
-        ));
+        let idle = timeout.as_secs().max(1);
+        let options = PgConnectOptions::clone(self.postgres.as_ref()?)
+            .application_name(&format!(
+                "rollwatch leadership {host}:{}",
+                std::process::id()
+            ))
+            .options([
+                ("tcp_keepalives_idle", idle.to_string()),
+                ("tcp_keepalives_interval", "1".to_string()),
+                ("tcp_keepalives_count", "2".to_string()),
+            ]);
         Some(
             match tokio::time::timeout(timeout, PgConnection::connect_with(&options)).await {
-                Ok(Ok(connection)) => Ok(connection),
+                Ok(Ok(mut connection)) => {
+                    // Not in the start-up options: a server whose system
+                    // lacks TCP_USER_TIMEOUT refuses a non-zero value, and
+                    // the keepalives suffice there.
+                    let user_timeout = ((idle + 2) * 1000).to_string();
+                    let set = sqlx::query("SELECT set_config('tcp_user_timeout', $1, false)")
+                        .bind(user_timeout)
+                        .execute(&mut connection);
+                    if let Ok(Err(error)) = tokio::time::timeout(timeout, set).await {
+                        tracing::debug!(%error, "tcp_user_timeout not set on the lock session");
+                    }
+                    Ok(connection)
+                }
                 Ok(Err(source)) => Err(StoreError::Open {
                     database: self.database.clone(),
                     source,
