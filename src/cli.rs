@@ -246,7 +246,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             to: Some(to),
             format,
             ..
-        } => runtime()?.block_on(backtest_history(&policy, from, to, format)),
+        } => block_on(backtest_history(&policy, from, to, format)),
         Command::Backtest { .. } => Err(Failure::Usage(
             "backtest needs --trace FILE, or --from and --to".into(),
         )),
@@ -255,7 +255,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             sample_for,
             format,
             record,
-        } => runtime()?.block_on(live::evaluate(
+        } => block_on(live::evaluate(
             &policy,
             sample_for,
             format,
@@ -267,7 +267,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             record,
             listen,
             db,
-        } => runtime()?.block_on(live::run(&policy, dry_run, record.as_deref(), listen, &db)),
+        } => block_on(live::run(&policy, dry_run, record.as_deref(), listen, &db)),
         Command::Rollback {
             policy,
             reason,
@@ -276,7 +276,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             dry_run,
             force,
             db,
-        } => runtime()?.block_on(manual::rollback(manual::RollbackRequest {
+        } => block_on(manual::rollback(manual::RollbackRequest {
             policy: &policy,
             reason: &reason,
             component: component.as_deref(),
@@ -285,12 +285,20 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             force,
             db: &db,
         })),
-        Command::Drill { policy, db, force } => {
-            runtime()?.block_on(manual::drill(&policy, &db, force))
-        }
-        Command::Demo => runtime()?.block_on(crate::demo::run()),
-        Command::Incidents { command, db } => runtime()?.block_on(incidents::run(command, &db)),
+        Command::Drill { policy, db, force } => block_on(manual::drill(&policy, &db, force)),
+        Command::Demo => block_on(crate::demo::run()),
+        Command::Incidents { command, db } => block_on(incidents::run(command, &db)),
     }
+}
+
+/// Runs `work` on a new runtime. On the way out, a blocking task that hangs
+/// (a read of a dead network mount) is left behind after a second rather
+/// than waited for: the process still exits.
+fn block_on<T>(work: impl std::future::Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+    let runtime = runtime()?;
+    let result = runtime.block_on(work);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {

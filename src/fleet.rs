@@ -46,6 +46,12 @@ const GONE_AFTER: u32 = 2;
 /// How long a policy edit may wait for room in a busy target's inbox.
 const HAND_OVER: Duration = Duration::from_secs(5);
 
+/// How long a look at the policy files (listing, `stat`, reading what
+/// changed: off the async runtime) may hold the run loop up. A look that
+/// hangs (a dead network mount) is left running: the targets stay as they
+/// are, and later checks do nothing until it ends.
+const SCAN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What every target loop is wired to.
 pub struct Shared {
     pub dry_run: bool,
@@ -83,6 +89,50 @@ pub struct Fleet {
     running: HashMap<String, Running>,
     tasks: JoinSet<Ended>,
     next_id: u64,
+    /// A look at the files that outlasted `SCAN_TIMEOUT`.
+    scanning: Option<tokio::task::JoinHandle<Scan>>,
+}
+
+/// What a look at the policy files found.
+struct Scan {
+    listed: BTreeSet<PathBuf>,
+    unlisted: Vec<(PathBuf, std::io::Error)>,
+    /// Per listed file: its stamp, and its bytes when it must be read (its
+    /// stamp changed, or every file must be: SIGHUP).
+    seen: HashMap<PathBuf, Seen>,
+    forced: bool,
+}
+
+struct Seen {
+    stamp: Option<(u64, SystemTime)>,
+    read: Option<std::io::Result<Vec<u8>>>,
+}
+
+/// Lists the policy files and reads those whose stamp is not in `known`
+/// (blocking: run it on the blocking pool).
+fn scan(
+    given: &[PathBuf],
+    directories: &BTreeSet<PathBuf>,
+    known: &HashMap<PathBuf, Option<(u64, SystemTime)>>,
+    forced: bool,
+) -> Scan {
+    let (listed, unlisted) = policy_files(given, directories);
+    let seen = listed
+        .iter()
+        .map(|path| {
+            let stamp = file_stamp(path);
+            // Most files end here: 1,000 files every 2 s must not be 1,000 reads.
+            let unchanged = !forced && stamp.is_some() && known.get(path) == Some(&stamp);
+            let read = (!unchanged).then(|| std::fs::read(path));
+            (path.clone(), Seen { stamp, read })
+        })
+        .collect();
+    Scan {
+        listed,
+        unlisted,
+        seen,
+        forced,
+    }
 }
 
 /// A policy file, as last looked at.
@@ -186,6 +236,7 @@ impl Fleet {
             running: HashMap::new(),
             tasks: JoinSet::new(),
             next_id: 0,
+            scanning: None,
         }
     }
 
@@ -358,7 +409,42 @@ impl Fleet {
         if forced {
             tracing::info!("SIGHUP: re-reading every policy");
         }
-        let (listed, unlisted) = policy_files(&self.given, &self.directories);
+        let mut handle = match self.scanning.take() {
+            Some(hung) if !hung.is_finished() => {
+                self.scanning = Some(hung);
+                return;
+            }
+            Some(ended) => ended,
+            None => {
+                let (given, directories) = (self.given.clone(), self.directories.clone());
+                let known = self
+                    .files
+                    .iter()
+                    .map(|(path, file)| (path.clone(), file.stamp))
+                    .collect();
+                tokio::task::spawn_blocking(move || scan(&given, &directories, &known, forced))
+            }
+        };
+        let Scan {
+            listed,
+            unlisted,
+            mut seen,
+            forced,
+        } = match tokio::time::timeout(SCAN_TIMEOUT, &mut handle).await {
+            Ok(Ok(scan)) => scan,
+            Ok(Err(join)) => {
+                tracing::error!(error = %join, "looking at the policy files failed; the targets stay as they are");
+                return;
+            }
+            Err(_) => {
+                tracing::error!(
+                    timeout_s = SCAN_TIMEOUT.as_secs(),
+                    "looking at the policy files hangs (a dead mount?): the targets stay as they are, and no file is looked at again until it ends"
+                );
+                self.scanning = Some(handle);
+                return;
+            }
+        };
         for (dir, error) in &unlisted {
             // Not a removal: its files keep their targets until it can be read.
             if self.unlisted.insert(dir.clone()) {
@@ -381,8 +467,8 @@ impl Fleet {
         let known: Vec<PathBuf> = self.files.keys().cloned().collect();
         for path in known {
             let in_unlisted_dir = unlisted.iter().any(|(dir, _)| path.starts_with(dir));
-            if listed.contains(&path) {
-                self.look_at(&path, forced).await;
+            if let Some(seen) = seen.remove(&path) {
+                self.look_at(&path, forced, seen).await;
             } else if !in_unlisted_dir {
                 self.gone(&path);
             }
@@ -445,17 +531,17 @@ impl Fleet {
         }
     }
 
-    async fn look_at(&mut self, path: &Path, forced: bool) {
-        let stamp = file_stamp(path);
+    async fn look_at(&mut self, path: &Path, forced: bool, seen: Seen) {
+        let Seen { stamp, read } = seen;
         let Some(file) = self.files.get_mut(path) else {
             return;
         };
-        // Most checks end here: 1,000 files every 2 s must not be 1,000 reads.
-        if !forced && stamp.is_some() && stamp == file.stamp {
+        let Some(read) = read else {
+            // Unchanged since it was last read.
             file.missing = 0;
             return;
-        }
-        let bytes = match std::fs::read(path) {
+        };
+        let bytes = match read {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 self.gone(path);
@@ -485,7 +571,8 @@ impl Fleet {
             self.restored(path).await;
             return;
         }
-        match crate::policy::load_target(path) {
+        let file = path.display().to_string();
+        match crate::policy::compile_bytes(&file, &bytes, |name| std::env::var(name).ok()) {
             Ok(compiled) => self.accept(path, compiled).await,
             Err(errors) => self.reject(path, errors.to_string()).await,
         }

@@ -673,3 +673,54 @@ async fn a_policy_file_added_to_the_directory_adds_a_target_and_a_removed_one_re
         sidecar.output()
     );
 }
+
+/// A policy file whose read hangs (a dead network mount; here a FIFO nobody
+/// writes to, put in its place): the check gives up after a few seconds and
+/// says so, the target keeps its last good policy and status still answers,
+/// and SIGTERM still stops the sidecar (the run loop never waits on the
+/// file system for long).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_read_that_hangs_holds_nothing_up() {
+    let service = TestService::start().await;
+    let mut sidecar = Sidecar::start(&service.url(), None);
+    sidecar
+        .wait_for_status("web/staging watched", 15, &|s| {
+            s["targets"][0]["target"] == "web/staging"
+        })
+        .await;
+    let policy = sidecar.dir.path().join("staging.toml");
+    std::fs::remove_file(&policy).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(&policy)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sidecar
+        .output()
+        .contains("looking at the policy files hangs")
+    {
+        assert!(Instant::now() < deadline, "{}", sidecar.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, status) = sidecar.get("/api/v1/status").await;
+    assert_eq!(code, 200);
+    assert_eq!(status["targets"][0]["target"], "web/staging", "{status:#}");
+    // SAFETY: a signal to the child this test started.
+    unsafe {
+        libc::kill(sidecar.child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = sidecar.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGTERM stops the sidecar: {}",
+            sidecar.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(exit.success(), "{exit:?}\n{}", sidecar.output());
+}
