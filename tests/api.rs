@@ -250,12 +250,21 @@ async fn the_api_refuses_what_it_must_and_a_deployment_it_accepts_starts_the_win
         "{body}"
     );
     let huge = json!({"version": "x".repeat(200_000)}).to_string();
+    let refused = rollwatch::sources::http::client()
+        .unwrap()
+        .post(format!("{}/api/v1/deployments", sidecar.base))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 413);
+    // The rest of the body was not read: the connection is not reused (the
+    // next request on it failed with an incomplete message).
     assert_eq!(
-        sidecar
-            .post("/api/v1/deployments", Some(TOKEN), huge)
-            .await
-            .0,
-        413
+        refused.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
     );
     let (code, body) = sidecar
         .post(

@@ -105,7 +105,24 @@ pub fn app(api: Api) -> Router {
         .route("/api/v1/suppressions", post(suppression))
         .route("/api/v1/declare", post(declare))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(close_after_refused_body))
         .with_state(Arc::new(api))
+}
+
+/// A body refused as too large is not read to its end, so the connection
+/// cannot carry another request: say so (`Connection: close`), or a client
+/// that pools connections sends its next request on a dead one and gets an
+/// incomplete message.
+async fn close_after_refused_body(
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    if response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 type Shared = State<Arc<Api>>;
