@@ -95,10 +95,9 @@ pub struct Fleet {
 
 /// What a look at the policy files found.
 struct Scan {
-    listed: BTreeSet<PathBuf>,
     unlisted: Vec<(PathBuf, std::io::Error)>,
-    /// Per listed file: its stamp, and its bytes when it must be read (its
-    /// stamp changed, or every file must be: SIGHUP).
+    /// Every policy file listed: its stamp, and its bytes when it must be
+    /// read (its stamp changed, or every file must be: SIGHUP).
     seen: HashMap<PathBuf, Seen>,
     forced: bool,
 }
@@ -118,17 +117,16 @@ fn scan(
 ) -> Scan {
     let (listed, unlisted) = policy_files(given, directories);
     let seen = listed
-        .iter()
+        .into_iter()
         .map(|path| {
-            let stamp = file_stamp(path);
+            let stamp = file_stamp(&path);
             // Most files end here: 1,000 files every 2 s must not be 1,000 reads.
-            let unchanged = !forced && stamp.is_some() && known.get(path) == Some(&stamp);
-            let read = (!unchanged).then(|| std::fs::read(path));
-            (path.clone(), Seen { stamp, read })
+            let unchanged = !forced && stamp.is_some() && known.get(&path) == Some(&stamp);
+            let read = (!unchanged).then(|| std::fs::read(&path));
+            (path, Seen { stamp, read })
         })
         .collect();
     Scan {
-        listed,
         unlisted,
         seen,
         forced,
@@ -426,7 +424,6 @@ impl Fleet {
             }
         };
         let Scan {
-            listed,
             unlisted,
             mut seen,
             forced,
@@ -458,7 +455,7 @@ impl Fleet {
             }
             !back
         });
-        for path in &listed {
+        for path in seen.keys() {
             if !self.files.contains_key(path) {
                 tracing::info!(policy = %path.display(), "new policy file");
                 self.files.insert(path.clone(), PolicyFile::default());
