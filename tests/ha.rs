@@ -68,6 +68,15 @@ impl Replica {
     fn output(&self) -> String {
         common::process::text(&self.output)
     }
+
+    /// Waits (`within`) until the replica's mode for the target is `want`.
+    async fn wait_for_mode(&self, want: &str, within: Duration, what: &str) {
+        let deadline = Instant::now() + within;
+        while mode(&self.base).await.as_deref() != Some(want) {
+            assert!(Instant::now() < deadline, "{what}: {}", self.output());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 impl Drop for Replica {
@@ -183,11 +192,7 @@ async fn a_removed_target_is_released_to_the_replica_contending_for_it() {
     // Advisory locks are database-wide: a name no other test uses.
     let target = format!("web-{:016x}/production", rand::random::<u64>());
     let wait_for = async |owner: &tokio::sync::watch::Receiver<bool>, what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !*owner.borrow() {
-            assert!(Instant::now() < deadline, "{what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_owner(owner, true, Duration::from_secs(10), what).await;
     };
     let in_a = a.add(&target, interval);
     wait_for(&in_a, "replica A takes the new target").await;
@@ -227,26 +232,38 @@ async fn after_a_database_restart_the_passive_replica_still_takes_over() {
     let b = rollwatch::ha::Leader::start(open().await, interval, stop_b.clone());
     let target = "web/production";
     let in_a = a.add(target, interval);
-    wait_for_owner(&in_a, true, "A takes the target").await;
+    wait_for_owner(&in_a, true, Duration::from_secs(15), "A takes the target").await;
     let in_b = b.add(target, interval);
     tokio::time::sleep(interval * 3).await;
     assert!(!*in_b.borrow(), "B stays passive while A owns the target");
     cluster.stop();
-    wait_for_owner(&in_a, false, "A stops acting when its session dies").await;
+    wait_for_owner(
+        &in_a,
+        false,
+        Duration::from_secs(15),
+        "A stops acting when its session dies",
+    )
+    .await;
     stop_a.cancel();
     tokio::time::sleep(interval * 3).await;
     cluster.start();
     wait_for_owner(
         &in_b,
         true,
+        Duration::from_secs(15),
         "B reconnects after the restart and takes the target",
     )
     .await;
     stop_b.cancel();
 }
 
-async fn wait_for_owner(owner: &tokio::sync::watch::Receiver<bool>, want: bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
+async fn wait_for_owner(
+    owner: &tokio::sync::watch::Receiver<bool>,
+    want: bool,
+    within: Duration,
+    what: &str,
+) {
+    let deadline = Instant::now() + within;
     while *owner.borrow() != want {
         assert!(Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -318,17 +335,11 @@ command = ["{script}", "smoke-tests"]
 /// Starts replica A, waits for it to own the target, then B, passive.
 async fn owner_and_standby(policy: &std::path::Path, db: &str) -> (Replica, Replica) {
     let a = Replica::start(policy, db);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while mode(&a.base).await.as_deref() != Some("acting") {
-        assert!(Instant::now() < deadline, "{}", a.output());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    a.wait_for_mode("acting", Duration::from_secs(20), "A owns the target")
+        .await;
     let b = Replica::start(policy, db);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while mode(&b.base).await.as_deref() != Some("passive") {
-        assert!(Instant::now() < deadline, "{}", b.output());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    b.wait_for_mode("passive", Duration::from_secs(20), "B is passive")
+        .await;
     (a, b)
 }
 
@@ -395,11 +406,8 @@ async fn a_stopping_owner_keeps_its_lock_until_its_procedure_has_finished() {
         assert!(Instant::now() < deadline, "A exits: {}", a.output());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while mode(&b.base).await.as_deref() != Some("acting") {
-        assert!(Instant::now() < deadline, "B takes over: {}", b.output());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    b.wait_for_mode("acting", Duration::from_secs(10), "B takes over")
+        .await;
     assert_eq!(calls(dir.path(), "rollback-app"), 1);
     assert_eq!(
         calls(dir.path(), "smoke-tests"),
@@ -545,7 +553,7 @@ async fn a_shorter_interval_after_a_reload_shortens_the_takeover() {
     let b = rollwatch::ha::Leader::start(open().await, slow, stop_b.clone());
     let target = format!("web-{:016x}/production", rand::random::<u64>());
     let in_a = a.add(&target, slow);
-    wait_for_owner(&in_a, true, "A takes the target").await;
+    wait_for_owner(&in_a, true, Duration::from_secs(15), "A takes the target").await;
     let in_b = b.add(&target, slow);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!*in_b.borrow(), "B stays passive while A owns the target");
