@@ -136,6 +136,11 @@ pub enum Command {
     /// A self-contained demonstration: a stand-in service, a bad deployment,
     /// the decision, the rollback, the watch and the report, in about a minute.
     Demo,
+    /// Internal: runs one procedure step handed over on stdin, beating a
+    /// heartbeat and recording its end in the store (started by `run`,
+    /// `rollback` and `drill`, never by hand).
+    #[command(hide = true)]
+    StepRunner,
     /// Stored incidents: list, show one, or write its post-mortem report.
     Incidents {
         #[command(subcommand)]
@@ -287,6 +292,17 @@ fn dispatch(command: Command) -> Result<(), Failure> {
         })),
         Command::Drill { policy, db, force } => block_on(manual::drill(&policy, &db, force)),
         Command::Demo => block_on(crate::demo::run()),
+        Command::StepRunner => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| {
+                    Failure::Runtime(anyhow::anyhow!("starting the async runtime: {e}"))
+                })?;
+            let code = runtime.block_on(crate::act::runner::serve());
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            std::process::exit(code)
+        }
         Command::Incidents { command, db } => block_on(incidents::run(command, &db)),
     }
 }

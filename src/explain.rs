@@ -243,10 +243,11 @@ pub fn explain_procedure(procedure: Option<&Procedure>) -> String {
             .steps_for(stage, None)
             .map(|s| {
                 format!(
-                    "{} ({}, at most {})",
+                    "{} ({}, at most {}{})",
                     s.name,
                     s.command.argv.join(" "),
-                    std_duration(s.command.timeout)
+                    std_duration(s.command.timeout),
+                    if s.idempotent { ", idempotent" } else { "" }
                 )
             })
             .collect();
@@ -284,6 +285,24 @@ pub fn explain_procedure(procedure: Option<&Procedure>) -> String {
         |every| format!("`run` carries out a drill every {}", std_duration(every)),
     );
     let _ = writeln!(out, "  drills: {drills}");
+    let idempotent: Vec<&str> = procedure
+        .steps
+        .iter()
+        .filter(|s| s.idempotent)
+        .map(|s| s.name.as_str())
+        .collect();
+    let _ = writeln!(
+        out,
+        "  after a crash that loses a step's end: {}",
+        if idempotent.is_empty() {
+            "the step is not run again and the escalation contacts are paged (no step is marked idempotent)".to_string()
+        } else {
+            format!(
+                "{} (idempotent) run again, once; any other step is not run again and the escalation contacts are paged",
+                idempotent.join(", ")
+            )
+        }
+    );
     out
 }
 

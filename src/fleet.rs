@@ -34,6 +34,7 @@ use crate::runtime::record::Recorder;
 use crate::runtime::target::{self, Input, Reload};
 use crate::server::Inboxes;
 use crate::server::status::StatusBoard;
+use crate::store::Fence;
 use crate::store::Store;
 use crate::telemetry::{ReloadLabels, Telemetry};
 
@@ -266,10 +267,14 @@ impl Fleet {
             .interval
             .to_std()
             .unwrap_or(Duration::from_secs(15));
+        // With several replicas, acting writes carry the target's ownership
+        // epoch: a stalled owner that thaws writes nothing.
+        let fence = shared.leader.as_ref().map(|_| Fence::new(&name));
         let leadership = shared
             .leader
             .as_ref()
-            .map(|leader| leader.add(&name, interval));
+            .zip(fence.clone())
+            .map(|(leader, fence)| leader.add(&name, interval, fence));
         if let Some(routing) = &shared.routing {
             routing.add_owned(name.clone(), target.notify.clone(), leadership.clone());
         }
@@ -285,7 +290,11 @@ impl Fleet {
             describe_sources(&target)
         ));
         let actor = shared.store.as_ref().map(|store| {
-            crate::act::actor::Actor::new(store.clone(), Arc::new(target.clone()), Arc::new(say))
+            let store = match &fence {
+                Some(fence) => store.fenced(fence.clone()),
+                None => store.clone(),
+            };
+            crate::act::actor::Actor::new(store, Arc::new(target.clone()), Arc::new(say))
                 .with_delivery(Arc::clone(&shared.delivery))
                 .with_telemetry(Arc::clone(&shared.telemetry))
                 .with_owner(leadership.clone())

@@ -15,7 +15,7 @@ use sqlx::postgres::PgConnection;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Store;
+use crate::store::{Fence, Store};
 
 /// The advisory lock key of a target: the first 8 bytes of a hash of its name.
 pub fn lock_key(target: &str) -> i64 {
@@ -38,6 +38,7 @@ enum Command {
         target: String,
         interval: Duration,
         owner: watch::Sender<bool>,
+        fence: Fence,
     },
     /// Give a target up (its loop has ended): unlock it.
     Remove { target: String },
@@ -49,6 +50,8 @@ struct Owned {
     target: String,
     key: i64,
     owner: watch::Sender<bool>,
+    /// The ownership epoch raised at each acquisition.
+    fence: Fence,
     /// The target's poll interval: checks run at the shortest.
     every: Duration,
 }
@@ -71,13 +74,15 @@ impl Leader {
     }
 
     /// Whether this replica owns `target`, as it changes. Owned once the lock
-    /// is taken (at the next check).
-    pub fn add(&self, target: &str, interval: Duration) -> watch::Receiver<bool> {
+    /// is taken (at the next check) and the target's ownership epoch raised
+    /// in the database; `fence` then holds that epoch.
+    pub fn add(&self, target: &str, interval: Duration, fence: Fence) -> watch::Receiver<bool> {
         let (owner, leadership) = watch::channel(false);
         let _ = self.commands.send(Command::Add {
             target: target.to_string(),
             interval,
             owner,
+            fence,
         });
         leadership
     }
@@ -117,12 +122,12 @@ async fn contend(
             biased;
             _ = shutdown.cancelled() => break,
             command = commands.recv() => match command {
-                Some(Command::Add { target, interval: every, owner }) => {
+                Some(Command::Add { target, interval: every, owner, fence }) => {
                     if alone {
                         owner.send_replace(true);
                     }
                     owned.retain(|o| o.target != target);
-                    owned.push(Owned { key: lock_key(&target), target, owner, every });
+                    owned.push(Owned { key: lock_key(&target), target, owner, fence, every });
                     retime(&owned, &mut interval, &mut tick);
                     // A new target is contended for at once (after the
                     // commands already queued), not an interval later.
@@ -188,8 +193,29 @@ async fn contend(
             }
             match try_lock(conn, o.key, interval).await {
                 Some(true) => {
-                    tracing::warn!(target_name = %o.target, "leadership taken: this replica acts on the target");
-                    o.owner.send_replace(true);
+                    // The epoch goes up before this replica acts: from now on
+                    // the previous owner's acting writes are refused.
+                    match store
+                        .take_ownership(
+                            &o.target,
+                            &crate::act::runner::identity(),
+                            chrono::Utc::now(),
+                        )
+                        .await
+                    {
+                        Ok(epoch) => {
+                            o.fence.set(epoch);
+                            tracing::warn!(target_name = %o.target, epoch, "leadership taken: this replica acts on the target");
+                            o.owner.send_replace(true);
+                        }
+                        Err(error) => {
+                            tracing::error!(target_name = %o.target, %error, "lock taken but the ownership epoch cannot be raised: NOT ACTING; letting the lock go");
+                            if !unlock(conn, o.key, interval).await {
+                                session_lost(&owned, &mut connection);
+                                break;
+                            }
+                        }
+                    }
                 }
                 Some(false) => {}
                 None => {

@@ -180,6 +180,45 @@ impl World {
         }
     }
 
+    async fn wait_for_output(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.output().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "rollwatch never said {text:?} within 60 s; output:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The stored step `name` once its runner has recorded itself and the
+    /// step's process group.
+    async fn wait_for_runner(&self, name: &str) -> rollwatch::store::StepRecord {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let store = self.store().await;
+        loop {
+            for incident in store.list_incidents(10).await.unwrap() {
+                if let Some(step) = store
+                    .steps(incident.id)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .find(|s| s.name == name && s.runner.is_some() && s.step_pgid.is_some())
+                {
+                    store.close().await;
+                    return step;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "step {name} never got a runner; output:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn wait_for_step(&self, step: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.count(step) == 0 {
@@ -327,10 +366,11 @@ async fn assert_complete_record(world: &World, incident: &IncidentRecord) {
         "no step is left running: {:#?}",
         timeline.steps
     );
+    let service = incident.target.split('/').next().unwrap();
     assert!(
         timeline.notifications.iter().any(|n| n
             .subject
-            .starts_with("Rolling back staging web due to error-rate")),
+            .starts_with(&format!("Rolling back staging {service} due to error-rate"))),
         "the team is told before the rollback: {:#?}",
         timeline.notifications
     );
@@ -448,18 +488,29 @@ async fn postgres_a_bad_deploy_is_rolled_back_verified_watched_and_resolved() {
     a_bad_deploy_is_rolled_back_verified_watched_and_resolved(Some(schema.url.clone())).await;
 }
 
-/// Kill -9 while `step` runs, restart: the incident ends, the rollback ran once.
-async fn killed_while(step: &str) -> (World, IncidentRecord) {
-    let world = World::new(None, "").await;
+/// Kill -9 while `step` runs, restart while it still runs: the step's runner
+/// outlives rollwatch, the restarted rollwatch waits for the end the runner
+/// records, and only then goes on. The step ran once, its end is the real
+/// one, and no later step started before it.
+async fn killed_while(step: &str, db: Option<String>) -> (World, IncidentRecord) {
+    let world = World::new(db, "").await;
+    // Advisory locks are database-wide: on PostgreSQL, a service name of its
+    // own keeps this test's target apart from the other tests'.
+    let text = std::fs::read_to_string(&world.policy)
+        .unwrap()
+        .replace("service = \"web\"", &format!("service = \"web-{step}\""));
+    std::fs::write(&world.policy, text).unwrap();
     let _heal = world.rollback_heals();
     world.hold(step);
     let mut first = world.start(&[]);
     world.bad_deploy().await;
     world.wait_for_step(step).await;
     first.kill9();
-    // The step's process group outlives rollwatch, as a real one would.
-    world.release(step);
     let _second = world.start(&[]);
+    // Still held: the new rollwatch must be waiting, not going on.
+    world.wait_for_output("waiting for its recorded end").await;
+    assert_eq!(world.count(step), 1, "{}", world.output());
+    world.release(step);
     let incident = world.wait_for("ended", ended).await;
     assert_eq!(
         world.count("rollback-app"),
@@ -477,14 +528,22 @@ async fn killed_while(step: &str) -> (World, IncidentRecord) {
     let store = world.store().await;
     let steps = store.steps(incident.id).await.unwrap();
     let interrupted = steps.iter().find(|s| s.name == step).unwrap();
-    assert_eq!(interrupted.outcome, StepOutcome::Unknown, "{steps:#?}");
-    assert!(
-        interrupted
-            .detail
-            .as_deref()
-            .unwrap()
-            .contains("may or may not have run")
+    assert_eq!(
+        interrupted.outcome,
+        StepOutcome::Succeeded,
+        "its runner recorded the real end: {steps:#?}"
     );
+    assert!(interrupted.runner.is_some(), "{interrupted:#?}");
+    let end = interrupted.ended_at.unwrap();
+    for later in steps.iter().filter(|s| s.id > interrupted.id) {
+        assert!(
+            later.started_at >= end,
+            "{} started at {} before {step} ended at {end}",
+            later.name,
+            later.started_at
+        );
+    }
+    store.close().await;
     (world, incident)
 }
 
@@ -500,7 +559,7 @@ fn resolved_stable(incident: &IncidentRecord) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_during_the_backup_the_rollback_goes_on_without_it() {
-    let (world, incident) = killed_while("create-backup").await;
+    let (world, incident) = killed_while("create-backup", None).await;
     assert!(
         resolved_stable(&incident),
         "{incident:#?}\n{}",
@@ -509,18 +568,124 @@ async fn killed_during_the_backup_the_rollback_goes_on_without_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_during_the_rollback_it_is_not_repeated_and_verification_decides() {
-    let (world, incident) = killed_while("rollback-app").await;
+async fn killed_during_the_rollback_the_restart_waits_for_its_end_and_resolves() {
+    let (world, incident) = killed_while("rollback-app", None).await;
     assert!(
         resolved_stable(&incident),
         "{incident:#?}\n{}",
         world.output()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_killed_during_the_rollback_the_restart_waits_for_its_end_and_resolves() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let (world, incident) = killed_while("rollback-app", Some(schema.url.clone())).await;
+    assert!(
+        resolved_stable(&incident),
+        "{incident:#?}\n{}",
+        world.output()
+    );
+}
+
+/// Kill -9 of rollwatch, then of the step's runner and the step itself while
+/// the rollback step runs: nobody can know whether it ran.
+async fn runner_killed_with_its_step(world: &World) {
+    world.hold("rollback-app");
+    let mut first = world.start(&[]);
+    world.bad_deploy().await;
+    world.wait_for_step("rollback-app").await;
+    let step = world.wait_for_runner("rollback-app").await;
+    first.kill9();
+    let runner_pid: i32 = step
+        .runner
+        .as_deref()
+        .and_then(|r| r.rsplit_once(':'))
+        .and_then(|(_, pid)| pid.parse().ok())
+        .unwrap();
+    // SAFETY: signals to processes this test started (through rollwatch).
+    unsafe {
+        libc::kill(runner_pid, libc::SIGKILL);
+        libc::killpg(step.step_pgid.unwrap(), libc::SIGKILL);
+    }
+    world.release("rollback-app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_whose_runner_died_with_it_is_unknown_and_escalates() {
+    let world = World::new(None, "").await;
+    let _heal = world.rollback_heals();
+    runner_killed_with_its_step(&world).await;
+    let _second = world.start(&[]);
+    let incident = world.wait_for("ended", ended).await;
+    assert_eq!(
+        incident.state,
+        IncidentState::Active {
+            phase: IncidentPhase::Escalated
+        },
+        "{}",
+        world.output()
+    );
+    assert_eq!(world.count("rollback-app"), 1, "never run again");
+    assert_eq!(
+        world.count("smoke-tests"),
+        0,
+        "nothing runs after an unknown rollback step"
+    );
+    let store = world.store().await;
+    let steps = store.steps(incident.id).await.unwrap();
+    let app = steps.iter().find(|s| s.name == "rollback-app").unwrap();
+    assert_eq!(app.outcome, StepOutcome::Unknown, "{steps:#?}");
+    assert!(
+        app.detail.as_deref().unwrap().contains("stopped beating"),
+        "{app:#?}"
+    );
+    let decisions = store.decisions(incident.id).await.unwrap();
+    assert!(
+        decisions.iter().any(|d| d.cause == "rollback-failed"
+            && d.action == "page"
+            && d.explanation.contains("not idempotent")),
+        "{decisions:#?}"
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_step_whose_runner_died_with_it_runs_again_once() {
+    let world = World::new(None, "").await;
+    let text = std::fs::read_to_string(&world.policy).unwrap().replace(
+        "name = \"rollback-app\"\n",
+        "name = \"rollback-app\"\nidempotent = true\n",
+    );
+    std::fs::write(&world.policy, text).unwrap();
+    let _heal = world.rollback_heals();
+    runner_killed_with_its_step(&world).await;
+    let _second = world.start(&[]);
+    let incident = world.wait_for("ended", ended).await;
+    assert!(
+        resolved_stable(&incident),
+        "{incident:#?}\n{}",
+        world.output()
+    );
+    assert_eq!(world.count("rollback-app"), 2, "run again, once");
+    let store = world.store().await;
+    let runs: Vec<StepOutcome> = store
+        .steps(incident.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.name == "rollback-app")
+        .map(|s| s.outcome)
+        .collect();
+    assert_eq!(runs, [StepOutcome::Unknown, StepOutcome::Succeeded]);
+    store.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_during_verification_the_watch_still_runs() {
-    let (world, incident) = killed_while("smoke-tests").await;
+    let (world, incident) = killed_while("smoke-tests", None).await;
     assert!(
         resolved_stable(&incident),
         "{incident:#?}\n{}",
@@ -621,7 +786,7 @@ async fn killed_after_storing_the_rollbacks_start_it_is_never_run_and_escalates(
         IncidentState::Active {
             phase: IncidentPhase::Escalated
         },
-        "the bad version still serves errors: the watch fails and escalates\n{}",
+        "no runner ever took the step up: its outcome is unknown and humans decide\n{}",
         world.output()
     );
     let store = world.store().await;
@@ -629,7 +794,7 @@ async fn killed_after_storing_the_rollbacks_start_it_is_never_run_and_escalates(
     assert!(
         decisions
             .iter()
-            .any(|d| d.cause == "watch-failed" && d.action == "page"),
+            .any(|d| d.cause == "rollback-failed" && d.action == "page"),
         "{decisions:#?}"
     );
     assert_eq!(
@@ -877,4 +1042,79 @@ async fn sigterm_lets_the_running_step_finish_records_it_and_exits_0() {
     let step = steps.iter().find(|s| s.name == "rollback-app").unwrap();
     assert_eq!(step.outcome, StepOutcome::Succeeded, "{steps:#?}");
     assert_eq!(world.count("rollback-app"), 1);
+}
+
+/// What systemd's default `KillMode=control-group` does on a stop: SIGTERM to
+/// every process of the unit at once, the step runner and the step included.
+/// The runner does not die of it: it records how the step ended, so the end
+/// is known rather than lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_every_process_leaves_a_known_end_not_an_unknown_one() {
+    let world = World::new(None, "").await;
+    world.hold("rollback-app");
+    let mut rollwatch = world.start(&[]);
+    world.bad_deploy().await;
+    world.wait_for_step("rollback-app").await;
+    let step = world.wait_for_runner("rollback-app").await;
+    let runner_pid: i32 = step
+        .runner
+        .as_deref()
+        .and_then(|r| r.rsplit_once(':'))
+        .and_then(|(_, pid)| pid.parse().ok())
+        .unwrap();
+    let pid = rollwatch.0.as_ref().unwrap().id() as i32;
+    // SAFETY: signals to processes this test started (through rollwatch).
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+        libc::kill(runner_pid, libc::SIGTERM);
+        libc::killpg(step.step_pgid.unwrap(), libc::SIGTERM);
+    }
+    let status = rollwatch.wait_dead();
+    assert_eq!(status.code(), Some(0), "{}", world.output());
+    world.release("rollback-app");
+    let store = world.store().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ended = loop {
+        let record = store.step(step.id).await.unwrap().unwrap();
+        if record.outcome != StepOutcome::Running {
+            break record;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the runner never recorded the end"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ended.outcome, StepOutcome::Failed, "{ended:#?}");
+    assert!(
+        ended.detail.as_deref().unwrap().contains("signal 15"),
+        "{ended:#?}"
+    );
+    store.close().await;
+}
+
+/// The shipped systemd unit stops rollwatch the way the README promises: the
+/// stop's SIGTERM to rollwatch alone (a running step is not killed at once),
+/// with time for the 60 s grace before anything is killed.
+#[test]
+fn the_systemd_unit_sends_the_stop_signal_to_rollwatch_alone() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rollwatch.service"),
+    )
+    .unwrap();
+    let setting = |key: &str| {
+        unit.lines()
+            .map(str::trim)
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+            .next_back()
+            .map(str::to_string)
+    };
+    assert_eq!(setting("KillMode").as_deref(), Some("mixed"), "{unit}");
+    assert_eq!(setting("KillSignal").as_deref(), Some("SIGTERM"));
+    let stop: u64 = setting("TimeoutStopSec").unwrap().parse().unwrap();
+    assert!(
+        stop > 60,
+        "TimeoutStopSec={stop} must exceed the 60 s grace"
+    );
+    assert_eq!(setting("Restart").as_deref(), Some("always"));
 }

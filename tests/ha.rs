@@ -173,6 +173,17 @@ async fn the_owner_dies_during_a_rollback_and_the_other_replica_finishes_it_once
         "two replicas acted at once"
     );
     assert!(b.output().contains("taking up incident"), "{}", b.output());
+    // A's rollback step outlived A under its runner: its real end is
+    // recorded, and B verified only after it.
+    let steps = store.steps(incident.id).await.unwrap();
+    let app = steps.iter().find(|s| s.name == "rollback-app").unwrap();
+    assert_eq!(
+        app.outcome,
+        rollwatch::store::StepOutcome::Succeeded,
+        "{steps:#?}"
+    );
+    let smoke = steps.iter().find(|s| s.name == "smoke-tests").unwrap();
+    assert!(smoke.started_at >= app.ended_at.unwrap(), "{steps:#?}");
     store.close().await;
 }
 
@@ -194,16 +205,16 @@ async fn a_removed_target_is_released_to_the_replica_contending_for_it() {
     let wait_for = async |owner: &tokio::sync::watch::Receiver<bool>, what: &str| {
         wait_for_owner(owner, true, Duration::from_secs(10), what).await;
     };
-    let in_a = a.add(&target, interval);
+    let in_a = a.add(&target, interval, rollwatch::store::Fence::new(&target));
     wait_for(&in_a, "replica A takes the new target").await;
-    let in_b = b.add(&target, interval);
+    let in_b = b.add(&target, interval, rollwatch::store::Fence::new(&target));
     for _ in 0..10 {
         tokio::time::sleep(interval / 3).await;
         assert!(*in_a.borrow() && !*in_b.borrow(), "one owner at a time");
     }
     a.remove(&target);
     wait_for(&in_b, "replica B takes the released target").await;
-    let again = a.add(&target, interval);
+    let again = a.add(&target, interval, rollwatch::store::Fence::new(&target));
     for _ in 0..10 {
         tokio::time::sleep(interval / 3).await;
         assert!(*in_b.borrow() && !*again.borrow(), "one owner at a time");
@@ -231,9 +242,9 @@ async fn after_a_database_restart_the_passive_replica_still_takes_over() {
     let a = rollwatch::ha::Leader::start(open().await, interval, stop_a.clone());
     let b = rollwatch::ha::Leader::start(open().await, interval, stop_b.clone());
     let target = "web/production";
-    let in_a = a.add(target, interval);
+    let in_a = a.add(target, interval, rollwatch::store::Fence::new(target));
     wait_for_owner(&in_a, true, Duration::from_secs(15), "A takes the target").await;
-    let in_b = b.add(target, interval);
+    let in_b = b.add(target, interval, rollwatch::store::Fence::new(target));
     tokio::time::sleep(interval * 3).await;
     assert!(!*in_b.borrow(), "B stays passive while A owns the target");
     cluster.stop();
@@ -552,9 +563,9 @@ async fn a_shorter_interval_after_a_reload_shortens_the_takeover() {
     let a = rollwatch::ha::Leader::start(open().await, slow, stop_a.clone());
     let b = rollwatch::ha::Leader::start(open().await, slow, stop_b.clone());
     let target = format!("web-{:016x}/production", rand::random::<u64>());
-    let in_a = a.add(&target, slow);
+    let in_a = a.add(&target, slow, rollwatch::store::Fence::new(&target));
     wait_for_owner(&in_a, true, Duration::from_secs(15), "A takes the target").await;
-    let in_b = b.add(&target, slow);
+    let in_b = b.add(&target, slow, rollwatch::store::Fence::new(&target));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!*in_b.borrow(), "B stays passive while A owns the target");
     b.set_interval(&target, Duration::from_millis(300));
@@ -571,4 +582,103 @@ async fn a_shorter_interval_after_a_reload_shortens_the_takeover() {
     }
     eprintln!("takeover after {:.2}s", gone.elapsed().as_secs_f64());
     stop_b.cancel();
+}
+
+/// Fencing: the owner stalls (SIGSTOP) in the middle of its rollback step and
+/// its leadership session is ended under it (a failover, the server's
+/// keepalive); the other replica takes the target over (raising its epoch),
+/// waits for the step's end that the step's runner records, verifies and
+/// resolves. Then the stalled owner thaws (SIGCONT): it starts nothing and
+/// writes nothing, whether its own check or the epoch stops it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_owner_that_thaws_starts_nothing_and_writes_nothing() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let (dir, service, policy) = rollback_setup().await;
+    let (a, b) = owner_and_standby(&policy, &schema.url).await;
+    bad_deploy_rolled_back_by(&service, dir.path(), &a).await;
+    let a_pid = a.child.as_ref().unwrap().id() as i32;
+    // SAFETY: signals to the child this test started.
+    unsafe { libc::kill(a_pid, libc::SIGSTOP) };
+    let admin = sqlx::PgPool::connect(&schema.url).await.unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name LIKE 'rollwatch leadership %:' || $1",
+    )
+    .bind(a_pid.to_string())
+    .execute(&admin)
+    .await
+    .unwrap();
+    b.wait_for_mode("acting", Duration::from_secs(20), "B takes over")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !b.output().contains("waiting for its recorded end") {
+        assert!(
+            Instant::now() < deadline,
+            "B waits for the running step: {}",
+            b.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(calls(dir.path(), "smoke-tests"), 0, "{}", b.output());
+    std::fs::remove_file(dir.path().join("hold-rollback-app")).unwrap();
+    let store = Store::open(&schema.url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let incident = loop {
+        if let Some(done) = store
+            .list_incidents(5)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|i| matches!(i.state, IncidentState::Resolved { .. }))
+        {
+            break done;
+        }
+        assert!(Instant::now() < deadline, "{}", b.output());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let snapshot = |timeline: rollwatch::store::IncidentTimeline| {
+        (
+            timeline.steps.len(),
+            timeline.decisions.len(),
+            timeline.notifications.len(),
+            timeline.incident.state,
+        )
+    };
+    let before = snapshot(store.incident(incident.id).await.unwrap().unwrap());
+    let incidents_before = store.list_incidents(100).await.unwrap().len();
+    unsafe { libc::kill(a_pid, libc::SIGCONT) };
+    // A runs again: its leadership check finds the session gone.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !a.output().contains("leadership LOST") {
+        assert!(Instant::now() < deadline, "A thaws: {}", a.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...and its procedure, which was waiting on the step's runner, has
+    // returned: stopped by the check or by the epoch.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(a.output().contains("no longer owns") || a.output().contains("FENCED")) {
+        assert!(
+            Instant::now() < deadline,
+            "A's procedure stops: {}",
+            a.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = snapshot(store.incident(incident.id).await.unwrap().unwrap());
+    assert_eq!(before, after, "A wrote nothing: {}", a.output());
+    assert_eq!(
+        store.list_incidents(100).await.unwrap().len(),
+        incidents_before
+    );
+    assert_eq!(calls(dir.path(), "rollback-app"), 1);
+    assert_eq!(calls(dir.path(), "smoke-tests"), 1, "{}", a.output());
+    assert!(
+        !a.output().contains("step smoke-tests started"),
+        "{}",
+        a.output()
+    );
+    store.close().await;
+    admin.close().await;
 }

@@ -339,7 +339,7 @@ impl Actor {
                 record.rule,
                 if interrupted > 0 {
                     format!(
-                        "; {interrupted} step(s) were running when rollwatch stopped: their result is unknown and they are not run again"
+                        "; {interrupted} step(s) were running when rollwatch stopped: waiting for the end their runners record (a step whose runner is gone is unknown and not run again unless idempotent)"
                     )
                 } else {
                     String::new()
@@ -882,8 +882,13 @@ impl Actor {
             self.store.database()
         );
         tracing::error!(target_name = %self.name, rule = %decision.rule, "{reason}");
+        let headline = if matches!(error, StoreError::Fenced { .. }) {
+            "FENCED (another replica owns the target now)"
+        } else {
+            "DATABASE UNREACHABLE"
+        };
         self.say(&format!(
-            "{} {} DATABASE UNREACHABLE: {reason}",
+            "{} {} {headline}: {reason}",
             time_text(Utc::now()),
             self.name
         ));

@@ -6,3 +6,4 @@ pub mod drill;
 pub mod failpoint;
 pub mod plan;
 pub mod procedure;
+pub mod runner;

@@ -98,37 +98,60 @@ pub fn stored_stage(stage: Stage) -> StepStage {
 }
 
 /// Where a procedure goes on, given the steps already stored for it (a step
-/// found `running` after a restart must be marked `unknown` first).
+/// found `running` after a restart must first be waited for, and marked
+/// `unknown` only when its runner is gone without recording its end).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resume {
     /// Steps of the plan still to run, in order (indexes into `Plan::steps`).
     pub run: Vec<usize>,
     /// A stored step failed: go straight to the recovery steps not yet run.
     pub failed: Option<String>,
+    /// A rollback step's end is unknown and the step is not idempotent: it
+    /// is not run again, nothing else runs, the escalation contacts decide.
+    pub escalate: Option<String>,
     /// What is not known, in words, for the incident record.
     pub unknown: Vec<String>,
     /// Recovery steps not yet run (indexes into `Plan::recovery`).
     pub recovery: Vec<usize>,
 }
 
-/// A step that may have run is never run again: a step stored with any
-/// outcome is done. A step whose result is unknown (rollwatch died while it
-/// ran) ends its stage: after an unknown backup the rollback goes on without
-/// it; after an unknown application or database step the rest of the rollback
-/// is skipped and verification decides; an unknown verification step is
-/// skipped. A stored failure goes to recovery.
+/// A step that may have run is never run again unless it is idempotent: a
+/// step stored with any outcome is done. An idempotent step whose only
+/// record is `unknown` (its runner died with it) runs again, once. Any other
+/// unknown step: after an unknown backup the rollback goes on without it; an
+/// unknown application or database step escalates (whether the rollback
+/// happened is for a human to check; nothing else runs, no recovery); an
+/// unknown verification step is skipped. A stored failure goes to recovery.
 pub fn resume(plan: &Plan, stored: &[StepRecord]) -> Resume {
-    let done = |stage: Stage, name: &str| {
+    let records = |stage: Stage, name: &str| -> Vec<&StepRecord> {
         stored
             .iter()
-            .find(|s| s.stage == stored_stage(stage) && s.name == name)
+            .filter(|s| s.stage == stored_stage(stage) && s.name == name)
+            .collect()
     };
+    // Idempotent steps whose one run ended unknown: run again.
+    let rerun = |step: &Step| {
+        let runs = records(step.stage, &step.name);
+        step.idempotent && runs.len() == 1 && runs[0].outcome == StepOutcome::Unknown
+    };
+    let rerun_ids: Vec<i64> = plan
+        .steps
+        .iter()
+        .filter(|step| rerun(step))
+        .flat_map(|step| records(step.stage, &step.name))
+        .map(|r| r.id)
+        .collect();
     let mut unknown = Vec::new();
     let mut failed = None;
     for record in stored {
         match record.outcome {
+            StepOutcome::Unknown if rerun_ids.contains(&record.id) => unknown.push(format!(
+                "{} step {} may or may not have run; it is idempotent: running it again",
+                record.stage.as_str(),
+                record.name
+            )),
             StepOutcome::Unknown => unknown.push(format!(
-                "{} step {} may or may not have run (rollwatch stopped while it ran)",
+                "{} step {} may or may not have run (its runner stopped without recording its end)",
                 record.stage.as_str(),
                 record.name
             )),
@@ -151,7 +174,7 @@ pub fn resume(plan: &Plan, stored: &[StepRecord]) -> Resume {
         .recovery
         .iter()
         .enumerate()
-        .filter(|(_, step)| done(Stage::Recovery, &step.name).is_none())
+        .filter(|(_, step)| records(Stage::Recovery, &step.name).is_empty())
         .map(|(i, _)| i)
         .collect();
     let recovering = stored.iter().any(|s| s.stage == StepStage::Recovery);
@@ -159,33 +182,53 @@ pub fn resume(plan: &Plan, stored: &[StepRecord]) -> Resume {
         return Resume {
             run: Vec::new(),
             failed: failed.or_else(|| Some("the procedure was recovering from a failure".into())),
+            escalate: None,
             unknown,
             recovery,
         };
     }
     let unknown_in = |stages: &[Stage]| {
-        stored.iter().any(|s| {
+        stored.iter().find(|s| {
             s.outcome == StepOutcome::Unknown
+                && !rerun_ids.contains(&s.id)
                 && stages.iter().any(|&st| stored_stage(st) == s.stage)
         })
     };
-    let rollback_unknown = unknown_in(&[Stage::Application, Stage::Database]);
-    let backup_unknown = unknown_in(&[Stage::Backup]);
+    if let Some(step) = unknown_in(&[Stage::Application, Stage::Database]) {
+        let idempotent = plan
+            .steps
+            .iter()
+            .any(|s| s.name == step.name && s.idempotent);
+        return Resume {
+            run: Vec::new(),
+            failed: None,
+            escalate: Some(format!(
+                "the outcome of {} step {} is unknown: its runner stopped without recording its end, so it may or may not have run; {}, so it is not run again and nothing else is run: a human must check the running version",
+                step.stage.as_str(),
+                step.name,
+                if idempotent {
+                    "it is idempotent but was already run again once"
+                } else {
+                    "it is not idempotent"
+                }
+            )),
+            unknown,
+            recovery: Vec::new(),
+        };
+    }
+    let backup_unknown = unknown_in(&[Stage::Backup]).is_some();
     let run = plan
         .steps
         .iter()
         .enumerate()
-        .filter(|(_, step)| done(step.stage, &step.name).is_none())
-        .filter(|(_, step)| match step.stage {
-            Stage::Backup => !backup_unknown && !rollback_unknown,
-            Stage::Application | Stage::Database => !rollback_unknown,
-            _ => true,
-        })
+        .filter(|(_, step)| records(step.stage, &step.name).is_empty() || rerun(step))
+        .filter(|(_, step)| step.stage != Stage::Backup || !backup_unknown)
         .map(|(i, _)| i)
         .collect();
     Resume {
         run,
         failed: None,
+        escalate: None,
         unknown,
         recovery,
     }
@@ -212,6 +255,7 @@ mod tests {
                 env: Vec::new(),
                 kill_group_on_exit: false,
             },
+            idempotent: false,
         }
     }
 
@@ -320,6 +364,10 @@ mod tests {
             stdout: String::new(),
             stderr: String::new(),
             duration: None,
+            runner: None,
+            heartbeat_at: None,
+            step_pgid: None,
+            timeout: None,
         }
     }
 
@@ -350,13 +398,22 @@ mod tests {
             at(&[record("backup", S::Backup, Unknown)]),
             ["app", "migrate-down", "health", "smoke"]
         );
-        // Died during the rollback: never again; verification decides.
+        // The rollback's end is unknown: never again, nothing else; escalate.
         let stored = [
             record("backup", S::Backup, Succeeded),
             record("app", S::Application, Unknown),
         ];
-        assert_eq!(at(&stored), ["health", "smoke"]);
-        assert!(resume(&plan, &stored).unknown[0].contains("application step app"));
+        assert!(at(&stored).is_empty());
+        let resumed = resume(&plan, &stored);
+        assert!(resumed.unknown[0].contains("application step app"));
+        assert!(
+            resumed
+                .escalate
+                .as_deref()
+                .unwrap()
+                .contains("not idempotent"),
+            "{resumed:?}"
+        );
         // Died during verification: the rest of it.
         let stored = [
             record("backup", S::Backup, Succeeded),
@@ -365,6 +422,45 @@ mod tests {
             record("health", S::Verification, Unknown),
         ];
         assert_eq!(at(&stored), ["smoke"]);
+    }
+
+    #[test]
+    fn an_idempotent_step_with_an_unknown_end_runs_again_once() {
+        let mut procedure = procedure();
+        for step in &mut procedure.steps {
+            step.idempotent = step.name == "app";
+        }
+        let plan = plan(
+            &procedure,
+            &Request {
+                tier: Tier::Consider,
+                component: None,
+                migrations: &[],
+            },
+        );
+        let names = |resume: &Resume| -> Vec<String> {
+            resume
+                .run
+                .iter()
+                .map(|&i| plan.steps[i].name.clone())
+                .collect()
+        };
+        use StepOutcome::*;
+        use StepStage as S;
+        let mut first = record("backup", S::Backup, Succeeded);
+        first.id = 1;
+        let mut app = record("app", S::Application, Unknown);
+        app.id = 2;
+        let once = resume(&plan, &[first.clone(), app.clone()]);
+        assert_eq!(names(&once), ["app", "health", "smoke"]);
+        assert_eq!(once.escalate, None);
+        assert!(once.unknown[0].contains("idempotent: running it again"));
+        // Its second run's end is unknown too: never a third run; escalate.
+        let mut again = record("app", S::Application, Unknown);
+        again.id = 3;
+        let twice = resume(&plan, &[first, app, again]);
+        assert!(twice.run.is_empty());
+        assert!(twice.escalate.is_some());
     }
 
     #[test]

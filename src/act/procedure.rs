@@ -11,13 +11,14 @@ use chrono::Utc;
 
 use crate::engine::policy::Tier;
 use crate::policy::Compiled;
-use crate::procedure::command::{self, CommandSpec, Ending};
+use crate::procedure::command::CommandSpec;
 use crate::procedure::config::{Stage, Step};
 use crate::sources::http;
 use crate::store::{IncidentPhase, NewStep, StepEnd, StepOutcome, StepStage, Store};
 
 use super::failpoint;
 use super::plan::{self, Plan, Request};
+use super::runner;
 
 /// Everything a procedure run needs; cheap to clone into a task.
 #[derive(Clone)]
@@ -145,9 +146,13 @@ pub async fn execute(ctx: &Context) -> Ended {
     for note in plan.notes.iter().chain(&resume.unknown) {
         (ctx.say)(&format!("{} {}: {note}", ctx.name(), ctx.incident));
     }
-    let result = match resume.failed.clone() {
-        Some(failure) => recover(ctx, &plan, &resume.recovery, failure).await,
-        None => run_plan(ctx, &plan, &resume.run, &stored).await,
+    let result = match (resume.escalate.clone(), resume.failed.clone()) {
+        (Some(unknown), _) => {
+            tracing::error!(incident = ctx.incident, "{unknown}");
+            Err(unknown)
+        }
+        (None, Some(failure)) => recover(ctx, &plan, &resume.recovery, failure).await,
+        (None, None) => run_plan(ctx, &plan, &resume.run, &stored).await,
     };
     Ended {
         result,
@@ -156,27 +161,54 @@ pub async fn execute(ctx: &Context) -> Ended {
     }
 }
 
-/// Steps found `running` are closed as `unknown`: they may have run and are
-/// never run again. Returns the incident's steps.
+/// Steps found `running` (rollwatch stopped, or another replica owned the
+/// target, while they ran) are waited for while their runner beats, so a
+/// rollback step that is still running is never overtaken by verification;
+/// one whose runner is gone without an end is closed as `unknown`. Returns
+/// the incident's steps, every one ended.
 async fn interrupted_steps_closed(ctx: &Context) -> Result<Vec<crate::store::StepRecord>, String> {
-    let unrecorded =
-        "rollwatch stopped while this step ran: it may or may not have run; it is not run again";
     let steps = ctx
         .store
         .steps(ctx.incident)
         .await
         .map_err(|e| format!("cannot read the incident's steps: {e}"))?;
     let mut closed = Vec::with_capacity(steps.len());
-    for mut step in steps {
-        if step.may_have_run_unrecorded() {
-            tracing::warn!(incident = ctx.incident, step = %step.name, "{unrecorded}");
-            ctx.store
-                .mark_step_unknown(step.id, Utc::now(), unrecorded)
-                .await
-                .map_err(|e| format!("cannot close the interrupted step {}: {e}", step.name))?;
-            step.outcome = StepOutcome::Unknown;
-            step.detail = Some(unrecorded.to_string());
+    for step in steps {
+        if !step.may_have_run_unrecorded() {
+            closed.push(step);
+            continue;
         }
+        let name = step.name.clone();
+        let progress = |line: &str| {
+            (ctx.say)(&format!(
+                "{} {} {}: {line}",
+                crate::engine::time_text(Utc::now()),
+                ctx.name(),
+                ctx.incident
+            ))
+        };
+        let awaited = runner::await_end(&ctx.store, step, progress)
+            .await
+            .map_err(|e| format!("cannot wait for the interrupted step {name}: {e}"))?;
+        let step = match awaited {
+            runner::Awaited::Ended(step) => {
+                (ctx.say)(&format!(
+                    "{} {} {}: step {name} ended while rollwatch was away: {}{}",
+                    crate::engine::time_text(Utc::now()),
+                    ctx.name(),
+                    ctx.incident,
+                    step.outcome.as_str(),
+                    step.detail
+                        .as_deref()
+                        .map_or_else(String::new, |d| format!(" ({d})"))
+                ));
+                step
+            }
+            runner::Awaited::Unknown(step) => {
+                tracing::warn!(incident = ctx.incident, step = %name, detail = ?step.detail, "step end unknown");
+                step
+            }
+        };
         closed.push(step);
     }
     Ok(closed)
@@ -253,7 +285,7 @@ async fn start_verification(ctx: &Context, probe_stored: bool) -> Result<(), Str
         duration: began.elapsed(),
         ended_at: Utc::now(),
     };
-    finished(ctx, id, &new, &end).await?;
+    finished(ctx, id, &new, &end, false).await?;
     if outcome == StepOutcome::Succeeded {
         Ok(())
     } else {
@@ -294,7 +326,14 @@ async fn started(ctx: &Context, step: &NewStep) -> Result<i64, String> {
     Ok(id)
 }
 
-async fn finished(ctx: &Context, id: i64, step: &NewStep, end: &StepEnd) -> Result<(), String> {
+/// A step's end: counted, said, and stored unless its runner stored it.
+async fn finished(
+    ctx: &Context,
+    id: i64,
+    step: &NewStep,
+    end: &StepEnd,
+    recorded: bool,
+) -> Result<(), String> {
     if let Some(telemetry) = &ctx.telemetry {
         telemetry
             .steps
@@ -317,7 +356,16 @@ async fn finished(ctx: &Context, id: i64, step: &NewStep, end: &StepEnd) -> Resu
             .as_deref()
             .map_or_else(String::new, |d| format!(": {d}"))
     ));
-    ctx.store.step_finished(id, end).await.map_err(|e| {
+    let stored = if recorded {
+        Ok(())
+    } else {
+        match ctx.store.step_finished(id, end).await {
+            // Its runner stored it after all.
+            Err(crate::store::StoreError::StepNotRunning(_)) => Ok(()),
+            other => other,
+        }
+    };
+    stored.map_err(|e| {
         let message = format!(
             "step {} ended ({}) but its end cannot be recorded in {}: {e}; stopping the procedure",
             step.name,
@@ -343,32 +391,10 @@ async fn run_step(ctx: &Context, step: &Step) -> Result<(), String> {
     let id = started(ctx, &new).await?;
     let mut spec: CommandSpec = step.command.clone();
     spec.env.extend(ctx.env());
-    let outcome = command::run(&spec).await;
-    let (result, exit_code) = match &outcome.ending {
-        Ending::Exited(0) => (StepOutcome::Succeeded, Some(0)),
-        Ending::Exited(code) => (StepOutcome::Failed, Some(*code)),
-        Ending::Signalled(_) => (StepOutcome::Failed, None),
-        Ending::TimedOut => (StepOutcome::TimedOut, None),
-        Ending::FailedToStart(_) => (StepOutcome::FailedToStart, None),
-    };
-    let mut detail = outcome.describe(spec.timeout);
-    if outcome.truncated_bytes > 0 {
-        detail.push_str(&format!(
-            "; output truncated: the first {} bytes were dropped",
-            outcome.truncated_bytes
-        ));
-    }
-    let end = StepEnd {
-        outcome: result,
-        exit_code,
-        detail: Some(detail.clone()),
-        stdout: outcome.stdout,
-        stderr: outcome.stderr,
-        duration: outcome.duration,
-        ended_at: Utc::now(),
-    };
-    finished(ctx, id, &new, &end).await?;
-    if result == StepOutcome::Succeeded {
+    let ran = runner::run(&ctx.store, id, &spec, &runner::program()).await;
+    finished(ctx, id, &new, &ran.end, ran.recorded).await?;
+    let detail = ran.end.detail.clone().unwrap_or_default();
+    if ran.end.outcome == StepOutcome::Succeeded {
         Ok(())
     } else {
         Err(format!(

@@ -1212,6 +1212,7 @@ fn compile_procedure(problems: &mut Problems, raw: RawProcedure) -> Procedure {
             stage,
             component,
             command,
+            idempotent: step.idempotent.unwrap_or(false),
         });
     }
     let drill_every = raw.drill_every.map(|d| {

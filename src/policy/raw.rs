@@ -182,6 +182,7 @@ pub struct RawStep {
     pub timeout: Option<S<HumanDuration>>,
     pub component: Option<S<String>>,
     pub shell: Option<bool>,
+    pub idempotent: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -74,6 +74,13 @@ impl CommandOutcome {
 }
 
 pub async fn run(spec: &CommandSpec) -> CommandOutcome {
+    run_reporting(spec, |_| {}).await
+}
+
+/// `run`, telling `spawned` the child's pid (its process group's id) as soon
+/// as it is running: the step runner records it so that a rollwatch that finds
+/// the runner gone can end the group.
+pub async fn run_reporting(spec: &CommandSpec, spawned: impl FnOnce(u32)) -> CommandOutcome {
     let started = Instant::now();
     let mut command = if spec.shell {
         let mut c = Command::new("sh");
@@ -106,6 +113,9 @@ pub async fn run(spec: &CommandSpec) -> CommandOutcome {
         }
     };
     let pid = child.id();
+    if let Some(pid) = pid {
+        spawned(pid);
+    }
     let stdout = Capture::spawn(child.stdout.take());
     let stderr = Capture::spawn(child.stderr.take());
     let ending = match tokio::time::timeout(spec.timeout, child.wait()).await {

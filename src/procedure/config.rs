@@ -55,6 +55,10 @@ pub struct Step {
     /// backup, verification and recovery stages, to every rollback).
     pub component: Option<String>,
     pub command: CommandSpec,
+    /// Running it twice does what running it once does (a rollback to a
+    /// fixed version usually is): after an end nobody could record (its
+    /// runner died with it) it is run again, once, instead of escalating.
+    pub idempotent: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -127,6 +131,7 @@ mod tests {
             stage,
             component: component.map(str::to_string),
             command,
+            idempotent: false,
         }
     }
 

@@ -74,6 +74,10 @@ fn step(
         stdout: stdout.to_string(),
         stderr: stderr.to_string(),
         duration: Some(Duration::from_secs(seconds)),
+        runner: None,
+        heartbeat_at: None,
+        step_pgid: None,
+        timeout: None,
     }
 }
 

@@ -313,8 +313,8 @@ pub async fn run_target(
         }
         if stopping {
             // A running step finishes (its end recorded, the engine told);
-            // one that outlasts the grace is parked: its start is stored, and
-            // the restart records it as unknown and never runs it again.
+            // one that outlasts the grace is parked: its runner goes on and
+            // records its end, and the restart waits for that end.
             if let Some(running) = actor.as_mut().filter(|a| a.procedure_running()) {
                 tracing::warn!(target_name = %name, grace_s = STOP_GRACE.as_secs(), "stopping: waiting for the running procedure");
                 let grace = async {
@@ -346,7 +346,7 @@ pub async fn run_target(
                     }
                     Err(_) => tracing::error!(
                         target_name = %name,
-                        "stopping with a step still running: it is parked; the next start records it as unknown and goes on without running it again"
+                        "stopping with a step still running: it is parked; its runner goes on and records its end, and the next start waits for that end before going on"
                     ),
                 }
             }

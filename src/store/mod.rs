@@ -84,11 +84,22 @@ pub enum StoreError {
     IncidentAlreadyOpen { target: String, existing: i64 },
     #[error("no step {0} is running (unknown id, or its end is already stored)")]
     StepNotRunning(i64),
+    #[error(
+        "refused: replica epoch {epoch} of {target} is stale (the target is now owned at epoch {newer}); this replica writes nothing more for it"
+    )]
+    Fenced {
+        target: String,
+        epoch: i64,
+        newer: i64,
+    },
     #[error("no notification {0}")]
     NoSuchNotification(i64),
     #[error("invalid {what}: {reason}")]
     Invalid { what: &'static str, reason: String },
 }
+
+/// Acting writes refused because a newer owner exists (`Fence`), since start.
+pub static FENCED_WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How `Store::open_with` connects.
 #[derive(Clone, Debug)]
@@ -129,8 +140,46 @@ pub struct Store {
     pool: std::sync::Arc<Pool>,
     /// The URL without its password, for messages.
     database: String,
+    /// The URL as given (with its credentials): only for a step runner,
+    /// which opens the same store; never displayed.
+    url: std::sync::Arc<str>,
     /// PostgreSQL: how to open a connection of one's own (leadership locks).
     postgres: Option<std::sync::Arc<PgConnectOptions>>,
+    /// Writes that act on a target carry its ownership epoch (`fenced`).
+    fence: Option<Fence>,
+}
+
+/// A target's ownership epoch as this replica holds it: raised in the
+/// database at each acquisition (`Store::take_ownership`). A store `fenced`
+/// with it refuses step starts, phase changes, incident and decision writes
+/// once a newer owner exists, so a stalled owner that thaws (SIGSTOP, swap,
+/// a long pause) can start nothing and write nothing. Epoch 0: never
+/// acquired (refused as soon as anyone owns the target).
+#[derive(Clone, Debug)]
+pub struct Fence {
+    target: std::sync::Arc<str>,
+    epoch: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl Fence {
+    pub fn new(target: &str) -> Fence {
+        Fence {
+            target: target.into(),
+            epoch: std::sync::Arc::default(),
+        }
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    pub fn epoch(&self) -> i64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn set(&self, epoch: i64) {
+        self.epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -193,7 +242,9 @@ impl Store {
         Ok(Store {
             pool: std::sync::Arc::new(pool),
             database,
+            url: url.into(),
             postgres,
+            fence: None,
         })
     }
 
@@ -270,6 +321,20 @@ impl Store {
                 }),
             },
         )
+    }
+
+    /// This store, its acting writes carrying `fence` (see `Fence`).
+    pub fn fenced(&self, fence: Fence) -> Store {
+        Store {
+            fence: Some(fence),
+            ..self.clone()
+        }
+    }
+
+    /// The URL the store was opened with, credentials included: for a step
+    /// runner (handed over stdin), never for display (`database` is).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// The database's URL or path, without a password.

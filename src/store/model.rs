@@ -305,6 +305,14 @@ pub struct StepRecord {
     pub stdout: String,
     pub stderr: String,
     pub duration: Option<Duration>,
+    /// The runner process that runs the step (`HOST:PID`), once it started.
+    pub runner: Option<String>,
+    /// The runner's latest heartbeat: fresh while the step may still run.
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    /// The step's process group on the runner's host, once spawned.
+    pub step_pgid: Option<i32>,
+    /// The step's timeout as the runner was given it.
+    pub timeout: Option<Duration>,
 }
 
 impl StepRecord {

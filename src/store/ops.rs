@@ -154,6 +154,7 @@ macro_rules! step_from_row {
         let outcome: String = get(row, what, "outcome")?;
         let argv: Json<Vec<String>> = get(row, what, "argv")?;
         let duration_ms: Option<i64> = get(row, what, "duration_ms")?;
+        let timeout_ms: Option<i64> = get(row, what, "timeout_ms")?;
         StepRecord {
             id: get(row, what, "id")?,
             incident: get(row, what, "incident_id")?,
@@ -169,6 +170,11 @@ macro_rules! step_from_row {
             stdout: get(row, what, "stdout")?,
             stderr: get(row, what, "stderr")?,
             duration: duration_ms
+                .map(|ms| std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+            runner: get(row, what, "runner")?,
+            heartbeat_at: optional_time(row, what, "heartbeat_at")?,
+            step_pgid: get(row, what, "step_pgid")?,
+            timeout: timeout_ms
                 .map(|ms| std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
         }
     }};
@@ -206,6 +212,15 @@ macro_rules! suppression_from_row {
     }};
 }
 
+/// SQL that holds while no owner of the fence's target newer than this
+/// replica exists; binds `$first` (the target) and `$first + 1` (the epoch).
+fn unfenced(first: usize) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM ownership WHERE target = ${first} AND epoch > ${})",
+        first + 1
+    )
+}
+
 /// Is this a violation of a UNIQUE or a FOREIGN KEY constraint?
 fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
@@ -224,6 +239,65 @@ fn serde_word(value: impl serde::Serialize, fallback: impl FnOnce() -> String) -
 }
 
 impl Store {
+    /// The fence's binds: without a fence nothing is refused.
+    fn fence_target(&self) -> String {
+        self.fence
+            .as_ref()
+            .map_or_else(String::new, |f| f.target().to_string())
+    }
+
+    fn fence_epoch(&self) -> i64 {
+        self.fence.as_ref().map_or(i64::MAX, super::Fence::epoch)
+    }
+
+    /// After a fenced write changed nothing: `Fenced` when a newer owner
+    /// exists (logged loudly), else `None` (another reason).
+    async fn fenced_out(&self) -> Option<StoreError> {
+        let fence = self.fence.as_ref()?;
+        let newer = on_backend!(self, pool => {
+            sqlx::query_scalar::<_, i64>("SELECT epoch FROM ownership WHERE target = $1")
+                .bind(fence.target().to_string())
+                .fetch_optional(pool)
+                .await
+        })
+        .ok()
+        .flatten()?;
+        (newer > fence.epoch()).then(|| {
+            let error = StoreError::Fenced {
+                target: fence.target().to_string(),
+                epoch: fence.epoch(),
+                newer,
+            };
+            tracing::error!(target_name = %fence.target(), "FENCED: {error}");
+            super::FENCED_WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            error
+        })
+    }
+
+    /// Takes `target` over: raises its ownership epoch (the first owner gets
+    /// epoch one) and returns it. Every acting write of the previous owner is
+    /// refused from now on (`Fence`).
+    pub async fn take_ownership(
+        &self,
+        target: &str,
+        owner: &str,
+        at_: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        on_backend!(self, pool => {
+            sqlx::query_scalar::<_, i64>(
+                "INSERT INTO ownership (target, epoch, owner, acquired_at) VALUES ($1, 1, $2, $3) \
+                 ON CONFLICT (target) DO UPDATE SET epoch = ownership.epoch + 1, \
+                 owner = excluded.owner, acquired_at = excluded.acquired_at RETURNING epoch",
+            )
+            .bind(target.to_string())
+            .bind(owner.to_string())
+            .bind(at(at_))
+            .fetch_one(pool)
+            .await
+            .map_err(query_failed("take ownership"))
+        })
+    }
+
     /// Records a deployment; returns its id.
     pub async fn record_deployment(&self, deployment: &NewDeployment) -> Result<i64, StoreError> {
         on_backend!(self, pool => {
@@ -275,9 +349,12 @@ impl Store {
     pub async fn open_incident(&self, incident: &NewIncident) -> Result<i64, StoreError> {
         let inserted = on_backend!(self, pool => {
             sqlx::query(
-                "INSERT INTO incidents (target, kind, tier, rule, reason, component, from_version, \
-                 to_version, opened_at, phase, phase_at, deadline) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'open', $9, $10) RETURNING id",
+                sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO incidents (target, kind, tier, rule, reason, component, from_version, \
+                     to_version, opened_at, phase, phase_at, deadline) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 'open', $9, $10 WHERE {} RETURNING id",
+                    unfenced(11)
+                )),
             )
             .bind(incident.target.clone())
             .bind(incident.kind.as_str())
@@ -289,12 +366,20 @@ impl Store {
             .bind(incident.to_version.clone())
             .bind(at(incident.opened_at))
             .bind(optional(incident.deadline))
+            .bind(self.fence_target())
+            .bind(self.fence_epoch())
             .fetch_one(pool)
             .await
             .and_then(|row| row.try_get::<i64, _>(0))
         });
         match inserted {
             Ok(id) => Ok(id),
+            Err(sqlx::Error::RowNotFound) => {
+                Err(self.fenced_out().await.unwrap_or(StoreError::Invalid {
+                    what: "incident",
+                    reason: "the insert stored nothing".to_string(),
+                }))
+            }
             Err(error) if is_unique_violation(&error) => {
                 let existing = self
                     .unresolved_incident_id(&incident.target)
@@ -324,6 +409,9 @@ impl Store {
 
     /// After an UPDATE of an unresolved incident changed nothing: which error?
     async fn incident_not_changed(&self, id: i64) -> StoreError {
+        if let Some(fenced) = self.fenced_out().await {
+            return fenced;
+        }
         let exists = on_backend!(self, pool => {
             sqlx::query_scalar::<_, i64>("SELECT id FROM incidents WHERE id = $1")
                 .bind(id)
@@ -348,14 +436,19 @@ impl Store {
     ) -> Result<(), StoreError> {
         let changed = on_backend!(self, pool => {
             sqlx::query(
-                "UPDATE incidents SET phase = $2, phase_at = $3, \
-                 watch_until = COALESCE($4, watch_until) \
-                 WHERE id = $1 AND phase <> 'resolved'",
+                sqlx::AssertSqlSafe(format!(
+                    "UPDATE incidents SET phase = $2, phase_at = $3, \
+                     watch_until = COALESCE($4, watch_until) \
+                     WHERE id = $1 AND phase <> 'resolved' AND {}",
+                    unfenced(5)
+                )),
             )
             .bind(id)
             .bind(phase.as_str())
             .bind(at(at_))
             .bind(optional(watch_until))
+            .bind(self.fence_target())
+            .bind(self.fence_epoch())
             .execute(pool)
             .await
             .map_err(query_failed("set incident phase"))?
@@ -379,14 +472,19 @@ impl Store {
     ) -> Result<(), StoreError> {
         let changed = on_backend!(self, pool => {
             sqlx::query(
-                "UPDATE incidents SET component = $2, from_version = $3, to_version = $4, \
-                 reason = $5 WHERE id = $1 AND phase <> 'resolved'",
+                sqlx::AssertSqlSafe(format!(
+                    "UPDATE incidents SET component = $2, from_version = $3, to_version = $4, \
+                     reason = $5 WHERE id = $1 AND phase <> 'resolved' AND {}",
+                    unfenced(6)
+                )),
             )
             .bind(id)
             .bind(component.map(str::to_string))
             .bind(from_version.map(str::to_string))
             .bind(to_version.map(str::to_string))
             .bind(reason.to_string())
+            .bind(self.fence_target())
+            .bind(self.fence_epoch())
             .execute(pool)
             .await
             .map_err(query_failed("amend incident"))?
@@ -405,9 +503,14 @@ impl Store {
         deadline: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
         let changed = on_backend!(self, pool => {
-            sqlx::query("UPDATE incidents SET deadline = $2 WHERE id = $1 AND phase <> 'resolved'")
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE incidents SET deadline = $2 WHERE id = $1 AND phase <> 'resolved' AND {}",
+                unfenced(3)
+            )))
                 .bind(id)
                 .bind(optional(deadline))
+                .bind(self.fence_target())
+                .bind(self.fence_epoch())
                 .execute(pool)
                 .await
                 .map_err(query_failed("set incident deadline"))?
@@ -428,12 +531,17 @@ impl Store {
     ) -> Result<(), StoreError> {
         let changed = on_backend!(self, pool => {
             sqlx::query(
-                "UPDATE incidents SET phase = 'resolved', phase_at = $3, resolved_at = $3, \
-                 outcome = $2 WHERE id = $1 AND phase <> 'resolved'",
+                sqlx::AssertSqlSafe(format!(
+                    "UPDATE incidents SET phase = 'resolved', phase_at = $3, resolved_at = $3, \
+                     outcome = $2 WHERE id = $1 AND phase <> 'resolved' AND {}",
+                    unfenced(4)
+                )),
             )
             .bind(id)
             .bind(outcome.as_str())
             .bind(at(at_))
+            .bind(self.fence_target())
+            .bind(self.fence_epoch())
             .execute(pool)
             .await
             .map_err(query_failed("resolve incident"))?
@@ -560,13 +668,14 @@ impl Store {
         };
         let cause = serde_word(decision.cause, || format!("{:?}", decision.cause));
         let inserted = on_backend!(self, pool => {
-            sqlx::query(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO decisions (incident_id, target, at, action, tier, rule, cause, guard, \
                  explanation, reading, deadline, component, from_version, to_version, policy_path, \
                  policy_sha256) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-                 RETURNING id",
-            )
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 \
+                 WHERE {} RETURNING id",
+                unfenced(17)
+            )))
             .bind(incident)
             .bind(target.to_string())
             .bind(at(decision.at))
@@ -583,11 +692,19 @@ impl Store {
             .bind(decision.to_version.clone())
             .bind(policy.path.clone())
             .bind(policy.sha256.clone())
+            .bind(self.fence_target())
+            .bind(self.fence_epoch())
             .fetch_one(pool)
             .await
             .and_then(|row| row.try_get::<i64, _>(0))
         });
         match inserted {
+            Err(sqlx::Error::RowNotFound) => {
+                Err(self.fenced_out().await.unwrap_or(StoreError::Invalid {
+                    what: "decision",
+                    reason: "the insert stored nothing".to_string(),
+                }))
+            }
             Err(error) if is_foreign_key_violation(&error) => {
                 Err(StoreError::NoSuchIncident(incident.unwrap_or_default()))
             }
@@ -622,21 +739,30 @@ impl Store {
         started_at: DateTime<Utc>,
     ) -> Result<i64, StoreError> {
         let inserted = on_backend!(self, pool => {
-            sqlx::query(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO steps (incident_id, name, stage, component, argv, started_at, outcome) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'running') RETURNING id",
-            )
+                 SELECT $1, $2, $3, $4, $5, $6, 'running' WHERE {} RETURNING id",
+                unfenced(7)
+            )))
             .bind(incident)
             .bind(step.name.clone())
             .bind(step.stage.as_str())
             .bind(step.component.clone())
             .bind(Json(step.argv.clone()))
             .bind(at(started_at))
+            .bind(self.fence_target())
+            .bind(self.fence_epoch())
             .fetch_one(pool)
             .await
             .and_then(|row| row.try_get::<i64, _>(0))
         });
         match inserted {
+            Err(sqlx::Error::RowNotFound) => {
+                Err(self.fenced_out().await.unwrap_or(StoreError::Invalid {
+                    what: "step",
+                    reason: "the insert stored nothing".to_string(),
+                }))
+            }
             Err(error) if is_foreign_key_violation(&error) => {
                 Err(StoreError::NoSuchIncident(incident))
             }
@@ -688,21 +814,134 @@ impl Store {
     ) -> Result<(), StoreError> {
         let changed = on_backend!(self, pool => {
             sqlx::query(
-                "UPDATE steps SET ended_at = $2, outcome = 'unknown', detail = $3 \
-                 WHERE id = $1 AND outcome = 'running'",
+                sqlx::AssertSqlSafe(format!(
+                    "UPDATE steps SET ended_at = $2, outcome = 'unknown', detail = $3 \
+                     WHERE id = $1 AND outcome = 'running' AND {}",
+                    unfenced(4)
+                )),
             )
             .bind(step_id)
             .bind(at(at_))
             .bind(detail.to_string())
+            .bind(self.fence_target())
+            .bind(self.fence_epoch())
             .execute(pool)
             .await
             .map_err(query_failed("mark step unknown"))?
+            .rows_affected()
+        });
+        if changed == 0
+            && let Some(fenced) = self.fenced_out().await
+        {
+            return Err(fenced);
+        }
+        if changed == 0 {
+            return Err(StoreError::StepNotRunning(step_id));
+        }
+        Ok(())
+    }
+
+    /// A step a waiter closed as `unknown` (its runner looked gone) whose
+    /// runner then recorded its real end: the end is a fact and replaces the
+    /// guess.
+    pub async fn step_end_corrected(&self, step_id: i64, end: &StepEnd) -> Result<(), StoreError> {
+        let duration_ms = i64::try_from(end.duration.as_millis()).unwrap_or(i64::MAX);
+        let changed = on_backend!(self, pool => {
+            sqlx::query(
+                "UPDATE steps SET ended_at = $2, outcome = $3, exit_code = $4, detail = $5, \
+                 stdout = $6, stderr = $7, duration_ms = $8 \
+                 WHERE id = $1 AND outcome = 'unknown'",
+            )
+            .bind(step_id)
+            .bind(at(end.ended_at))
+            .bind(end.outcome.as_str())
+            .bind(end.exit_code)
+            .bind(format!(
+                "{} (recorded by its runner after rollwatch had given up on it)",
+                end.detail.as_deref().unwrap_or("ended")
+            ))
+            .bind(keep_tail(&end.stdout).to_string())
+            .bind(keep_tail(&end.stderr).to_string())
+            .bind(duration_ms)
+            .execute(pool)
+            .await
+            .map_err(query_failed("correct a step's end"))?
             .rows_affected()
         });
         if changed == 0 {
             return Err(StoreError::StepNotRunning(step_id));
         }
         Ok(())
+    }
+
+    /// The runner that runs step `step_id` names itself (`HOST:PID`) and the
+    /// step's timeout, with its first heartbeat. Refused (`StepNotRunning`)
+    /// when the step is no longer `running` (a waiter gave up on it): the
+    /// runner then does not run it.
+    pub async fn step_runner_attached(
+        &self,
+        step_id: i64,
+        runner: &str,
+        timeout: std::time::Duration,
+        at_: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        let changed = on_backend!(self, pool => {
+            sqlx::query(
+                "UPDATE steps SET runner = $2, timeout_ms = $3, heartbeat_at = $4 \
+                 WHERE id = $1 AND outcome = 'running'",
+            )
+            .bind(step_id)
+            .bind(runner.to_string())
+            .bind(timeout_ms)
+            .bind(at(at_))
+            .execute(pool)
+            .await
+            .map_err(query_failed("store the step's runner"))?
+            .rows_affected()
+        });
+        if changed == 0 {
+            return Err(StoreError::StepNotRunning(step_id));
+        }
+        Ok(())
+    }
+
+    /// The runner of a running step is alive at `at_`; `pgid` is the step's
+    /// process group once spawned.
+    pub async fn step_heartbeat(
+        &self,
+        step_id: i64,
+        at_: DateTime<Utc>,
+        pgid: Option<i32>,
+    ) -> Result<(), StoreError> {
+        on_backend!(self, pool => {
+            sqlx::query(
+                "UPDATE steps SET heartbeat_at = $2, step_pgid = COALESCE($3, step_pgid) \
+                 WHERE id = $1 AND outcome = 'running'",
+            )
+            .bind(step_id)
+            .bind(at(at_))
+            .bind(pgid)
+            .execute(pool)
+            .await
+            .map_err(query_failed("store the step's heartbeat"))?;
+        });
+        Ok(())
+    }
+
+    /// One stored step.
+    pub async fn step(&self, step_id: i64) -> Result<Option<StepRecord>, StoreError> {
+        on_backend!(self, pool => {
+            let row = sqlx::query("SELECT * FROM steps WHERE id = $1")
+                .bind(step_id)
+                .fetch_optional(pool)
+                .await
+                .map_err(query_failed("read a step"))?;
+            match row {
+                Some(row) => Ok(Some(step_from_row!(&row))),
+                None => Ok(None),
+            }
+        })
     }
 
     /// An incident's steps in the order they started.
