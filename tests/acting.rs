@@ -24,6 +24,7 @@ const STEP_SCRIPT: &str = r#"#!/bin/sh
 # A procedure step for tests: records the call, fails when asked, waits while held.
 name="$1"
 dir="$(dirname "$0")"
+env > "$dir/env-$name"
 echo "$name incident=$ROLLWATCH_INCIDENT_ID service=$ROLLWATCH_SERVICE env=$ROLLWATCH_ENVIRONMENT component=$ROLLWATCH_COMPONENT from=$ROLLWATCH_FROM_VERSION to=$ROLLWATCH_TO_VERSION dry=$ROLLWATCH_DRY_RUN" >> "$dir/calls.log"
 if [ -e "$dir/fail-$name" ]; then echo "failing $name on purpose" >&2; exit 3; fi
 while [ -e "$dir/hold-$name" ]; do sleep 0.05; done
@@ -1117,4 +1118,78 @@ fn the_systemd_unit_sends_the_stop_signal_to_rollwatch_alone() {
         "TimeoutStopSec={stop} must exceed the 60 s grace"
     );
     assert_eq!(setting("Restart").as_deref(), Some("always"));
+}
+
+/// Steps get `PATH`, `HOME`, `LANG`..., the `ROLLWATCH_*` step variables and
+/// what the policy lists in `env`, never rollwatch's own secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_get_a_clean_environment_with_what_the_policy_lists() {
+    let world = World::new(None, "").await;
+    let text = std::fs::read_to_string(&world.policy).unwrap().replace(
+        "name = \"rollback-app\"\n",
+        "name = \"rollback-app\"\nenv = [\"DEPLOY_CONTEXT\"]\n",
+    );
+    std::fs::write(&world.policy, text).unwrap();
+    let _heal = world.rollback_heals();
+    let _rollwatch = world.start(&[
+        ("ROLLWATCH_API_TOKEN", "tok-s3cret"),
+        ("SMTP_PASSWORD", "pw-s3cret"),
+        ("DEPLOY_CONTEXT", "prod-cluster"),
+    ]);
+    world.bad_deploy().await;
+    let incident = world.wait_for("ended", ended).await;
+    assert!(resolved_stable(&incident), "{}", world.output());
+    let env = std::fs::read_to_string(world.path("env-rollback-app")).unwrap();
+    assert!(!env.contains("s3cret"), "a secret reached the step:\n{env}");
+    assert!(env.contains("DEPLOY_CONTEXT=prod-cluster"), "{env}");
+    assert!(
+        env.contains(&format!("ROLLWATCH_INCIDENT_ID={}", incident.id)),
+        "{env}"
+    );
+    assert!(env.lines().any(|l| l.starts_with("PATH=")), "{env}");
+    let smoke = std::fs::read_to_string(world.path("env-smoke-tests")).unwrap();
+    assert!(
+        !smoke.contains("DEPLOY_CONTEXT"),
+        "only the step that lists it: {smoke}"
+    );
+    assert!(!smoke.contains("s3cret"), "{smoke}");
+}
+
+/// The version comes from the service being judged: a bad deploy whose
+/// `app_build_info` version holds a NUL byte and 60 KB of junk is still
+/// rolled back (a NUL or 128 KiB cannot be passed to a step); the step sees
+/// a bounded, printable version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_version_label_cannot_block_its_own_rollback() {
+    let world = World::new(None, "").await;
+    let _heal = world.rollback_heals();
+    let _rollwatch = world.start(&[]);
+    world.healthy_seen().await;
+    world.service.set(|k| {
+        k.version = format!("v2\0{}", "x".repeat(60_000));
+        k.error_rate = 0.3;
+    });
+    let incident = world.wait_for("ended", ended).await;
+    assert!(
+        resolved_stable(&incident),
+        "{incident:#?}\n{}",
+        world.output()
+    );
+    assert_eq!(world.count("rollback-app"), 1);
+    let call = world
+        .calls()
+        .into_iter()
+        .find(|l| l.starts_with("rollback-app "))
+        .unwrap();
+    let from = call
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("from="))
+        .unwrap();
+    assert!(from.len() <= 128, "{} bytes: {from}", from.len());
+    assert!(from.starts_with("v2\\u{0}xxx"), "{from}");
+    assert!(from.contains('~'), "ends in a hash of the original: {from}");
+    assert!(
+        world.output().contains("not clean printable text"),
+        "said once, with the hash"
+    );
 }

@@ -173,6 +173,7 @@ async fn regression_a_check_that_backgrounds_a_child_leaves_nothing_running_and_
         shell: false,
         timeout: std::time::Duration::from_secs(10),
         env: Vec::new(),
+        pass_env: Vec::new(),
         kill_group_on_exit: true,
     };
     let outcome = run(&spec).await;

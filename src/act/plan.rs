@@ -253,6 +253,7 @@ mod tests {
                 shell: false,
                 timeout: Duration::from_secs(secs),
                 env: Vec::new(),
+                pass_env: Vec::new(),
                 kill_group_on_exit: false,
             },
             idempotent: false,

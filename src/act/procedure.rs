@@ -95,7 +95,7 @@ impl Context {
             ("ROLLWATCH_DRY_RUN", "0".to_string()),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
+        .map(|(k, v)| (k.to_string(), env_value(v)))
         .collect()
     }
 
@@ -117,6 +117,27 @@ impl Context {
             .await
             .map_err(|e| format!("cannot record the incident's phase {}: {e}", phase.as_str()))
     }
+}
+
+/// A value a step can always be started with: no NUL byte (a human's reason
+/// or an old record may hold one), at most 16 KiB (the kernel refuses a
+/// variable over 128 KiB).
+fn env_value(value: String) -> String {
+    const LIMIT: usize = 16 * 1024;
+    let mut value = if value.contains('\0') {
+        value.replace('\0', "\u{fffd}")
+    } else {
+        value
+    };
+    if value.len() > LIMIT {
+        let mut cut = LIMIT;
+        while !value.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        value.truncate(cut);
+        value.push_str(" [cut]");
+    }
+    value
 }
 
 /// Runs the procedure of `ctx.incident` from wherever its stored steps say it

@@ -50,6 +50,7 @@ pub struct Request {
     pub shell: bool,
     pub timeout_ms: u64,
     pub env: Vec<(String, String)>,
+    pub pass_env: Vec<String>,
 }
 
 /// What a runner prints on stdout when the step has ended.
@@ -119,6 +120,7 @@ pub async fn run(store: &Store, step: i64, spec: &CommandSpec, program: &std::pa
         shell: spec.shell,
         timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
         env: spec.env.clone(),
+        pass_env: spec.pass_env.clone(),
     };
     let not_started = |why: String| Ran {
         end: StepEnd {
@@ -305,6 +307,7 @@ async fn supervise(request: &Request) -> Report {
         shell: request.shell,
         timeout,
         env: request.env.clone(),
+        pass_env: request.pass_env.clone(),
         kill_group_on_exit: false,
     };
     let (pgid_tx, pgid_rx) = tokio::sync::watch::channel(None::<i32>);

@@ -93,3 +93,81 @@ impl Event {
         }
     }
 }
+
+/// The longest version the engine keeps, in bytes.
+pub const VERSION_LIMIT: usize = 128;
+
+/// A version as the engine keeps it: the service being judged reports it
+/// (a `*_build_info` label), so it must never be able to stop its own
+/// rollback (a NUL byte or 128 KiB cannot be passed to a step) nor flood a
+/// message. Printable text of at most `VERSION_LIMIT` bytes passes as it is;
+/// anything else has its control characters escaped, is cut, and ends in
+/// `~` and the first 12 hex digits of the original's SHA-256, so that two
+/// different hostile versions stay different. `Err` carries the clean
+/// version and a warning that names the original's length and hash.
+pub fn clean_version(raw: &str) -> Result<&str, (String, String)> {
+    if raw.len() <= VERSION_LIMIT && !raw.chars().any(char::is_control) {
+        return Ok(raw);
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(raw.as_bytes());
+    let hash: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let suffix = format!("~{}", &hash[..12]);
+    let room = VERSION_LIMIT - suffix.len();
+    let mut clean = String::with_capacity(VERSION_LIMIT);
+    for c in raw.chars() {
+        let piece = if c.is_control() {
+            c.escape_unicode().to_string()
+        } else {
+            c.to_string()
+        };
+        if clean.len() + piece.len() > room {
+            break;
+        }
+        clean.push_str(&piece);
+    }
+    clean.push_str(&suffix);
+    let warning = format!(
+        "the reported version is not clean printable text of at most {VERSION_LIMIT} bytes ({} bytes{}): using {clean:?} (sha256 of the original: {hash})",
+        raw.len(),
+        if raw.chars().any(char::is_control) {
+            ", with control characters"
+        } else {
+            ""
+        }
+    );
+    Err((clean, warning))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clean_version_passes_as_it_is() {
+        assert_eq!(
+            clean_version("v2.3.1-rc.1+build.7"),
+            Ok("v2.3.1-rc.1+build.7")
+        );
+        assert_eq!(clean_version("版本-2"), Ok("版本-2"));
+    }
+
+    #[test]
+    fn a_hostile_version_is_bounded_printable_and_still_distinct() {
+        let hostile = format!("v6\0{}", "x".repeat(60_000));
+        let (clean, warning) = clean_version(&hostile).unwrap_err();
+        assert!(clean.len() <= VERSION_LIMIT, "{}", clean.len());
+        assert!(!clean.chars().any(char::is_control), "{clean:?}");
+        assert!(clean.starts_with("v6\\u{0}x"), "{clean:?}");
+        assert!(
+            warning.contains("60003 bytes, with control characters"),
+            "{warning}"
+        );
+        let other = format!("v6\0{}", "y".repeat(60_000));
+        assert_ne!(clean_version(&other).unwrap_err().0, clean);
+        // Long but clean text is cut the same way.
+        let long = "a".repeat(200);
+        let (cut, _) = clean_version(&long).unwrap_err();
+        assert_eq!(cut.len(), VERSION_LIMIT);
+    }
+}

@@ -383,7 +383,8 @@ impl Engine {
             tracing::warn!(target_service = %self.policy.service, at = %now, "observation: {problem}");
         }
         if let Some(version) = &observation.version {
-            self.observe_version(now, version);
+            let version = self.clean_version(version);
+            self.observe_version(now, &version);
         }
         let keep = self.policy.rules_span() + self.policy.evaluation.interval;
         self.history.push(sample, keep);
@@ -425,6 +426,8 @@ impl Engine {
                 previous,
                 migrations,
             } => {
+                let version = version.map(|v| self.clean_version(&v).into_owned());
+                let previous = previous.map(|v| self.clean_version(&v).into_owned());
                 // The version counts as running once observed (a rollout may lag).
                 let previous = previous.or_else(|| self.last_seen_version.clone());
                 self.deployed(at, version, previous, migrations, false);
@@ -684,6 +687,20 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// `input::clean_version`, said when the cleaned version is new (not at
+    /// every poll of the same hostile version).
+    fn clean_version<'v>(&self, version: &'v str) -> std::borrow::Cow<'v, str> {
+        match input::clean_version(version) {
+            Ok(clean) => std::borrow::Cow::Borrowed(clean),
+            Err((clean, warning)) => {
+                if self.last_seen_version.as_deref() != Some(clean.as_str()) {
+                    tracing::warn!(target_service = %self.policy.service, "{warning}");
+                }
+                std::borrow::Cow::Owned(clean)
+            }
+        }
     }
 
     fn observe_version(&mut self, now: DateTime<Utc>, version: &str) {

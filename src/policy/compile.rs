@@ -107,6 +107,7 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Compiled, V
                 .to_std()
                 .unwrap_or(DEFAULT_CHECK_TIMEOUT)
         });
+        let pass_env = env_names(&mut problems, check.env);
         checks.push(CheckConfig {
             name,
             command: CommandSpec {
@@ -114,6 +115,7 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Compiled, V
                 shell: check.shell.unwrap_or(false),
                 timeout,
                 env: Vec::new(),
+                pass_env,
                 kill_group_on_exit: true,
             },
         });
@@ -1162,6 +1164,41 @@ fn http_url(problems: &mut Problems, value: Spanned<String>) -> String {
     url.to_string()
 }
 
+/// `env = [...]` of a step or check: the names of rollwatch's variables it
+/// gets as they are (it gets nothing else of rollwatch's environment but
+/// `PATH`, `HOME`, `LANG`, `LC_ALL`, `TZ`, `TMPDIR` and the `ROLLWATCH_*` step
+/// variables).
+fn env_names(problems: &mut Problems, raw: Option<Spanned<Vec<String>>>) -> Vec<String> {
+    let Some(raw) = raw else {
+        return Vec::new();
+    };
+    let span = raw.span();
+    let names = raw.into_inner();
+    for name in &names {
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            problems.add(
+                span.clone(),
+                format!(
+                    "env: {name:?} is not a variable name, expected names like \"KUBECONFIG\" (letters, digits, _)"
+                ),
+            );
+        } else if name.starts_with("ROLLWATCH_") {
+            problems.add(
+                span.clone(),
+                format!(
+                    "env: {name:?} is rollwatch's own (its token, or a step variable rollwatch sets), expected another variable"
+                ),
+            );
+        }
+    }
+    names
+}
+
 pub const DEFAULT_STEP_TIMEOUT_SECS: i64 = 10 * 60;
 pub const DEFAULT_BACKUP_BUDGET_SECS: i64 = 2 * 60;
 
@@ -1198,6 +1235,7 @@ fn compile_procedure(problems: &mut Problems, raw: RawProcedure) -> Procedure {
             .to_std()
             .unwrap_or_default();
         let component = step.component.map(|c| non_empty(problems, c, "component"));
+        let pass_env = env_names(problems, step.env);
         let Some(stage) = stage else { continue };
         // A step that starts services must leave them running: only a timeout ends its group.
         let command = CommandSpec {
@@ -1205,6 +1243,7 @@ fn compile_procedure(problems: &mut Problems, raw: RawProcedure) -> Procedure {
             shell: step.shell.unwrap_or(false),
             timeout,
             env: Vec::new(),
+            pass_env,
             kill_group_on_exit: false,
         };
         steps.push(Step {

@@ -161,6 +161,7 @@ pub struct RawCheck {
     pub command: S<Vec<String>>,
     pub shell: Option<bool>,
     pub timeout: Option<S<HumanDuration>>,
+    pub env: Option<S<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,6 +184,7 @@ pub struct RawStep {
     pub component: Option<S<String>>,
     pub shell: Option<bool>,
     pub idempotent: Option<bool>,
+    pub env: Option<S<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -612,3 +612,30 @@ fn broken_channels_are_errors_that_say_where_and_what() {
     );
     assert!(errors.contains("needs `to`"), "{errors}");
 }
+
+#[test]
+fn a_steps_env_names_variables_and_never_rollwatchs_own() {
+    let text = format!(
+        "{MINIMAL}[procedure]\n[[procedure.step]]\nname = \"app\"\nstage = \"application\"\ncommand = [\"./app.sh\"]\nenv = [\"KUBECONFIG\", \"BAD-NAME\", \"ROLLWATCH_API_TOKEN\"]\n"
+    );
+    let errors = compile(&text).unwrap_err().to_string();
+    assert!(
+        errors.contains("\"BAD-NAME\" is not a variable name"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("\"ROLLWATCH_API_TOKEN\" is rollwatch's own"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("p.toml:15:7"),
+        "located at the list: {errors}"
+    );
+    let text = format!(
+        "{MINIMAL}[procedure]\n[[procedure.step]]\nname = \"app\"\nstage = \"application\"\ncommand = [\"./app.sh\"]\nidempotent = true\nenv = [\"KUBECONFIG\"]\n"
+    );
+    let compiled = compile_bytes("p.toml", text.as_bytes(), no_env).unwrap();
+    let step = &compiled.procedure.unwrap().steps[0];
+    assert!(step.idempotent);
+    assert_eq!(step.command.pass_env, ["KUBECONFIG"]);
+}

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
+/// What every command gets of rollwatch's environment, when set.
+pub const BASE_ENV: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
 /// How much of each stream is kept: the last 64 KiB.
 pub const OUTPUT_CAP: usize = 64 * 1024;
 /// Between SIGTERM and SIGKILL to the process group on timeout.
@@ -25,7 +28,13 @@ pub struct CommandSpec {
     /// Run `argv` joined as one `sh -c` string.
     pub shell: bool,
     pub timeout: Duration,
+    /// Variables the command gets besides `BASE_ENV`: nothing else of
+    /// rollwatch's own environment (its API token, SMTP password, database
+    /// URL) reaches it.
     pub env: Vec<(String, String)>,
+    /// Names of rollwatch's variables passed through as they are (the
+    /// policy's `env = [...]`), looked up when the command starts.
+    pub pass_env: Vec<String>,
     /// Once the command exits, end whatever it left running in its process
     /// group (checks: yes; a step that starts services: no).
     pub kill_group_on_exit: bool,
@@ -94,6 +103,16 @@ pub async fn run_reporting(spec: &CommandSpec, spawned: impl FnOnce(u32)) -> Com
         c.args(args);
         c
     };
+    command.env_clear();
+    for name in BASE_ENV
+        .iter()
+        .copied()
+        .chain(spec.pass_env.iter().map(String::as_str))
+    {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
     command
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -254,6 +273,7 @@ mod tests {
             shell: false,
             timeout: Duration::from_millis(timeout_ms),
             env: vec![("ROLLWATCH_TEST".into(), "yes".into())],
+            pass_env: Vec::new(),
             kill_group_on_exit: true,
         }
     }

@@ -124,6 +124,7 @@ mod tests {
             shell: false,
             timeout: Duration::from_secs(60),
             env: Vec::new(),
+            pass_env: Vec::new(),
             kill_group_on_exit: false,
         };
         Step {
