@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::drive::{self, DriveError, Rollbacks};
 use crate::engine::Engine;
-use crate::engine::decision::Decision;
+use crate::engine::decision::{Cause, Decision};
 use crate::engine::policy::{Action, Policy};
 use crate::trace::{TraceItem, parse_line};
 
@@ -39,7 +39,10 @@ impl Summary {
             self.rollbacks += 1;
             self.first_rollback_at.get_or_insert(decision.at);
         }
-        if decision.action.pages() {
+        // An unanswered page escalating is the same incident's page reaching
+        // the escalation contacts, not a new page: it has its decision line
+        // but is not counted again.
+        if decision.action.pages() && decision.cause != Cause::Unanswered {
             self.pages += 1;
             self.first_page_at.get_or_insert(decision.at);
         }

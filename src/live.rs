@@ -412,6 +412,9 @@ pub fn print_decision(name: &str, decision: &Decision, dry_run: bool) {
                 .deadline
                 .map_or_else(|| "the deadline".into(), time_text)
         ),
+        Action::Page if decision.cause == crate::engine::decision::Cause::Unanswered => {
+            format!("{would}ESCALATE the unanswered page to the escalation contacts")
+        }
         Action::Page => format!("{would}PAGE on-call"),
         Action::Notify => format!("{would}NOTIFY the team"),
         Action::None => "no action".into(),

@@ -24,9 +24,11 @@
 //! The trace goes on as recorded after a rollback: where a fault outlasts a
 //! rollback (staging rolls back earlier than production), the watch escalates.
 //!
-//! Each expected line is `at action tier rule [(guard)] [deadline=T]`, then one
-//! `summary` line; times on 2026-11-24 are written HH:MM:SS. Whitespace
-//! between words does not matter.
+//! Each expected line is `at action tier rule [(guard)] [deadline=T]
+//! [[unanswered]]` (the last for the escalation of a page nobody answered,
+//! which the summary does not count as another page), then one `summary`
+//! line; times on 2026-11-24 are written HH:MM:SS. Whitespace between words
+//! does not matter.
 
 use std::path::Path;
 
@@ -144,6 +146,9 @@ fn render_decision(decision: &Value, policy_path: &str) -> String {
     }
     if let Some(deadline) = decision.get("deadline") {
         line.push_str(&format!(" deadline={}", clock(deadline)));
+    }
+    if decision.get("cause").and_then(Value::as_str) == Some("unanswered") {
+        line.push_str(" [unanswered]");
     }
     line.trim_end().to_string()
 }
@@ -488,6 +493,32 @@ fn errors_without_a_recent_deploy_page_instead_of_rolling_back() {
         "
         09:32:45 notify consider error-rate
         summary observations=161 rollbacks=0 first_rollback_at=null pages=0 first_page_at=null
+        ",
+    );
+}
+
+#[test]
+fn an_unanswered_page_escalates_exactly_escalate_after_later_and_is_not_counted_again() {
+    // As no-recent-deploy, with the errors going on to 09:50:00: paged at
+    // 09:32:45, nobody answers; `escalate_after` (default 15m) -> the page
+    // goes to the escalation contacts at 09:47:45, once. The summary counts
+    // one page: the escalation is that page reaching more people.
+    check_each(
+        &["production", "staging"],
+        "unanswered-page",
+        "
+        09:32:45 page consider error-rate (no-recent-deploy)
+        09:47:45 page consider error-rate [unanswered]
+        summary observations=201 rollbacks=0 first_rollback_at=null pages=1 first_page_at=09:32:45
+        ",
+    );
+    // Dev only notifies: nothing waits for an answer.
+    check(
+        "dev",
+        "unanswered-page",
+        "
+        09:32:45 notify consider error-rate
+        summary observations=201 rollbacks=0 first_rollback_at=null pages=0 first_page_at=null
         ",
     );
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
-use crate::engine::decision::{Cause, Decision};
+use crate::engine::decision::{Cause, Decision, awaits_answer};
 use crate::engine::input::Event;
 use crate::engine::policy::{Action, Tier};
 use crate::engine::signals::Sample;
@@ -66,8 +66,8 @@ pub struct Actor {
     bookkeeping_paused_until: Option<std::time::Instant>,
     /// Per stored incident, the last answer handed to the engine.
     applied_answers: HashMap<i64, i64>,
-    /// Per stored incident, when its page went out (until answered or escalated).
-    paged_at: HashMap<i64, DateTime<Utc>>,
+    /// The stored incident and the `clear_since` last written for it.
+    recorded_clear_since: Option<(i64, Option<DateTime<Utc>>)>,
     telemetry: Option<Arc<crate::telemetry::Telemetry>>,
     /// With several replicas: whether this one owns the target (its
     /// procedures start no step once it does not).
@@ -126,7 +126,7 @@ impl Actor {
             telemetry: None,
             owner: None,
             applied_answers: HashMap::new(),
-            paged_at: HashMap::new(),
+            recorded_clear_since: None,
         }
     }
 
@@ -172,7 +172,7 @@ impl Actor {
     pub fn reset_for_takeover(&mut self) {
         self.incidents.clear();
         self.applied_answers.clear();
-        self.paged_at.clear();
+        self.recorded_clear_since = None;
         self.resumed = false;
         self.bookkeeping_paused_until = None;
         self.recorded_deployment = None;
@@ -233,11 +233,16 @@ impl Actor {
     }
 
     /// Restores the latest recorded deployment and takes up unfinished
-    /// incidents: an open one keeps waiting for its deadline or answer; a
+    /// incidents with their timers at their stored instants
+    /// (`Engine::resume_incident` decides what they become): an open one keeps
+    /// waiting for its answer, its page-then-rollback deadline and the
+    /// escalation of its unanswered page (from the stored page's instant); a
     /// rollback that was running goes on where its stored steps say (never
-    /// repeating one that may have run); a watch starts over for its full time
-    /// (nothing was watched while rollwatch was down); an escalated one stays
-    /// with the humans.
+    /// repeating one that may have run); a watch ends at its stored end
+    /// (extended when too little of it is left to judge any rule: nothing was
+    /// watched while rollwatch was down); an escalated one stays with the
+    /// humans, and closes once its rules have been seen clear for
+    /// `resolve_after`, counting the clear time observed before the stop.
     pub async fn resume(
         &mut self,
         engine: &mut Engine,
@@ -287,19 +292,54 @@ impl Actor {
                 continue;
             }
             let decisions = self.store.decisions(record.id).await?;
+            let stored = |d: &crate::store::DecisionRecord| {
+                let action = Action::ALL
+                    .iter()
+                    .find(|(n, _)| *n == d.action)
+                    .map(|(_, a)| *a);
+                (action, Cause::named(&d.cause))
+            };
             let announced = decisions
                 .iter()
-                .filter_map(|d| Action::ALL.iter().find(|(n, _)| *n == d.action))
-                .map(|(_, a)| *a)
+                .filter_map(|d| stored(d).0)
                 .max()
                 .unwrap_or(Action::None);
+            let paged_at = decisions
+                .iter()
+                .find(|d| match stored(d) {
+                    (Some(action), Some(cause)) => awaits_answer(action, cause),
+                    _ => false,
+                })
+                .map(|d| d.at);
+            let unanswered_escalated = decisions
+                .iter()
+                .any(|d| d.cause == Cause::Unanswered.name());
+            // An approve sets no flag in the store, but it is an answer.
+            let approved = self
+                .store
+                .answers(record.id)
+                .await?
+                .iter()
+                .any(|a| a.kind == AnswerKind::Approve);
+            // The clear time seen before the stop ends at the last sample:
+            // what followed it was not observed.
+            let clear_for = match (
+                record.clear_since,
+                self.store.last_sample_at(record.id).await?,
+            ) {
+                (Some(since), Some(last)) if last > since => last - since,
+                _ => chrono::TimeDelta::zero(),
+            };
+            let stored_watch_end = record
+                .watch_until
+                .unwrap_or(record.phase_at + engine.policy().stabilization);
             let engine_phase = match phase {
                 IncidentPhase::Open => Phase::Open,
                 IncidentPhase::RollingBack
                 | IncidentPhase::Verifying
                 | IncidentPhase::Recovering => Phase::RollingBack,
                 IncidentPhase::Watching => Phase::Watching {
-                    until: now + engine.policy().stabilization,
+                    until: stored_watch_end,
                     saw_data: false,
                 },
                 IncidentPhase::Escalated => Phase::Escalated,
@@ -316,12 +356,15 @@ impl Actor {
                         phase: engine_phase,
                         phase_at: record.phase_at,
                         announced,
-                        acknowledged: record.acknowledged,
+                        acknowledged: record.acknowledged || approved,
                         held: record.held,
                         deadline: record.deadline,
                         declared: record.kind == IncidentKind::Declared,
                         from_version: record.from_version.clone(),
                         to_version: record.to_version.clone(),
+                        paged_at,
+                        unanswered_escalated,
+                        clear_for,
                     },
                 )
                 .map_err(|e| StoreError::Invalid {
@@ -329,6 +372,7 @@ impl Actor {
                     reason: e.to_string(),
                 })?;
             self.incidents.insert(id, record.id);
+            self.recorded_clear_since = Some((record.id, record.clear_since));
             self.say(&format!(
                 "{} {} taking up incident {} ({}, {} {}){}",
                 time_text(now),
@@ -373,22 +417,73 @@ impl Actor {
                     );
                 }
                 IncidentPhase::Watching => {
-                    if let Some(Phase::Watching { until, .. }) = engine.incident().map(|i| i.phase)
-                    {
+                    let Some(Phase::Watching { until, .. }) = engine.incident().map(|i| i.phase)
+                    else {
+                        continue;
+                    };
+                    let why = if until == stored_watch_end {
+                        "its stored end".to_string()
+                    } else {
+                        // The watch's start (the rollback's end) stays as stored.
                         self.store
                             .set_incident_phase(
                                 record.id,
                                 IncidentPhase::Watching,
-                                now,
+                                record.phase_at,
                                 Some(until),
                             )
                             .await?;
+                        format!(
+                            "extended from its stored end {}: too little was left to judge any rule (the longest rule's `for` plus one interval)",
+                            time_text(stored_watch_end)
+                        )
+                    };
+                    self.say(&format!(
+                        "{} {} incident {}: nothing was watched while rollwatch was down; watching again until {}, {why}",
+                        time_text(now),
+                        self.name,
+                        record.id,
+                        time_text(until)
+                    ));
+                }
+                IncidentPhase::Open => {
+                    let escalate_after = engine.policy().actions.escalate_after;
+                    let mut timers = Vec::new();
+                    if let Some(paged) = paged_at.filter(|_| {
+                        !unanswered_escalated && !record.acknowledged && !approved && !record.held
+                    }) {
+                        timers.push(format!(
+                            "the page of {} escalates at {} unless answered",
+                            time_text(paged),
+                            time_text(paged + escalate_after)
+                        ));
+                    }
+                    let resumed = engine.incident();
+                    if let Some(deadline) = resumed.and_then(|i| i.deadline) {
+                        let postponed = resumed.and_then(|i| i.deadline_postponed_from);
+                        if let Some(stored) = postponed {
+                            self.store
+                                .set_incident_deadline(record.id, Some(deadline))
+                                .await?;
+                            timers.push(format!(
+                                "the automatic rollback due at {} is postponed to {}: the breach must be confirmed on current data first",
+                                time_text(stored),
+                                time_text(deadline)
+                            ));
+                        } else {
+                            timers.push(format!(
+                                "the automatic rollback is due at {} unless answered",
+                                time_text(deadline)
+                            ));
+                        }
+                    }
+                    if !timers.is_empty() {
                         self.say(&format!(
-                            "{} {} incident {}: nothing was watched while rollwatch was down; watching again until {}",
+                            "{} {} incident {}: {}",
                             time_text(now),
                             self.name,
                             record.id,
-                            time_text(until)
+                            timers.join("; ")
                         ));
                     }
                 }
@@ -505,6 +600,23 @@ impl Actor {
         else {
             return;
         };
+        // The clear clock before the samples: a restart counts the clear time
+        // up to the latest stored sample, so a sample must never be stored
+        // after a breach whose reset of the clock is not.
+        let clear_since = engine.incident().and_then(|i| i.clear_since());
+        if self.recorded_clear_since != Some((incident, clear_since)) {
+            match self
+                .store
+                .set_incident_clear_since(incident, clear_since)
+                .await
+            {
+                Ok(()) => self.recorded_clear_since = Some((incident, clear_since)),
+                Err(error) => {
+                    tracing::warn!(target_name = %self.name, %error, "cannot record how long the rules have been clear");
+                    return;
+                }
+            }
+        }
         let fresh: Vec<SamplePoint> = engine
             .samples()
             .filter(|s| self.last_sample_at.is_none_or(|t| s.at() > t))
@@ -544,7 +656,6 @@ impl Actor {
                     answer.kind.as_str(),
                     answer.by
                 ));
-                self.paged_at.remove(&incident);
                 events.push(match answer.kind {
                     AnswerKind::Ack => Event::Ack { by },
                     AnswerKind::Hold => Event::Hold { by },
@@ -556,61 +667,6 @@ impl Actor {
             }
         }
         events
-    }
-
-    /// A page nobody answered within `escalate_after` goes to the escalation
-    /// contacts, once.
-    pub async fn escalate_unanswered(&mut self, engine: &Engine, now: DateTime<Utc>) {
-        let after = self
-            .target
-            .notify
-            .as_ref()
-            .map_or(crate::notify::config::DEFAULT_ESCALATE_AFTER, |n| {
-                n.escalate_after
-            });
-        let after = chrono::TimeDelta::from_std(after).unwrap_or(chrono::TimeDelta::MAX);
-        let answered = engine
-            .incident()
-            .is_some_and(|i| i.acknowledged || i.held || i.phase != Phase::Open);
-        let due: Vec<(i64, DateTime<Utc>)> = self
-            .paged_at
-            .iter()
-            .filter(|(_, at)| now - **at >= after)
-            .map(|(id, at)| (*id, *at))
-            .collect();
-        for (incident, paged) in due {
-            self.paged_at.remove(&incident);
-            if answered {
-                continue;
-            }
-            let Some(engine_incident) = engine.incident() else {
-                continue;
-            };
-            let message = message::unanswered_page(
-                &self.target.policy,
-                engine_incident,
-                incident,
-                paged,
-                after,
-                now,
-                self.store.database(),
-            );
-            self.say(&format!(
-                "{} {} {}",
-                time_text(now),
-                self.name,
-                message.subject
-            ));
-            for row in message.addressed(
-                self.target.notify.as_ref(),
-                &format!("incident:{incident}:unanswered"),
-            ) {
-                if let Err(error) = self.store.enqueue_notification(&row).await {
-                    tracing::error!(target_name = %self.name, %error, "cannot store the escalation");
-                }
-            }
-            self.delivery.notify_one();
-        }
     }
 
     /// Carries out a drill when the policy schedules them and the last one is
@@ -820,8 +876,25 @@ impl Actor {
                     self.done = Some(IncidentEnd::Escalated);
                 }
             }
+            (_, Cause::Unanswered) => {
+                // The engine's escalation deadline passed: carry it out.
+                if let Some(message) = message::for_decision(
+                    &self.target.policy,
+                    decision,
+                    Some(id),
+                    self.store.database(),
+                ) {
+                    self.say(&format!(
+                        "{} {} {}",
+                        time_text(decision.at),
+                        self.name,
+                        message.subject
+                    ));
+                }
+                self.tell(Some(id), decision, &format!("incident:{id}:unanswered"))
+                    .await;
+            }
             (Action::Page | Action::PageThenRollback, _) => {
-                self.paged_at.entry(id).or_insert(decision.at);
                 if let Some(deadline) = decision.deadline {
                     self.write(
                         "record the deadline",
@@ -830,6 +903,13 @@ impl Actor {
                 }
                 self.tell(Some(id), decision, &format!("incident:{id}:page"))
                     .await;
+            }
+            (_, Cause::Acknowledged | Cause::Held) => {
+                // The answer cancelled the automatic rollback: so says the store.
+                self.write(
+                    "clear the deadline",
+                    self.store.set_incident_deadline(id, None).await,
+                );
             }
             (Action::Notify, _) => {
                 self.tell(

@@ -80,6 +80,61 @@ pub enum Cause {
     Recovered,
     /// No usable data for `blind_after` after a recent deployment.
     Blind,
+    /// Nobody answered the incident's page within `escalate_after`: it goes
+    /// to the escalation contacts (once per incident).
+    Unanswered,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 14] = [
+        Cause::RuleFired,
+        Cause::WatchBand,
+        Cause::Declared,
+        Cause::Approved,
+        Cause::Acknowledged,
+        Cause::Held,
+        Cause::DeadlinePassed,
+        Cause::RollbackFinished,
+        Cause::RollbackFailed,
+        Cause::WatchFailed,
+        Cause::Stable,
+        Cause::Recovered,
+        Cause::Blind,
+        Cause::Unanswered,
+    ];
+
+    /// The word it is serialized and stored as (`rule-fired`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::RuleFired => "rule-fired",
+            Cause::WatchBand => "watch-band",
+            Cause::Declared => "declared",
+            Cause::Approved => "approved",
+            Cause::Acknowledged => "acknowledged",
+            Cause::Held => "held",
+            Cause::DeadlinePassed => "deadline-passed",
+            Cause::RollbackFinished => "rollback-finished",
+            Cause::RollbackFailed => "rollback-failed",
+            Cause::WatchFailed => "watch-failed",
+            Cause::Stable => "stable",
+            Cause::Recovered => "recovered",
+            Cause::Blind => "blind",
+            Cause::Unanswered => "unanswered",
+        }
+    }
+
+    /// The cause stored as `name`, if it is one.
+    pub fn named(name: &str) -> Option<Cause> {
+        Cause::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+/// Whether a decision is a page that waits for a human's answer (ack, hold
+/// or approve): a rule or a declaration paging on-call. It starts the
+/// incident's `escalate_after` clock. Escalations (an unanswered page, a
+/// failed rollback, an unstable watch) and the watchdog-blind page do not.
+pub fn awaits_answer(action: Action, cause: Cause) -> bool {
+    action.pages() && matches!(cause, Cause::RuleFired | Cause::Declared)
 }
 
 /// One decision. `action` is what should happen now; `explanation` says why in

@@ -5,6 +5,12 @@
 //! takes it from its input, so the live sidecar, `backtest` and the tests drive
 //! the very same code.
 //!
+//! Every timer that decides is an engine deadline, returned by `poll_timeout`:
+//! a page-then-rollback's deadline, the escalation of a page nobody answered
+//! (`escalate_after`), the end of the stabilization watch. A driver only wakes
+//! the engine; after a restart `resume_incident` restores them from what was
+//! stored, at their original instants.
+//!
 //! Calling order, for a driver:
 //! 1. Before handing in an input stamped `at`, call `handle_timeout(t)` for
 //!    every `t = poll_timeout()` with `t <= at`, draining `poll_decision` after each.
@@ -29,7 +35,7 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde::Serialize;
 
 use crate::policy::units::format_duration;
-use decision::{Cause, Decision, Guard};
+use decision::{Cause, Decision, Guard, awaits_answer};
 use input::{Event, Observation};
 use policy::{Action, BaselineMode, KnownIssue, Policy, Signal, Tier};
 use signals::{History, LatencyBaseline, LatencyTrail, Reading, Sample, Verdict};
@@ -93,9 +99,87 @@ pub struct Incident {
     pub phase: Phase,
     /// Opened by a human's declaration rather than a rule.
     pub declared: bool,
-    clear_since: Option<DateTime<Utc>>,
+    /// When its page went out (the first decision that waits for an answer):
+    /// unanswered, it escalates at `paged_at + escalate_after`.
+    pub paged_at: Option<DateTime<Utc>>,
+    /// The unanswered page has gone to the escalation contacts (once).
+    pub unanswered_escalated: bool,
+    /// Taken up by `resume_incident` at this instant (a restart or a takeover).
+    pub resumed_at: Option<DateTime<Utc>>,
+    /// A resumed watch whose stored end left too little time to judge any
+    /// rule was extended: this was its stored end.
+    pub watch_extended_from: Option<DateTime<Utc>>,
+    /// Likewise a resumed page-then-rollback deadline: its stored instant.
+    pub deadline_postponed_from: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    clear: ClearClock,
     from_version: Option<String>,
     to_version: Option<String>,
+}
+
+impl Incident {
+    /// When the unanswered page escalates, if it is still waiting for an
+    /// answer: open (not rolling back or handed over), not acknowledged, held
+    /// or approved, and not escalated yet.
+    fn unanswered_due(&self, escalate_after: TimeDelta) -> Option<DateTime<Utc>> {
+        let waiting = self.phase == Phase::Open
+            && !self.acknowledged
+            && !self.held
+            && !self.unanswered_escalated;
+        self.paged_at
+            .filter(|_| waiting)
+            .map(|paged| paged + escalate_after)
+    }
+
+    /// The instant every rule would have been clear since, had the clear time
+    /// observed so far been one unbroken stretch ending at the latest clear
+    /// observation; `None` while a rule breaches. What the store keeps, so a
+    /// restart goes on counting without counting the time it was down.
+    pub fn clear_since(&self) -> Option<DateTime<Utc>> {
+        self.clear.equivalent_start()
+    }
+}
+
+/// How long every rule of an incident has been seen clear, for
+/// `resolve_after`: observed time only. A stretch without observations
+/// longer than two intervals (the source failed, or rollwatch was not
+/// running) is not counted, but does not undo the clear time seen before it;
+/// a breach does.
+#[derive(Clone, Debug, Default)]
+struct ClearClock {
+    /// Clear time observed before the current stretch (before a gap, or in a
+    /// previous run).
+    before: TimeDelta,
+    /// The current stretch: its first and its latest clear observation.
+    since: Option<DateTime<Utc>>,
+    seen: Option<DateTime<Utc>>,
+}
+
+impl ClearClock {
+    /// A clear observation at `now`; returns the clear time so far.
+    fn observe_clear(&mut self, now: DateTime<Utc>, max_gap: TimeDelta) -> TimeDelta {
+        match (self.since, self.seen) {
+            (Some(since), Some(seen)) if now - seen > max_gap => {
+                self.before += seen - since;
+                self.since = Some(now);
+            }
+            (None, _) => self.since = Some(now),
+            _ => {}
+        }
+        self.seen = Some(now);
+        self.total()
+    }
+
+    fn total(&self) -> TimeDelta {
+        match (self.since, self.seen) {
+            (Some(since), Some(seen)) => self.before + (seen - since),
+            _ => self.before,
+        }
+    }
+
+    fn equivalent_start(&self) -> Option<DateTime<Utc>> {
+        self.seen.map(|seen| seen - self.total())
+    }
 }
 
 /// An unfinished incident handed back to the engine: see `Engine::resume_incident`.
@@ -105,6 +189,8 @@ pub struct Resumed {
     pub tier: Tier,
     pub rule: String,
     pub component: Option<String>,
+    /// For `Watching`, `until` is the stored end of the watch (it is
+    /// extended when too little of it is left to judge any rule).
     pub phase: Phase,
     /// When the phase began (the rollback's start, the watch's start).
     pub phase_at: DateTime<Utc>,
@@ -116,6 +202,15 @@ pub struct Resumed {
     pub declared: bool,
     pub from_version: Option<String>,
     pub to_version: Option<String>,
+    /// When its page went out: the instant of the first stored decision that
+    /// waits for an answer (`decision::awaits_answer`), if it paged.
+    pub paged_at: Option<DateTime<Utc>>,
+    /// The unanswered page already went to the escalation contacts.
+    pub unanswered_escalated: bool,
+    /// How long every rule had been seen clear when the previous run last
+    /// observed the target (zero if a rule was breaching, or unknown). The
+    /// time between that observation and this run's first is not counted.
+    pub clear_for: TimeDelta,
 }
 
 /// A rule's place in Inactive → Pending → Firing, as in Prometheus alerting,
@@ -354,14 +449,23 @@ impl Engine {
         self.decisions.pop_front()
     }
 
-    /// The next instant the engine must be woken at with `handle_timeout`.
+    /// The next instant the engine must be woken at with `handle_timeout`:
+    /// the page-then-rollback deadline, the escalation of an unanswered page
+    /// or the end of the stabilization watch, whichever comes first. One that
+    /// passed before the latest input (while rollwatch was not running, for
+    /// a resumed incident) is due at once.
     pub fn poll_timeout(&self) -> Option<DateTime<Utc>> {
         let incident = self.incident.as_ref()?;
         let watch_end = match incident.phase {
             Phase::Watching { until, .. } => Some(until),
             _ => None,
         };
-        [incident.deadline, watch_end].into_iter().flatten().min()
+        let unanswered = incident.unanswered_due(self.policy.actions.escalate_after);
+        let next = [incident.deadline, unanswered, watch_end]
+            .into_iter()
+            .flatten()
+            .min()?;
+        Some(self.now.map_or(next, |now| next.max(now)))
     }
 
     fn advance(&mut self, at: DateTime<Utc>) -> Result<(), InputError> {
@@ -458,6 +562,15 @@ impl Engine {
         if incident.deadline.is_some_and(|d| d <= now) {
             self.deadline_passed(now);
         }
+        let escalate_after = self.policy.actions.escalate_after;
+        if self
+            .incident
+            .as_ref()
+            .and_then(|i| i.unanswered_due(escalate_after))
+            .is_some_and(|due| due <= now)
+        {
+            self.page_unanswered(now);
+        }
         if let Some(Incident {
             phase: Phase::Watching { until, saw_data },
             ..
@@ -534,12 +647,28 @@ impl Engine {
     }
 
     /// Takes up an incident a previous run left unfinished (a restart after a
-    /// crash, or a manual rollback handed to the loop), in its stored phase;
-    /// returns the engine's id for it. `RollingBack`: the caller goes on with
-    /// the procedure and reports its end. `Watching`: the watch runs to its
-    /// stored end, on this run's data. `Escalated`: humans have it; it closes
-    /// when every rule has been clear for `resolve_after`. An incident already
-    /// open in the engine is replaced (there is one per target).
+    /// crash, a takeover, or a manual rollback handed to the loop), in its
+    /// stored phase, with its timers at their stored instants; returns the
+    /// engine's id for it.
+    ///
+    /// - `Open`: the escalation of an unanswered page (`paged_at +
+    ///   escalate_after`) stands, and is due at once if that instant passed
+    ///   while rollwatch was not running. So does the page-then-rollback
+    ///   deadline (none once a human acknowledged or held), but a rollback
+    ///   needs the breach confirmed on current data (SPEC 3): a deadline
+    ///   sooner than the longest rule's `for` plus one interval after the
+    ///   restart is postponed to that, and the decision says so.
+    /// - `RollingBack`: the caller goes on with the procedure and reports its end.
+    /// - `Watching`: the watch ends at its stored end, judged on this run's
+    ///   data. Nothing was observed while rollwatch was down, so when less
+    ///   than the longest rule's `for` plus one interval is left (no rule could
+    ///   be confirmed or cleared in time), it is extended to that, and the
+    ///   watch's end says so.
+    /// - `Escalated`: humans have it; it closes when every rule has been seen
+    ///   clear for `resolve_after`, counting `clear_for` from before the stop
+    ///   but never the time nothing was observed.
+    ///
+    /// An incident already open in the engine is replaced (there is one per target).
     pub fn resume_incident(
         &mut self,
         now: DateTime<Utc>,
@@ -548,6 +677,42 @@ impl Engine {
         self.advance(now)?;
         self.incidents_opened += 1;
         let id = self.incidents_opened;
+        let least = now + self.least_to_judge();
+        let answered = resumed.acknowledged || resumed.held;
+        let mut deadline = resumed
+            .deadline
+            .filter(|_| resumed.phase == Phase::Open && !answered);
+        let mut deadline_postponed_from = None;
+        if let Some(stored) = deadline
+            && stored < least
+            && !resumed.declared
+        {
+            tracing::warn!(
+                target_service = %self.policy.service,
+                stored_deadline = %time_text(stored),
+                deadline = %time_text(least),
+                "resumed page-then-rollback deadline postponed: the breach must be confirmed on current data before rolling back"
+            );
+            deadline_postponed_from = Some(stored);
+            deadline = Some(least);
+        }
+        let mut phase = resumed.phase;
+        let mut watch_extended_from = None;
+        if let Phase::Watching { until, .. } = phase {
+            if until < least {
+                tracing::warn!(
+                    target_service = %self.policy.service,
+                    stored_end = %time_text(until),
+                    until = %time_text(least),
+                    "resumed watch extended: nothing was observed while rollwatch was down, and the longest rule's `for` plus one interval is needed to judge"
+                );
+                watch_extended_from = Some(until);
+            }
+            phase = Phase::Watching {
+                until: until.max(least),
+                saw_data: false,
+            };
+        }
         match resumed.phase {
             Phase::RollingBack => self.last_rollback_at = Some(resumed.phase_at),
             Phase::Watching { .. } => {
@@ -579,14 +744,37 @@ impl Engine {
             strongest: strongest.max(resumed.announced),
             acknowledged: resumed.acknowledged,
             held: resumed.held,
-            deadline: resumed.deadline.filter(|_| resumed.phase == Phase::Open),
-            phase: resumed.phase,
+            deadline,
+            deadline_postponed_from,
+            phase,
             declared: resumed.declared,
-            clear_since: None,
+            paged_at: resumed.paged_at,
+            unanswered_escalated: resumed.unanswered_escalated,
+            resumed_at: Some(now),
+            watch_extended_from,
+            clear: ClearClock {
+                before: resumed.clear_for.max(TimeDelta::zero()),
+                ..ClearClock::default()
+            },
             from_version: resumed.from_version,
             to_version: resumed.to_version,
         });
         Ok(id)
+    }
+
+    /// The least time after a restart before every rule that can act has
+    /// been judged on current data: the longest `for` of a consider or
+    /// immediate rule, plus one interval.
+    fn least_to_judge(&self) -> TimeDelta {
+        let longest_for = self
+            .policy
+            .rules
+            .iter()
+            .filter(|r| r.tier >= Tier::Consider)
+            .map(|r| r.hold_for)
+            .max()
+            .unwrap_or_else(TimeDelta::zero);
+        longest_for + self.policy.evaluation.interval
     }
 
     /// The end of a short sampling (`evaluate`): a rule that has read unhealthy
@@ -1236,7 +1424,12 @@ impl Engine {
             deadline: None,
             phase: Phase::Open,
             declared: false,
-            clear_since: None,
+            paged_at: None,
+            unanswered_escalated: false,
+            resumed_at: None,
+            watch_extended_from: None,
+            deadline_postponed_from: None,
+            clear: ClearClock::default(),
             from_version: None,
             to_version: None,
         });
@@ -1257,6 +1450,9 @@ impl Engine {
             return;
         };
         incident.strongest = incident.strongest.max(draft.action);
+        if incident.phase == Phase::Open && awaits_answer(draft.action, draft.cause) {
+            incident.paged_at.get_or_insert(now);
+        }
         match draft.action {
             Action::PageThenRollback => {
                 draft.deadline = Some(now + page_timeout);
@@ -1351,6 +1547,7 @@ impl Engine {
     fn maintain_incident(&mut self, now: DateTime<Utc>) {
         let breaching = !self.breaching_rules(now).is_empty();
         let resolve_after = self.policy.evaluation.resolve_after;
+        let max_gap = self.policy.evaluation.interval * 2;
         let Some(incident) = &mut self.incident else {
             return;
         };
@@ -1360,14 +1557,26 @@ impl Engine {
             return;
         }
         if breaching {
-            incident.clear_since = None;
+            incident.clear = ClearClock::default();
             return;
         }
-        let since = *incident.clear_since.get_or_insert(now);
-        if now - since >= resolve_after {
+        let clear_for = incident.clear.observe_clear(now, max_gap);
+        if clear_for >= resolve_after {
+            let unobserved = if incident.clear.before > TimeDelta::zero() {
+                match incident.resumed_at {
+                    Some(at) => format!(
+                        " (observed time only: rollwatch was not running before {}, and a stretch without observations is not counted)",
+                        time_text(at)
+                    ),
+                    None => " (observed time only: a stretch without observations is not counted)"
+                        .to_string(),
+                }
+            } else {
+                String::new()
+            };
             let core = format!(
-                "every rule clear for {}: incident resolved",
-                format_duration(now - since)
+                "every rule clear for {}{unobserved}: incident resolved",
+                format_duration(clear_for)
             );
             self.emit_for_incident(
                 now,
@@ -1384,6 +1593,52 @@ impl Engine {
         }
     }
 
+    /// Nobody answered the incident's page within `escalate_after`: it goes to
+    /// the escalation contacts, once. A page-then-rollback's deadline still
+    /// stands.
+    fn page_unanswered(&mut self, now: DateTime<Utc>) {
+        let after = self.policy.actions.escalate_after;
+        let Some(incident) = &mut self.incident else {
+            return;
+        };
+        incident.unanswered_escalated = true;
+        let Some(paged_at) = incident.paged_at else {
+            return;
+        };
+        let due = paged_at + after;
+        let late = if now > due {
+            format!(
+                " (due at {}, while rollwatch was not running)",
+                time_text(due)
+            )
+        } else {
+            String::new()
+        };
+        let deadline = incident.deadline;
+        let rollback = deadline.map_or_else(String::new, |d| {
+            format!(
+                "; the automatic rollback at {} still follows unless acknowledged or held",
+                time_text(d)
+            )
+        });
+        let core = format!(
+            "nobody acknowledged, held or approved the page of {} within {}{late}; escalating to the escalation contacts{rollback}",
+            time_text(paged_at),
+            format_duration(after)
+        );
+        self.emit_for_incident(
+            now,
+            Draft {
+                action: Action::Page,
+                cause: Cause::Unanswered,
+                guard: None,
+                reading: None,
+                core,
+                deadline,
+            },
+        );
+    }
+
     /// A page-then-rollback deadline passed unanswered: roll back if the breach
     /// still stands on current evidence (or a human declared it), through the guards.
     fn deadline_passed(&mut self, now: DateTime<Utc>) {
@@ -1391,6 +1646,12 @@ impl Engine {
             return;
         };
         incident.deadline = None;
+        let postponed = incident.deadline_postponed_from.take().map_or_else(String::new, |stored| {
+            format!(
+                " (due at {}, postponed after rollwatch restarted so the breach could be confirmed on current data)",
+                time_text(stored)
+            )
+        });
         let (rule_name, declared) = (incident.rule.clone(), incident.declared);
         let firing: Vec<usize> = self
             .breaching_rules(now)
@@ -1410,13 +1671,13 @@ impl Engine {
             (false, true, _) => Some((
                 Guard::Recovered,
                 format!(
-                    "page-then-rollback deadline passed unanswered, but {rule_name} is no longer breaching (or is a known issue): not rolling back"
+                    "page-then-rollback deadline passed unanswered{postponed}, but {rule_name} is no longer breaching (or is a known issue): not rolling back"
                 ),
             )),
             (false, false, true) => Some((
                 Guard::NoData,
                 format!(
-                    "page-then-rollback deadline passed unanswered, but there is no current data to confirm {rule_name}: not rolling back on stale evidence; the page stands"
+                    "page-then-rollback deadline passed unanswered{postponed}, but there is no current data to confirm {rule_name}: not rolling back on stale evidence; the page stands"
                 ),
             )),
         };
@@ -1449,7 +1710,7 @@ impl Engine {
             (_, guard) => (Action::None, guard),
         };
         let core = format!(
-            "no answer to the page within {}; {described}; {}",
+            "no answer to the page within {}{postponed}; {described}; {}",
             format_duration(self.policy.actions.page_timeout),
             self.consequence(now, action, guard.as_ref(), &rule_name)
         );
@@ -1466,8 +1727,31 @@ impl Engine {
         );
     }
 
+    /// For a watch taken up after a restart: what was not observed, and
+    /// whether its end was extended.
+    fn resumed_watch_note(&self, now: DateTime<Utc>) -> String {
+        let Some(incident) = &self.incident else {
+            return String::new();
+        };
+        let Some(resumed_at) = incident.resumed_at else {
+            return String::new();
+        };
+        let extended = incident.watch_extended_from.map_or_else(String::new, |stored| {
+            format!(
+                "; its stored end {} was extended to {} to leave the longest rule's `for` plus one interval to judge",
+                time_text(stored),
+                time_text(now)
+            )
+        });
+        format!(
+            " (rollwatch took the watch up at {}: nothing was observed while it was not running{extended})",
+            time_text(resumed_at)
+        )
+    }
+
     fn watch_ended(&mut self, now: DateTime<Utc>, saw_data: bool) {
         let duration = format_duration(self.policy.stabilization);
+        let resumed = self.resumed_watch_note(now);
         // Stable means inside the bounds to the end: a breach still building
         // up when the watch ends (not yet held for its `for`) is not stable.
         let still_breaching = self
@@ -1478,7 +1762,7 @@ impl Engine {
             let rule = self.policy.rules[index].clone();
             let reading = self.rules[index].reading.clone();
             let core = format!(
-                "{}; still breaching at the end of the {duration} stabilization watch: not stable after the rollback, escalating (never a second automatic rollback)",
+                "{}; still breaching at the end of the {duration} stabilization watch{resumed}: not stable after the rollback, escalating (never a second automatic rollback)",
                 self.describe_rule(index, now)
             );
             if let Some(incident) = &mut self.incident {
@@ -1500,7 +1784,8 @@ impl Engine {
             return;
         }
         if saw_data {
-            let core = format!("stable for {duration} after the rollback: incident resolved");
+            let core =
+                format!("stable for {duration} after the rollback{resumed}: incident resolved");
             self.emit_for_incident(
                 now,
                 Draft {
@@ -1518,7 +1803,7 @@ impl Engine {
                 incident.phase = Phase::Escalated;
             }
             let core = format!(
-                "no usable data during the {duration} stabilization watch: cannot confirm the rollback helped; escalating"
+                "no usable data during the {duration} stabilization watch{resumed}: cannot confirm the rollback helped; escalating"
             );
             self.emit_for_incident(
                 now,

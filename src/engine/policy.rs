@@ -112,6 +112,9 @@ pub struct Actions {
     /// For `page-then-rollback`: how long a page waits for an answer before
     /// rollwatch rolls back by itself.
     pub page_timeout: TimeDelta,
+    /// A page nobody acknowledges, holds or approves within this goes to the
+    /// escalation contacts (`[notify].escalate_after`).
+    pub escalate_after: TimeDelta,
 }
 
 impl Actions {

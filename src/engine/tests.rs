@@ -1008,3 +1008,457 @@ fn a_reloaded_policy_applies_at_once_and_keeps_the_incident_and_the_breach() {
             .contains(sim.engine.policy().short_hash())
     );
 }
+
+// --- Timers that decide: the escalation of an unanswered page, the deadline,
+// the watch's end and `resolve_after`, live and restored after a restart ------
+
+/// Production with `consider` paging only (never rolling back) and an
+/// unanswered page escalating after `escalate_after`.
+fn paging_only(escalate_after: &str) -> String {
+    PRODUCTION.replacen(
+        "consider = \"page-then-rollback\"",
+        "consider = \"page\"",
+        1,
+    ) + &format!("\n[notify]\nescalate_after = \"{escalate_after}\"\n")
+}
+
+fn at(secs: i64) -> DateTime<Utc> {
+    start() + TimeDelta::seconds(secs)
+}
+
+fn unanswered(sim: &Sim) -> Vec<&Decision> {
+    sim.decisions
+        .iter()
+        .filter(|d| d.cause == Cause::Unanswered)
+        .collect()
+}
+
+#[test]
+fn an_unanswered_page_escalates_once_exactly_at_paged_at_plus_escalate_after() {
+    let mut sim = deployed(&paging_only("100s"));
+    sim.polls(10, errors(0.15)); // paged at 1935
+    assert_eq!(sim.log(), [(1935, Action::Page, "error-rate".into())]);
+    // The escalation is the engine's deadline, not a poll's business.
+    assert_eq!(sim.engine.poll_timeout(), Some(at(1935 + 100)));
+    sim.polls(120, errors(0.15)); // 30 more minutes, nobody answers
+    let escalations = unanswered(&sim);
+    assert_eq!(escalations.len(), 1, "{:?}", sim.log());
+    let escalation = escalations[0];
+    // 2035 is no poll's instant (polls are 15 s apart from 0): it is the deadline's.
+    assert_eq!(
+        (escalation.at, escalation.action, escalation.rule.as_str()),
+        (at(2035), Action::Page, "error-rate")
+    );
+    assert!(
+        escalation
+            .explanation
+            .contains("nobody acknowledged, held or approved the page of 2026-11-24T10:32:15Z within 1m40s; escalating to the escalation contacts"),
+        "{}",
+        escalation.explanation
+    );
+    assert_eq!(escalation.incident, sim.decisions[0].incident);
+    assert_eq!(sim.engine.poll_timeout(), None, "nothing more is due");
+}
+
+#[test]
+fn an_acknowledged_held_or_approved_page_never_escalates() {
+    for answer in [
+        Event::Ack { by: None },
+        Event::Hold { by: None },
+        Event::Approve { by: None },
+    ] {
+        let name = answer.name();
+        let mut sim = deployed(&paging_only("100s"));
+        sim.polls(10, errors(0.15)); // paged at 1935
+        sim.now = at(2034); // one second before the escalation
+        sim.event(answer);
+        sim.now = at(2040);
+        sim.polls(120, errors(0.15));
+        assert!(
+            unanswered(&sim).is_empty(),
+            "escalated after {name}: {:?}",
+            sim.log()
+        );
+    }
+}
+
+#[test]
+fn a_page_then_rollback_escalates_at_its_time_and_still_rolls_back_at_its_deadline() {
+    let policy = format!("{PRODUCTION}\n[notify]\nescalate_after = \"5m\"\n");
+    let mut sim = deployed(&policy);
+    sim.polls(60, errors(0.15));
+    assert_eq!(
+        sim.actions()[..3],
+        [
+            (1935, Action::PageThenRollback),
+            (2235, Action::Page),
+            (2535, Action::Rollback),
+        ],
+        "{:?}",
+        sim.log()
+    );
+    let escalation = unanswered(&sim)[0];
+    assert_eq!(escalation.deadline, Some(at(2535)));
+    assert!(
+        escalation
+            .explanation
+            .contains("the automatic rollback at 2026-11-24T10:42:15Z still follows"),
+        "{}",
+        escalation.explanation
+    );
+    assert_eq!(unanswered(&sim).len(), 1);
+}
+
+#[test]
+fn a_rollback_at_the_deadline_answers_the_page_before_it_escalates() {
+    // page_timeout 10m, escalate_after 15m (the default): the rollback comes first.
+    let mut sim = deployed(PRODUCTION);
+    sim.polls(120, errors(0.15));
+    assert_eq!(sim.rollbacks(), 1);
+    assert!(unanswered(&sim).is_empty(), "{:?}", sim.log());
+}
+
+#[test]
+fn a_second_rule_firing_in_the_incident_does_not_restart_the_escalation_clock() {
+    let mut sim = deployed(&paging_only("5m"));
+    sim.polls(10, errors(0.15)); // error-rate pages at 1935
+    // Latency degrades too: latency-degradation fires within the same
+    // incident (nothing new to announce), and the page's clock runs on.
+    sim.polls(40, |o| {
+        o.errors = Some(180.0);
+        o.latency_ms.p95 = Some(500.0);
+    });
+    assert!(
+        sim.engine.rule_status().iter().filter(|r| r.firing).count() >= 2,
+        "{:?}",
+        sim.engine.rule_status()
+    );
+    assert_eq!(
+        unanswered(&sim).iter().map(|d| d.at).collect::<Vec<_>>(),
+        [at(1935 + 300)],
+        "{:?}",
+        sim.log()
+    );
+}
+
+/// What a restarted rollwatch hands back for the incident `sim` has open.
+fn resumed_from(sim: &Sim) -> Resumed {
+    let incident = sim.engine.incident().expect("an open incident");
+    Resumed {
+        opened_at: incident.opened_at,
+        tier: incident.tier,
+        rule: incident.rule.clone(),
+        component: None,
+        phase: incident.phase,
+        phase_at: incident.opened_at,
+        announced: incident.strongest,
+        acknowledged: incident.acknowledged,
+        held: incident.held,
+        deadline: incident.deadline,
+        declared: incident.declared,
+        from_version: Some("v2".into()),
+        to_version: Some("v1".into()),
+        paged_at: incident.paged_at,
+        unanswered_escalated: incident.unanswered_escalated,
+        clear_for: TimeDelta::zero(),
+    }
+}
+
+/// A fresh engine (a restarted rollwatch) taking `resumed` up at `secs`, with
+/// the v2 deployment of 1800 restored.
+fn restarted(policy: &str, secs: i64, resumed: Resumed) -> Sim {
+    let mut sim = Sim::new(policy);
+    sim.version = "v2".into();
+    sim.now = at(secs);
+    sim.engine.restore_deployment(Deployment {
+        at: at(1800),
+        version: Some("v2".into()),
+        previous: Some("v1".into()),
+        migrations: vec![],
+        rollback: false,
+        seen: true,
+    });
+    sim.engine.resume_incident(sim.now, resumed).unwrap();
+    sim
+}
+
+#[test]
+fn a_resumed_page_escalates_at_the_original_instant() {
+    let policy = paging_only("100s");
+    let mut before = deployed(&policy);
+    before.polls(10, errors(0.15)); // paged at 1935; killed 3 s after the page
+    let resumed = resumed_from(&before);
+    assert_eq!(resumed.paged_at, Some(at(1935)));
+    let mut after = restarted(&policy, 1938, resumed);
+    assert_eq!(after.engine.poll_timeout(), Some(at(2035)));
+    after.now = at(1950);
+    after.polls(60, errors(0.15));
+    let escalations = unanswered(&after);
+    assert_eq!(
+        escalations.iter().map(|d| d.at).collect::<Vec<_>>(),
+        [at(2035)],
+        "{:?}",
+        after.log()
+    );
+    assert!(
+        escalations[0]
+            .explanation
+            .contains("the page of 2026-11-24T10:32:15Z")
+    );
+}
+
+#[test]
+fn a_resumed_page_already_escalated_never_escalates_again() {
+    let policy = paging_only("100s");
+    let mut before = deployed(&policy);
+    before.polls(20, errors(0.15)); // paged at 1935, escalated at 2035
+    assert_eq!(unanswered(&before).len(), 1);
+    let mut after = restarted(&policy, 2100, resumed_from(&before));
+    after.polls(60, errors(0.15));
+    assert!(unanswered(&after).is_empty(), "{:?}", after.log());
+}
+
+#[test]
+fn a_resumed_page_whose_escalation_fell_due_while_down_escalates_at_once_and_says_so() {
+    let policy = paging_only("100s");
+    let mut before = deployed(&policy);
+    before.polls(10, errors(0.15)); // paged at 1935, killed at once
+    let mut after = restarted(&policy, 2400, resumed_from(&before));
+    after.polls(4, errors(0.15));
+    let escalations = unanswered(&after);
+    assert_eq!(
+        escalations.iter().map(|d| d.at).collect::<Vec<_>>(),
+        [at(2400)]
+    );
+    assert!(
+        escalations[0]
+            .explanation
+            .contains("(due at 2026-11-24T10:33:55Z, while rollwatch was not running)"),
+        "{}",
+        escalations[0].explanation
+    );
+}
+
+#[test]
+fn a_resumed_page_then_rollback_rolls_back_at_its_stored_deadline() {
+    let mut before = deployed(PRODUCTION);
+    before.polls(10, errors(0.15)); // paged at 1935, deadline 2535
+    let resumed = resumed_from(&before);
+    assert_eq!(resumed.deadline, Some(at(2535)));
+    let mut after = restarted(PRODUCTION, 2000, resumed);
+    after.polls(60, errors(0.15));
+    let rollbacks: Vec<_> = after.rollback_decisions().iter().map(|d| d.at).collect();
+    assert_eq!(rollbacks, [at(2535)], "{:?}", after.log());
+    assert_eq!(
+        after.decisions[0].cause,
+        Cause::DeadlinePassed,
+        "nothing announced twice: {:?}",
+        after.log()
+    );
+}
+
+#[test]
+fn a_resumed_page_then_rollback_overdue_after_the_restart_waits_for_current_evidence() {
+    let mut before = deployed(PRODUCTION);
+    before.polls(10, errors(0.15)); // paged at 1935, deadline 2535; down until 2700
+    let mut after = restarted(PRODUCTION, 2700, resumed_from(&before));
+    // Production's longest consider or immediate `for` is 5m, its interval 15 s.
+    assert_eq!(
+        after.engine.incident().and_then(|i| i.deadline),
+        Some(at(2700 + 300 + 15))
+    );
+    after.polls(40, errors(0.15));
+    let rollbacks = after.rollback_decisions();
+    assert_eq!(
+        rollbacks.iter().map(|d| d.at).collect::<Vec<_>>(),
+        [at(3015)],
+        "{:?}",
+        after.log()
+    );
+    assert!(
+        rollbacks[0]
+            .explanation
+            .contains("(due at 2026-11-24T10:42:15Z, postponed after rollwatch restarted so the breach could be confirmed on current data)"),
+        "{}",
+        rollbacks[0].explanation
+    );
+}
+
+#[test]
+fn a_resumed_acknowledged_page_then_rollback_never_rolls_back_or_escalates() {
+    let policy = format!("{PRODUCTION}\n[notify]\nescalate_after = \"5m\"\n");
+    let mut before = deployed(&policy);
+    before.polls(10, errors(0.15)); // paged at 1935, deadline 2535
+    before.event(Event::Ack { by: None });
+    let mut resumed = resumed_from(&before);
+    resumed.deadline = Some(at(2535)); // as an older store kept it after the ack
+    let mut after = restarted(&policy, 2000, resumed);
+    after.polls(80, errors(0.15));
+    assert!(after.rollback_decisions().is_empty(), "{:?}", after.log());
+    assert!(unanswered(&after).is_empty(), "{:?}", after.log());
+}
+
+/// A watch resumed at `secs` (the rollback finished at 2000, so it was to
+/// end at 2900), then healthy polls.
+fn resumed_watch(secs: i64) -> Sim {
+    let mut before = deployed(PRODUCTION);
+    before.polls(10, |o| o.up = Some(false)); // system-down rolls back at 1860
+    let mut resumed = resumed_from(&before);
+    resumed.phase = Phase::Watching {
+        until: at(2900),
+        saw_data: false,
+    };
+    resumed.phase_at = at(2000);
+    let mut sim = restarted(PRODUCTION, secs, resumed);
+    sim.version = "v1".into();
+    sim.healthy(80);
+    sim
+}
+
+#[test]
+fn a_resumed_watch_ends_at_its_stored_end() {
+    let sim = resumed_watch(2100);
+    let stable: Vec<_> = sim
+        .decisions
+        .iter()
+        .filter(|d| d.cause == Cause::Stable)
+        .collect();
+    assert_eq!(stable.len(), 1, "{:?}", sim.log());
+    assert_eq!(stable[0].at, at(2900));
+    assert!(
+        stable[0]
+            .explanation
+            .contains("rollwatch took the watch up at 2026-11-24T10:35:00Z: nothing was observed while it was not running"),
+        "{}",
+        stable[0].explanation
+    );
+    assert!(!stable[0].explanation.contains("extended"));
+}
+
+#[test]
+fn a_resumed_watch_with_too_little_left_is_extended_to_the_longest_for_plus_one_interval() {
+    // 30 s left of the stored watch; production's longest consider/immediate
+    // `for` is 5m (latency-degradation), its interval 15 s.
+    let sim = resumed_watch(2870);
+    let stable: Vec<_> = sim
+        .decisions
+        .iter()
+        .filter(|d| d.cause == Cause::Stable)
+        .collect();
+    assert_eq!(stable.len(), 1, "{:?}", sim.log());
+    assert_eq!(stable[0].at, at(2870 + 300 + 15));
+    assert!(
+        stable[0]
+            .explanation
+            .contains("its stored end 2026-11-24T10:48:20Z was extended to 2026-11-24T10:53:05Z"),
+        "{}",
+        stable[0].explanation
+    );
+}
+
+/// Paged at 1935 (page only), the errors stop at 1950; returns the sim and
+/// the instant every rule has been clear since.
+fn paged_then_clear() -> (Sim, DateTime<Utc>) {
+    let mut sim = deployed(&paging_only("1h"));
+    sim.polls(10, errors(0.15));
+    sim.healthy(12);
+    let since = sim
+        .engine
+        .incident()
+        .and_then(Incident::clear_since)
+        .expect("clear by now");
+    (sim, since)
+}
+
+fn recovered_at(sim: &Sim) -> Vec<DateTime<Utc>> {
+    sim.decisions
+        .iter()
+        .filter(|d| d.cause == Cause::Recovered)
+        .map(|d| d.at)
+        .collect()
+}
+
+#[test]
+fn resolve_after_counts_observed_clear_time_only() {
+    // Without a gap: resolved resolve_after (5m) after the rules cleared.
+    let (mut sim, since) = paged_then_clear();
+    sim.healthy(40);
+    assert_eq!(recovered_at(&sim), [since + TimeDelta::minutes(5)]);
+
+    // The source fails for 10 minutes: that time is not counted as clear,
+    // and what was seen clear before it is kept.
+    let (mut sim, since) = paged_then_clear();
+    let seen_before = sim.now - TimeDelta::seconds(15);
+    sim.no_data(40);
+    let back = sim.now;
+    sim.healthy(40);
+    let observed_before = seen_before - since;
+    assert_eq!(
+        recovered_at(&sim),
+        [back + (TimeDelta::minutes(5) - observed_before)],
+        "{:?}",
+        sim.log()
+    );
+    let recovered = sim
+        .decisions
+        .iter()
+        .find(|d| d.cause == Cause::Recovered)
+        .unwrap();
+    assert!(
+        recovered
+            .explanation
+            .contains("every rule clear for 5m (observed time only"),
+        "{}",
+        recovered.explanation
+    );
+}
+
+#[test]
+fn a_resumed_incident_goes_on_counting_its_clear_time_without_the_downtime() {
+    let (before, since) = paged_then_clear();
+    let seen = before.now - TimeDelta::seconds(15);
+    // What the store gives back: the clear time up to the last sample.
+    let mut resumed = resumed_from(&before);
+    resumed.clear_for = seen - since;
+    assert!(resumed.clear_for > TimeDelta::zero() && resumed.clear_for < TimeDelta::minutes(5));
+    // Down for 20 minutes: had that counted, the first observation would resolve it.
+    let restart = (seen - start()).num_seconds() + 20 * 60;
+    let mut after = restarted(&paging_only("1h"), restart, resumed.clone());
+    after.healthy(40);
+    let first = at(restart);
+    assert_eq!(
+        recovered_at(&after),
+        [first + (TimeDelta::minutes(5) - (seen - since))],
+        "{:?}",
+        after.log()
+    );
+    assert!(
+        after
+            .decisions
+            .last()
+            .unwrap()
+            .explanation
+            .contains(&format!(
+                "rollwatch was not running before {}",
+                time_text(first)
+            ))
+    );
+    // A breach after the restart starts the count over.
+    let mut breached = restarted(&paging_only("1h"), restart, resumed);
+    breached.polls(4, errors(0.15));
+    breached.healthy(60);
+    let recovered = recovered_at(&breached);
+    let cleared = recovered[0] - TimeDelta::minutes(5);
+    assert!(cleared > first, "{:?}", breached.log());
+}
+
+#[test]
+fn every_cause_is_stored_under_its_serde_word() {
+    for cause in Cause::ALL {
+        assert_eq!(
+            serde_json::to_value(cause).unwrap(),
+            serde_json::Value::String(cause.name().to_string())
+        );
+        assert_eq!(Cause::named(cause.name()), Some(cause));
+    }
+}

@@ -90,6 +90,9 @@ pub fn for_decision(
     incident: Option<i64>,
     db: &str,
 ) -> Option<Message> {
+    if decision.cause == Cause::Unanswered {
+        return Some(unanswered_page(policy, decision, incident, db));
+    }
     let target = format!("{}/{}", policy.service, policy.environment);
     let fired = what_fired(policy, decision);
     let place = format!("{} {}", policy.environment, policy.service);
@@ -190,17 +193,15 @@ pub fn for_decision(
 }
 
 /// The escalation of a page nobody acknowledged, held or approved within
-/// `after` of `paged_at`.
+/// `escalate_after` (the engine's `Cause::Unanswered` decision): to the
+/// escalation contacts, with the commands to take the incident over.
 pub fn unanswered_page(
     policy: &Policy,
-    incident: &crate::engine::Incident,
-    stored: i64,
-    paged_at: DateTime<Utc>,
-    after: chrono::TimeDelta,
-    now: DateTime<Utc>,
+    decision: &Decision,
+    incident: Option<i64>,
     db: &str,
 ) -> Message {
-    let waited = crate::policy::units::format_duration(after);
+    let waited = crate::policy::units::format_duration(policy.actions.escalate_after);
     let subject = format!(
         "ESCALATION {} {}: page unanswered for {waited}",
         policy.environment, policy.service
@@ -209,31 +210,26 @@ pub fn unanswered_page(
         service: policy.service.clone(),
         environment: policy.environment.clone(),
         target: format!("{}/{}", policy.service, policy.environment),
-        rule: incident.rule.clone(),
-        tier: incident.tier.name().to_string(),
+        rule: decision.rule.clone(),
+        tier: decision.tier.name().to_string(),
         action: Action::Page.name().to_string(),
-        incident: Some(stored),
-        deadline: incident.deadline,
+        incident,
+        deadline: decision.deadline,
         summary: subject.clone(),
         recommendation:
             "the on-call engineer did not answer: take the incident over (ack), then approve or hold"
                 .into(),
-        commands: answer_commands(stored, db),
-        explanation: format!(
-            "nobody acknowledged, held or approved the page of {} within {waited}; escalating to the escalation contacts [{} sha256:{}]",
-            time_text(paged_at),
-            policy.path,
-            policy.short_hash()
-        ),
+        commands: incident.map_or_else(Vec::new, |id| answer_commands(id, db)),
+        explanation: decision.explanation.clone(),
         resolved: false,
     };
     Message {
         kind: NotificationKind::Escalation,
-        body: text_body(&details, now),
+        body: text_body(&details, decision.at),
         subject,
         details,
-        at: now,
-        incident: Some(stored),
+        at: decision.at,
+        incident,
     }
 }
 

@@ -131,7 +131,15 @@ pub fn compile(raw: RawPolicy, path: &str, sha256: String) -> Result<Compiled, V
         raw.baseline.map(Spanned::into_inner),
         &evaluation,
     );
-    let actions = compile_actions(&mut problems, raw.actions.map(Spanned::into_inner));
+    // Validated (with its position) by `compile_notify`; the engine decides with it.
+    let escalate_after = notify
+        .as_ref()
+        .map_or(DEFAULT_ESCALATE_AFTER, |n| n.escalate_after);
+    let actions = compile_actions(
+        &mut problems,
+        raw.actions.map(Spanned::into_inner),
+        escalate_after,
+    );
     let stabilization = raw
         .stabilization
         .and_then(|s| s.into_inner().duration)
@@ -403,7 +411,11 @@ fn compile_baseline(
     }
 }
 
-fn compile_actions(problems: &mut Problems, raw: Option<RawActions>) -> Actions {
+fn compile_actions(
+    problems: &mut Problems,
+    raw: Option<RawActions>,
+    escalate_after: std::time::Duration,
+) -> Actions {
     let raw = raw.unwrap_or_default();
     let mut action =
         |value: Option<Spanned<String>>, default: Action, allowed: &[(&str, Action)]| {
@@ -428,6 +440,7 @@ fn compile_actions(problems: &mut Problems, raw: Option<RawActions>) -> Actions 
         consider,
         watch,
         page_timeout,
+        escalate_after: TimeDelta::from_std(escalate_after).unwrap_or(TimeDelta::MAX),
     }
 }
 

@@ -113,6 +113,19 @@ fn defaults_fill_what_a_minimal_policy_leaves_out() {
     assert_eq!(policy.rules[0].hold_for, policy.evaluation.interval);
     assert_eq!(policy.actions.immediate, Action::Rollback);
     assert_eq!(policy.actions.consider, Action::Page);
+    assert_eq!(policy.actions.escalate_after.num_minutes(), 15);
+}
+
+#[test]
+fn the_engine_escalates_after_the_notify_sections_escalate_after() {
+    let text = format!("{MINIMAL}\n[notify]\nescalate_after = \"90s\"\n");
+    let policy = compile(&text).unwrap();
+    assert_eq!(policy.actions.escalate_after.num_seconds(), 90);
+    // Still validated where it is written.
+    check_errors(
+        &text.replace("\"90s\"", "\"0s\""),
+        &[(12, 18, "escalate_after must be longer than 0s")],
+    );
 }
 
 #[test]

@@ -243,6 +243,7 @@ fn timeline() -> IncidentTimeline {
             watch_until: Some(at(10, 21, 0)),
             acknowledged: true,
             held: false,
+            clear_since: None,
         },
         decisions: vec![fired, slow, acked, rollback, finished, stable],
         steps,

@@ -282,7 +282,6 @@ pub async fn run_target(
                         let answer = TraceItem::Event { at: clock.now(), event };
                         drive::feed(&mut engine, answer, rollbacks, &mut collect(&mut pending))?;
                     }
-                    Box::pin(actor.escalate_unanswered(&engine, clock.now())).await;
                 }
                 let started = Instant::now();
                 let outcome = Box::pin(poller.poll(clock.now())).await;

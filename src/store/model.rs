@@ -241,6 +241,9 @@ pub struct IncidentRecord {
     pub watch_until: Option<DateTime<Utc>>,
     pub acknowledged: bool,
     pub held: bool,
+    /// Every rule has been seen clear since this instant, counting observed
+    /// time only (`engine::Incident::clear_since`); `None` while one breaches.
+    pub clear_since: Option<DateTime<Utc>>,
 }
 
 /// A stored engine decision.

@@ -115,6 +115,7 @@ macro_rules! incident_from_row {
             watch_until: optional_time(row, what, "watch_until")?,
             acknowledged: get(row, what, "acknowledged")?,
             held: get(row, what, "held")?,
+            clear_since: optional_time(row, what, "clear_since")?,
         }
     }};
 }
@@ -514,6 +515,28 @@ impl Store {
                 .execute(pool)
                 .await
                 .map_err(query_failed("set incident deadline"))?
+                .rows_affected()
+        });
+        if changed == 0 {
+            return Err(self.incident_not_changed(id).await);
+        }
+        Ok(())
+    }
+
+    /// Sets or clears the instant an unresolved incident's rules have been
+    /// clear since (`IncidentRecord::clear_since`).
+    pub async fn set_incident_clear_since(
+        &self,
+        id: i64,
+        clear_since: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        let changed = on_backend!(self, pool => {
+            sqlx::query("UPDATE incidents SET clear_since = $2 WHERE id = $1 AND phase <> 'resolved'")
+                .bind(id)
+                .bind(optional(clear_since))
+                .execute(pool)
+                .await
+                .map_err(query_failed("set incident clear_since"))?
                 .rows_affected()
         });
         if changed == 0 {

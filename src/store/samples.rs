@@ -70,6 +70,24 @@ impl Store {
         })
     }
 
+    /// The instant of an incident's latest sample: the last time rollwatch
+    /// observed the target for it.
+    pub async fn last_sample_at(&self, incident: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
+        on_backend!(self, pool => {
+            let row = sqlx::query(
+                "SELECT at FROM incident_samples WHERE incident_id = $1 ORDER BY at DESC LIMIT 1",
+            )
+            .bind(incident)
+            .fetch_optional(pool)
+            .await
+            .map_err(query_failed("find the latest sample"))?;
+            match row {
+                Some(row) => Ok(Some(time(&row, "sample", "at")?)),
+                None => Ok(None),
+            }
+        })
+    }
+
     /// An incident's samples in time order.
     pub async fn samples(&self, incident: i64) -> Result<Vec<SamplePoint>, StoreError> {
         on_backend!(self, pool => {

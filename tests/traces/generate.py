@@ -274,6 +274,18 @@ def no_recent_deploy():
     )
 
 
+def unanswered_page():
+    """As no-recent-deploy (the only deployment is 25 h old, so a firing rule
+    pages), but the 15 % errors go on until 09:50:00 and nobody answers the
+    page: 15 minutes after it (`escalate_after`'s default) it goes to the
+    escalation contacts."""
+    trace = Trace().event("08:00:00", "deploy", version="v1.0.0", previous="v0.9.0")
+    trace.lines[0]["at"] = stamp(t("08:00:00", DAY - datetime.timedelta(days=1)))
+    return trace.observe("09:00:00", "09:30:00", version="v1.0.0").observe(
+        "09:30:15", "09:50:00", ERRORS_15_PERCENT, version="v1.0.0"
+    )
+
+
 def down_without_deploy():
     """No deployment in the trace at all; the health probe fails
     09:30:15-09:31:15, then healthy until 09:40:00."""
@@ -372,6 +384,7 @@ SCENARIOS = {
     "blip-after-deploy": blip_after_deploy,
     "users-burst": users_burst,
     "no-recent-deploy": no_recent_deploy,
+    "unanswered-page": unanswered_page,
     "down-without-deploy": down_without_deploy,
     "metrics-outage": metrics_outage,
     "suppression": suppression,
