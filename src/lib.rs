@@ -16,6 +16,7 @@ pub mod policy;
 pub mod procedure;
 pub mod report;
 pub mod runtime;
+pub mod secret;
 pub mod server;
 pub mod sources;
 pub mod store;

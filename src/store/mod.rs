@@ -476,23 +476,7 @@ async fn open_postgres(
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
 fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_string();
-    };
-    match rest[..at].find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &rest[..colon],
-            &rest[at..]
-        ),
-        None => url.to_string(),
-    }
+    crate::secret::redact_url(url)
 }
 
 /// Maps a sqlx error to a `Query` error naming the operation.
@@ -532,7 +516,11 @@ mod tests {
     fn a_password_never_appears_in_messages() {
         assert_eq!(
             redact("postgres://rw:s3cret@db:5432/rollwatch?sslmode=require"),
-            "postgres://rw:***@db:5432/rollwatch?sslmode=require"
+            "postgres://rw:***@db:5432/rollwatch?…"
+        );
+        assert_eq!(
+            redact("postgres://rw@db:5432/rollwatch?password=s3cret"),
+            "postgres://rw@db:5432/rollwatch?…"
         );
         assert_eq!(
             redact("postgres://rw@db/rollwatch"),
