@@ -814,3 +814,64 @@ async fn an_unanswered_page_escalates_to_the_escalation_contacts_on_time() {
         watch.output()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_upgraded_to_page_then_rollback_is_a_new_message_and_a_repeated_page_is_not() {
+    use rollwatch::engine::decision::{Cause, Decision, Guard};
+    use rollwatch::engine::policy::{Action, Tier};
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let target = rollwatch::policy::load_target(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/production.toml"),
+    )
+    .unwrap();
+    let engine = rollwatch::engine::Engine::new(Arc::new(target.policy.clone()));
+    let mut actor =
+        rollwatch::act::actor::Actor::new(store.clone(), Arc::new(target), Arc::new(|_: &str| {}));
+    let at = Utc::now();
+    let page = Decision {
+        at,
+        action: Action::Page,
+        tier: Tier::Consider,
+        rule: "error-rate".into(),
+        explanation: "error-rate 8.1% (95% lower bound 7.4%) > 5% over 2m".into(),
+        cause: Cause::RuleFired,
+        incident: Some(1),
+        guard: Some(Guard::NoRecentDeploy),
+        reading: None,
+        deadline: None,
+        component: None,
+        from_version: None,
+        to_version: None,
+        migrations: vec![],
+    };
+    actor.handle(&page, &engine).await;
+    let repeated = Decision {
+        at: at + TimeDelta::minutes(1),
+        ..page.clone()
+    };
+    actor.handle(&repeated, &engine).await;
+    let deadline = at + TimeDelta::minutes(12);
+    let upgraded = Decision {
+        at: at + TimeDelta::minutes(2),
+        action: Action::PageThenRollback,
+        guard: None,
+        deadline: Some(deadline),
+        ..page.clone()
+    };
+    actor.handle(&upgraded, &engine).await;
+    actor.handle(&upgraded, &engine).await;
+    let incident = store.list_incidents(1).await.unwrap()[0].id;
+    let rows = store.notifications(incident).await.unwrap();
+    assert_eq!(rows.len(), 2, "the page, then the upgrade: {rows:#?}");
+    assert!(
+        rows[0].body.contains("does not roll back automatically"),
+        "{}",
+        rows[0].body
+    );
+    assert!(
+        rows[1].body.contains("rolls back automatically at") && rows[1].body.contains("Deadline:"),
+        "the human hears of the deadline: {}",
+        rows[1].body
+    );
+}

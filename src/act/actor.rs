@@ -828,8 +828,14 @@ impl Actor {
                         self.store.set_incident_deadline(id, Some(deadline)).await,
                     );
                 }
-                self.tell(Some(id), decision, &format!("incident:{id}:page"))
-                    .await;
+                // Keyed by the action: a repeat of the page is dropped, an
+                // upgrade to page-then-rollback (with its deadline) is news.
+                self.tell(
+                    Some(id),
+                    decision,
+                    &format!("incident:{id}:{}", decision.action.name()),
+                )
+                .await;
             }
             (Action::Notify, _) => {
                 self.tell(
