@@ -32,6 +32,12 @@ pub struct DeliveryLabels {
     pub result: String,
 }
 
+/// A notification channel.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    pub channel: String,
+}
+
 /// A policy reload's target and result (`ok`, `failed`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
@@ -68,6 +74,8 @@ pub struct Telemetry {
     pub poll_duration: HistogramFamily,
     /// Notification delivery attempts by channel and result.
     pub deliveries: Family<DeliveryLabels, Counter>,
+    /// Escalations that could not be delivered and went no further.
+    pub undelivered_escalations: Family<ChannelLabels, Counter>,
     /// Policy reloads by target and result.
     pub reloads: Family<ReloadLabels, Counter>,
     /// 1 while this replica owns (acts on) the target.
@@ -150,6 +158,12 @@ impl Telemetry {
             "Notification delivery attempts by channel and result (sent, retry, failed: given up and escalated)",
             deliveries.clone(),
         );
+        let undelivered_escalations = Family::<ChannelLabels, Counter>::default();
+        registry.register(
+            "rollwatch_undelivered_escalations",
+            "Escalations that finally failed on their channel: not escalated again, logged at error and listed as undelivered in status",
+            undelivered_escalations.clone(),
+        );
         let reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "rollwatch_policy_reloads",
@@ -201,6 +215,7 @@ impl Telemetry {
             decisions,
             poll_duration,
             deliveries,
+            undelivered_escalations,
             reloads,
             leader,
             incident_open,

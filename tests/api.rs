@@ -476,7 +476,17 @@ async fn status_shows_the_messages_that_could_not_be_delivered() {
         .unwrap()
         .id();
     store
-        .mark_notification_failed(id, "SMTP 127.0.0.1:25 refused it: 550 no such user", None)
+        .claim_notification(id, "test", now, now + chrono::TimeDelta::minutes(1))
+        .await
+        .unwrap()
+        .expect("the page can be claimed");
+    store
+        .mark_notification_failed(
+            id,
+            "test",
+            "SMTP 127.0.0.1:25 refused it: 550 no such user",
+            None,
+        )
         .await
         .unwrap();
     let (code, status) = sidecar.get("/api/v1/status").await;

@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use chrono::{DateTime, TimeDelta, Utc};
-use common::mail::{Alertmanager, SmtpServer};
+use common::mail::{Alertmanager, BlackHole, SmtpServer, header};
 use rollwatch::notify::config::{Channel, ChannelKind, NotifyConfig, Routes, SmtpSecurity};
 use rollwatch::notify::deliver::Worker;
 use rollwatch::notify::message::Details;
@@ -216,12 +216,32 @@ async fn an_smtp_outage_delays_five_messages_which_then_arrive_once_each_in_orde
         first.contains(&format!("rollwatch incidents ack {id} --by YOUR-NAME")),
         "{first}"
     );
+    // One thread: the first message starts it, the others answer it.
+    let first_id = header(first, "Message-ID").expect("a Message-ID");
     assert!(
-        first.contains(&format!(
-            "In-Reply-To: <rollwatch-incident-{id}.web.production@rollwatch>"
-        )),
-        "{first}"
+        first_id.starts_with("<rollwatch.") && first_id.ends_with("@example.com>"),
+        "{first_id}"
     );
+    assert_eq!(header(first, "In-Reply-To"), None, "{first}");
+    for mail in &mails[1..] {
+        assert_eq!(
+            header(mail, "In-Reply-To").as_ref(),
+            Some(&first_id),
+            "{mail}"
+        );
+        assert_eq!(
+            header(mail, "References").as_ref(),
+            Some(&first_id),
+            "{mail}"
+        );
+    }
+    let mut ids: Vec<String> = mails
+        .iter()
+        .map(|m| header(m, "Message-ID").unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "one Message-ID per message: {ids:#?}");
     let stored = store.notifications(id).await.unwrap();
     assert!(
         stored.iter().all(|n| n.state == NotificationState::Sent),
@@ -286,9 +306,21 @@ async fn a_rejected_recipient_is_a_stored_failure_that_escalates_on_another_chan
 struct Hook {
     calls: AtomicUsize,
     delivered: Mutex<Vec<serde_json::Value>>,
+    /// The `Idempotency-Key` of every call.
+    keys: Mutex<Vec<Option<String>>>,
 }
 
-async fn hook(State(hook): State<Arc<Hook>>, body: String) -> StatusCode {
+async fn hook(
+    State(hook): State<Arc<Hook>>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> StatusCode {
+    hook.keys.lock().unwrap().push(
+        headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from),
+    );
     match hook.calls.fetch_add(1, Ordering::SeqCst) {
         0 => StatusCode::INTERNAL_SERVER_ERROR,
         1 => {
@@ -362,6 +394,13 @@ async fn a_webhook_answering_500_then_timing_out_then_200_gets_the_message_once(
         (NotificationState::Sent, 3),
         "{n:#?}"
     );
+    // Each attempt carries the row's key: a receiver that got the first
+    // (its answer lost) can tell the others are the same message.
+    let keys = state.keys.lock().unwrap().clone();
+    assert_eq!(keys.len(), 3);
+    let key = keys[0].clone().expect("an Idempotency-Key");
+    assert!(key.starts_with(&format!("rollwatch.{sent}.")), "{key}");
+    assert!(keys.iter().all(|k| k.as_ref() == Some(&key)), "{keys:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -813,4 +852,569 @@ async fn an_unanswered_page_escalates_to_the_escalation_contacts_on_time() {
         "{}",
         watch.output()
     );
+}
+
+/// A loopback port nothing listens on: every connection is refused at once.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Two channels, each the other's fallback: a page goes to both, the
+/// escalation of a failed page to the other one.
+fn two_channels(oncall: Channel, leads: Channel) -> NotifyConfig {
+    config(vec![oncall, leads], &["oncall", "leads"], &["leads"])
+}
+
+/// One simulated hour of the worker's rounds with both channels dead and a
+/// page every 10 minutes: the rows in the outbox afterwards, the number of
+/// rounds that did not let any time pass, the messages status lists as
+/// undelivered and the worker's metrics.
+async fn an_hour_with_both_channels_dead(notify: NotifyConfig) -> DeadHour {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let id = incident(&store).await;
+    let telemetry = rollwatch::telemetry::Telemetry::new();
+    let worker = worker(&store, notify).with_telemetry(Arc::clone(&telemetry));
+    let start = Utc::now();
+    let end = start + TimeDelta::hours(1);
+    let (mut now, mut next_page, mut pages) = (start, start, 0);
+    let (mut rounds, mut rounds_in_no_time) = (0, 0);
+    while now < end {
+        if now >= next_page {
+            let rows = store.notifications(id).await.unwrap().len();
+            assert!(
+                rows <= 4 * pages,
+                "{rows} rows after {pages} pages and {} of simulated time",
+                now - start
+            );
+            pages += 1;
+            let d = details(id, &format!("PAGE {pages} production web"));
+            for channel in ["oncall", "leads"] {
+                enqueue(
+                    &store,
+                    channel,
+                    &format!("page-{pages}"),
+                    NotificationKind::Page,
+                    &d,
+                    now,
+                )
+                .await;
+            }
+            next_page += TimeDelta::minutes(10);
+        }
+        let next = worker.round(now).await;
+        rounds += 1;
+        assert!(rounds < 5_000, "the worker goes round and round");
+        let next = next.unwrap_or(now + TimeDelta::seconds(5)).min(next_page);
+        if next <= now {
+            rounds_in_no_time += 1;
+            assert!(
+                rounds_in_no_time <= 100,
+                "the worker goes round without time passing"
+            );
+        }
+        now = next.max(now);
+    }
+    let rows: Vec<NotifyRow> = store
+        .notifications(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| NotifyRow {
+            kind: n.kind,
+            channel: n.channel,
+            state: n.state,
+        })
+        .collect();
+    let undelivered = store.failed_notifications(100).await.unwrap();
+    eprintln!(
+        "after one simulated hour: {} rows, {rounds} rounds, {rounds_in_no_time} of them without time passing",
+        rows.len()
+    );
+    DeadHour {
+        rows,
+        rounds_in_no_time,
+        undelivered_escalations: undelivered
+            .iter()
+            .filter(|n| n.kind == NotificationKind::Escalation)
+            .count(),
+        metrics: telemetry.encode(),
+    }
+}
+
+struct DeadHour {
+    rows: Vec<NotifyRow>,
+    rounds_in_no_time: usize,
+    /// Escalations among what status lists as undelivered.
+    undelivered_escalations: usize,
+    metrics: String,
+}
+
+#[derive(Debug, PartialEq)]
+struct NotifyRow {
+    kind: NotificationKind,
+    channel: String,
+    state: NotificationState,
+}
+
+/// What six pages to two dead channels imply: each page fails on both, and
+/// each failure is escalated once on the other channel, where the
+/// escalation fails too and goes no further: 6 x (2 + 2) rows, all failed,
+/// the escalations among the undelivered messages of status and counted.
+fn assert_six_pages_and_their_escalations_failed(hour: &DeadHour) {
+    let DeadHour {
+        rows,
+        rounds_in_no_time,
+        ..
+    } = hour;
+    let count = |kind| rows.iter().filter(|r| r.kind == kind).count();
+    assert_eq!(rows.len(), 24, "{rows:#?}");
+    assert_eq!(count(NotificationKind::Page), 12, "{rows:#?}");
+    assert_eq!(count(NotificationKind::Escalation), 12, "{rows:#?}");
+    assert!(
+        rows.iter().all(|r| r.state == NotificationState::Failed),
+        "{rows:#?}"
+    );
+    assert_eq!(hour.undelivered_escalations, 12);
+    for channel in ["oncall", "leads"] {
+        let line = format!("rollwatch_undelivered_escalations_total{{channel=\"{channel}\"}} 6");
+        assert!(hour.metrics.contains(&line), "{line}\n{}", hour.metrics);
+    }
+    // A round comes back at once only after it settled a message, and
+    // each row settles once: the worker never goes round without cause.
+    assert!(
+        *rounds_in_no_time <= rows.len(),
+        "{rounds_in_no_time} rounds without time passing for {} rows",
+        rows.len()
+    );
+}
+
+fn dead_email(name: &str, port: u16, to: &str) -> Channel {
+    Channel {
+        timeout: Duration::from_secs(1),
+        deadline: Duration::from_secs(5),
+        ..email(name, port, &[to])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hour_of_two_refusing_channels_adds_rows_per_message_not_per_minute() {
+    // Connection refused on both: transient errors, retried to the 5 s deadline.
+    let notify = two_channels(
+        dead_email("oncall", closed_port(), "oncall@example.com"),
+        dead_email("leads", closed_port(), "leads@example.com"),
+    );
+    let hour = an_hour_with_both_channels_dead(notify).await;
+    assert_six_pages_and_their_escalations_failed(&hour);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hour_of_two_channels_refusing_for_good_adds_rows_per_message_and_never_spins() {
+    // SMTP 550 for every recipient: permanent errors, which used to make
+    // each round come back at once with a new escalation to send.
+    let Some(smtp) = SmtpServer::start() else {
+        return;
+    };
+    let notify = two_channels(
+        dead_email("oncall", smtp.port, "reject-oncall@example.com"),
+        dead_email("leads", smtp.port, "reject-leads@example.com"),
+    );
+    let hour = an_hour_with_both_channels_dead(notify).await;
+    assert_six_pages_and_their_escalations_failed(&hour);
+    assert!(smtp.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_upgraded_to_page_then_rollback_is_a_new_message_and_a_repeated_page_is_not() {
+    use rollwatch::engine::decision::{Cause, Decision, Guard};
+    use rollwatch::engine::policy::{Action, Tier};
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let target = rollwatch::policy::load_target(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/production.toml"),
+    )
+    .unwrap();
+    let engine = rollwatch::engine::Engine::new(Arc::new(target.policy.clone()));
+    let mut actor =
+        rollwatch::act::actor::Actor::new(store.clone(), Arc::new(target), Arc::new(|_: &str| {}));
+    let at = Utc::now();
+    let page = Decision {
+        at,
+        action: Action::Page,
+        tier: Tier::Consider,
+        rule: "error-rate".into(),
+        explanation: "error-rate 8.1% (95% lower bound 7.4%) > 5% over 2m".into(),
+        cause: Cause::RuleFired,
+        incident: Some(1),
+        guard: Some(Guard::NoRecentDeploy),
+        reading: None,
+        deadline: None,
+        component: None,
+        from_version: None,
+        to_version: None,
+        migrations: vec![],
+    };
+    actor.handle(&page, &engine).await;
+    let repeated = Decision {
+        at: at + TimeDelta::minutes(1),
+        ..page.clone()
+    };
+    actor.handle(&repeated, &engine).await;
+    let deadline = at + TimeDelta::minutes(12);
+    let upgraded = Decision {
+        at: at + TimeDelta::minutes(2),
+        action: Action::PageThenRollback,
+        guard: None,
+        deadline: Some(deadline),
+        ..page.clone()
+    };
+    actor.handle(&upgraded, &engine).await;
+    actor.handle(&upgraded, &engine).await;
+    let incident = store.list_incidents(1).await.unwrap()[0].id;
+    let rows = store.notifications(incident).await.unwrap();
+    assert_eq!(rows.len(), 2, "the page, then the upgrade: {rows:#?}");
+    assert!(
+        rows[0].body.contains("does not roll back automatically"),
+        "{}",
+        rows[0].body
+    );
+    assert!(
+        rows[1].body.contains("rolls back automatically at") && rows[1].body.contains("Deadline:"),
+        "the human hears of the deadline: {}",
+        rows[1].body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_sent_again_after_a_crash_before_it_was_recorded_has_the_same_message_id() {
+    let Some(smtp) = SmtpServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let id = incident(&store).await;
+    let oncall = email("oncall", smtp.port, &["oncall@example.com"]);
+    let worker = worker(&store, config(vec![oncall.clone()], &["oncall"], &[]));
+    let now = Utc::now();
+    let page = enqueue(
+        &store,
+        "oncall",
+        "page",
+        NotificationKind::Page,
+        &details(id, "PAGE production web"),
+        now,
+    )
+    .await;
+    let notice = enqueue(
+        &store,
+        "oncall",
+        "notice",
+        NotificationKind::Notice,
+        &details(id, "Rolling back production web"),
+        now,
+    )
+    .await;
+    // A worker claims the page and sends it; the server says 250; the
+    // worker dies before it records that.
+    let claimed = store
+        .claim_notification(page, "a-worker-that-dies", now, now + TimeDelta::minutes(1))
+        .await
+        .unwrap()
+        .expect("claimed");
+    rollwatch::notify::channels::send(&oncall, &claimed, None)
+        .await
+        .unwrap();
+    // Its lease holds: nobody sends the page (nor the notice behind it).
+    worker.round(now + TimeDelta::seconds(30)).await;
+    assert_eq!(smtp.messages().len(), 1);
+    // Once it has expired, another worker sends the page again, then the notice.
+    let later = now + TimeDelta::minutes(2);
+    assert_eq!(worker.round(later).await, Some(later), "settled the page");
+    worker.round(later).await;
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 3, "{mails:#?}");
+    let message_id = |mail: &String| header(mail, "Message-ID").expect("a Message-ID");
+    assert_eq!(
+        message_id(&mails[0]),
+        message_id(&mails[1]),
+        "the page sent again is recognisably the same message"
+    );
+    assert!(
+        message_id(&mails[0]).starts_with(&format!("<rollwatch.{page}.")),
+        "{}",
+        mails[0]
+    );
+    assert_ne!(message_id(&mails[2]), message_id(&mails[0]));
+    assert!(mails[2].contains("Rolling back production web"));
+    assert_eq!(
+        header(&mails[2], "In-Reply-To"),
+        Some(message_id(&mails[0]))
+    );
+    assert_eq!(header(&mails[2], "References"), Some(message_id(&mails[0])));
+    let stored = store.notifications(id).await.unwrap();
+    for row in &stored {
+        assert_eq!(row.state, NotificationState::Sent, "{row:#?}");
+    }
+    assert_eq!(stored.iter().find(|n| n.id == notice).unwrap().attempts, 1);
+}
+
+/// A worker whose routing says whether this replica owns the target.
+fn replica(
+    store: &Store,
+    notify: NotifyConfig,
+    owner: tokio::sync::watch::Receiver<bool>,
+) -> Worker {
+    let routing = rollwatch::notify::deliver::Routing::default();
+    routing.add_owned(TARGET.into(), Some(notify), Some(owner));
+    Worker::new(store.clone(), routing, Arc::new(tokio::sync::Notify::new()))
+}
+
+/// Puts a message in the outbox and records it sent, as the owner did.
+async fn sent_by_the_owner(store: &Store, channel: &str, key: &str, details: &Details) -> i64 {
+    let now = Utc::now();
+    let id = enqueue(store, channel, key, NotificationKind::Page, details, now).await;
+    store
+        .claim_notification(id, "the-owner", now, now + TimeDelta::minutes(1))
+        .await
+        .unwrap()
+        .expect("claimed");
+    assert!(
+        store
+            .mark_notification_sent(id, "the-owner", now)
+            .await
+            .unwrap()
+    );
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passive_replica_neither_sends_nor_refreshes_alerts_and_does_both_once_it_owns() {
+    let Some(am) = Alertmanager::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let id = incident(&store).await;
+    let channel = Channel {
+        name: "am".into(),
+        kind: ChannelKind::Alertmanager {
+            url: am.url.clone(),
+        },
+        timeout: Duration::from_secs(5),
+        deadline: Duration::from_secs(3600),
+    };
+    let (owner, ownership) = tokio::sync::watch::channel(false);
+    let worker = replica(&store, config(vec![channel], &["am"], &[]), ownership);
+    // The owner paged (its alert since timed out in Alertmanager), and a
+    // second page waits in the outbox.
+    sent_by_the_owner(&store, "am", "page", &details(id, "PAGE production web")).await;
+    let waiting = enqueue(
+        &store,
+        "am",
+        "page-again",
+        NotificationKind::Page,
+        &details(id, "PAGE production web, again"),
+        Utc::now(),
+    )
+    .await;
+    let ours = |alerts: Vec<serde_json::Value>| {
+        alerts
+            .into_iter()
+            .filter(|a| a["labels"]["incident"] == id.to_string().as_str())
+            .count()
+    };
+    worker.refresh_alerts(Utc::now()).await;
+    worker.round(Utc::now()).await;
+    assert_eq!(
+        ours(alerts(&am).await),
+        0,
+        "a passive replica posts nothing"
+    );
+    let stored = store.notifications(id).await.unwrap();
+    let pending = stored.iter().find(|n| n.id == waiting).unwrap();
+    assert_eq!(
+        (pending.state, pending.attempts),
+        (NotificationState::Pending, 0),
+        "and sends nothing"
+    );
+    // Ownership comes to this replica: it refreshes the open incident's alert.
+    owner.send(true).unwrap();
+    worker.refresh_alerts(Utc::now()).await;
+    assert_eq!(ours(alerts(&am).await), 1, "the owner refreshes");
+    worker.round(Utc::now()).await;
+    let stored = store.notifications(id).await.unwrap();
+    assert_eq!(
+        stored.iter().find(|n| n.id == waiting).unwrap().state,
+        NotificationState::Sent
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_alertmanager_holds_no_email_up_while_its_alerts_are_refreshed() {
+    let Some(smtp) = SmtpServer::start() else {
+        return;
+    };
+    let silent = BlackHole::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let am = Channel {
+        name: "am".into(),
+        kind: ChannelKind::Alertmanager { url: silent.url() },
+        // Far longer than an email takes: the email must go out while the
+        // refresh still waits.
+        timeout: Duration::from_secs(60),
+        deadline: Duration::from_secs(3600),
+    };
+    let oncall = email("oncall", smtp.port, &["oncall@example.com"]);
+    let notify = config(vec![oncall, am], &["oncall", "am"], &[]);
+    let routing = rollwatch::notify::deliver::Routing::default();
+    // Three targets with an open incident each, whose alerts went to
+    // Alertmanager before it fell silent.
+    let mut incidents = Vec::new();
+    for service in ["web", "api", "db"] {
+        let target = format!("{service}/production");
+        routing.add(target.clone(), Some(notify.clone()));
+        let id = store
+            .open_incident(&NewIncident {
+                target: target.clone(),
+                kind: IncidentKind::Rule,
+                tier: "consider".into(),
+                rule: "error-rate".into(),
+                reason: String::new(),
+                component: None,
+                from_version: None,
+                to_version: None,
+                opened_at: Utc::now(),
+                deadline: None,
+            })
+            .await
+            .unwrap();
+        let mut alert = details(id, &format!("PAGE production {service}"));
+        alert.service = service.into();
+        alert.target = target.clone();
+        let row = NewNotification {
+            incident: Some(id),
+            kind: NotificationKind::Page,
+            channel: "am".into(),
+            recipients: vec![],
+            subject: alert.summary.clone(),
+            body: String::new(),
+            dedupe_key: format!("incident:{id}:page:am"),
+            created_at: Utc::now(),
+            target,
+            details: serde_json::to_value(&alert).unwrap(),
+        };
+        let row = store.enqueue_notification(&row).await.unwrap().id();
+        let now = Utc::now();
+        store
+            .claim_notification(row, "before", now, now + TimeDelta::minutes(1))
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .mark_notification_sent(row, "before", now)
+            .await
+            .unwrap();
+        incidents.push(id);
+    }
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let worker = Worker::new(store.clone(), routing, Arc::clone(&wake));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    // The refresh is under way: Alertmanager has taken its posts and says nothing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while silent.accepted() < 3 {
+        assert!(std::time::Instant::now() < deadline, "no refresh started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // An email comes along.
+    let mut notice = details(incidents[0], "Rolling back production web");
+    notice.action = "rollback".into();
+    enqueue(
+        &store,
+        "oncall",
+        "rollback-notice",
+        NotificationKind::Notice,
+        &notice,
+        Utc::now(),
+    )
+    .await;
+    wake.notify_one();
+    let deadline = std::time::Instant::now() + Duration::from_secs(50);
+    while smtp.messages().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no email while the refresh waits"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // It went out while the refresh was still waiting for every answer.
+    assert_eq!(
+        silent.abandoned(),
+        0,
+        "the email waited for the refresh to give up"
+    );
+    assert!(smtp.messages()[0].contains("Rolling back production web"));
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minute_of_real_time_with_a_refusing_and_a_silent_channel_stops_adding_rows() {
+    let silent = BlackHole::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let id = incident(&store).await;
+    let leads = Channel {
+        name: "leads".into(),
+        kind: ChannelKind::Webhook { url: silent.url() },
+        timeout: Duration::from_secs(1),
+        deadline: Duration::from_secs(5),
+    };
+    let notify = two_channels(
+        dead_email("oncall", closed_port(), "oncall@example.com"),
+        leads,
+    );
+    let worker = worker(&store, notify);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    let d = details(id, "PAGE production web");
+    for channel in ["oncall", "leads"] {
+        enqueue(
+            &store,
+            channel,
+            "page",
+            NotificationKind::Page,
+            &d,
+            Utc::now(),
+        )
+        .await;
+    }
+    // Watch the outbox for a minute.
+    let mut counts = Vec::new();
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        counts.push(store.notifications(id).await.unwrap().len());
+    }
+    shutdown.cancel();
+    running.await.unwrap();
+    eprintln!("rows, second by second: {counts:?}");
+    let rows = store.notifications(id).await.unwrap();
+    // The two pages failed, each escalated once on the other channel,
+    // where the escalation failed and went no further.
+    assert_eq!(rows.len(), 4, "{counts:?} {rows:#?}");
+    assert!(
+        rows.iter().all(|r| r.state == NotificationState::Failed),
+        "{rows:#?}"
+    );
+    assert_eq!(
+        counts[30..].iter().min(),
+        counts[30..].iter().max(),
+        "the second half-minute added no row: {counts:?}"
+    );
+    assert!(silent.accepted() >= 2, "the webhook was tried");
 }

@@ -111,6 +111,8 @@ on_both_backends!(
     an_incidents_samples_round_trip_once_each,
     each_channel_delivers_in_order_from_its_head,
     answers_are_recorded_while_another_process_writes,
+    of_two_workers_claiming_a_notification_at_once_one_wins,
+    a_claim_whose_lease_expired_can_be_taken_over_and_only_the_claimant_records,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -162,6 +164,18 @@ fn page(incident: Option<i64>, key: &str, at: DateTime<Utc>) -> NewNotification 
         target: TARGET.to_string(),
         details: serde_json::json!({"rule": "error-rate"}),
     }
+}
+
+/// The claimant of the outbox tests that play one worker.
+const WORKER: &str = "worker-a";
+
+/// Claims a due notification for `WORKER` for a minute from `now`.
+async fn claim(store: &Store, id: i64, now: DateTime<Utc>) -> NotificationRecord {
+    store
+        .claim_notification(id, WORKER, now, now + TimeDelta::minutes(1))
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("notification {id} could not be claimed at {now}"))
 }
 
 fn staging_policy() -> Policy {
@@ -306,10 +320,13 @@ async fn the_dedupe_key_suppresses_a_second_page(db: TestDb) {
     assert_eq!(second, Enqueued::Duplicate(first.id()));
 
     // Still one after it was sent: a page is never repeated.
-    store
-        .mark_notification_sent(first.id(), secs(3))
-        .await
-        .unwrap();
+    claim(&store, first.id(), secs(3)).await;
+    assert!(
+        store
+            .mark_notification_sent(first.id(), WORKER, secs(3))
+            .await
+            .unwrap()
+    );
     let third = store
         .enqueue_notification(&page(Some(incident), &key, secs(4)))
         .await
@@ -357,13 +374,19 @@ async fn due_notifications_come_in_order_and_not_after_being_sent(db: TestDb) {
         vec![early, middle]
     );
 
-    store.mark_notification_sent(early, secs(31)).await.unwrap();
+    for id in [early, middle, late] {
+        claim(&store, id, secs(31)).await;
+    }
     store
-        .mark_notification_failed(middle, "smtp: connection refused", Some(secs(90)))
+        .mark_notification_sent(early, WORKER, secs(31))
         .await
         .unwrap();
     store
-        .mark_notification_failed(late, "550 no such user", None)
+        .mark_notification_failed(middle, WORKER, "smtp: connection refused", Some(secs(90)))
+        .await
+        .unwrap();
+    store
+        .mark_notification_failed(late, WORKER, "550 no such user", None)
         .await
         .unwrap();
     assert!(
@@ -384,11 +407,23 @@ async fn due_notifications_come_in_order_and_not_after_being_sent(db: TestDb) {
     assert_eq!(due[0].next_attempt_at, secs(90));
     assert_eq!(due[0].state, NotificationState::Pending);
 
-    // Settled ones stay settled; unknown ids are an error.
-    store.mark_notification_sent(late, secs(121)).await.unwrap();
+    // Settled ones stay settled (and cannot be claimed); unknown ids are an error.
+    assert!(
+        !store
+            .mark_notification_sent(late, WORKER, secs(121))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .claim_notification(late, WORKER, secs(121), secs(181))
+            .await
+            .unwrap(),
+        None
+    );
     assert!(!ids(store.due_notifications(secs(999), 10).await.unwrap()).contains(&late));
     assert!(matches!(
-        store.mark_notification_sent(424242, secs(1)).await,
+        store.mark_notification_sent(424242, WORKER, secs(1)).await,
         Err(StoreError::NoSuchNotification(424242))
     ));
 }
@@ -954,21 +989,24 @@ async fn each_channel_delivers_in_order_from_its_head(db: TestDb) {
     };
     assert_eq!(heads(store.clone()).await, ["a1", "b1"]);
     // a1 waits for a retry: a2 does not overtake it.
+    claim(&store, ids[0], secs(5)).await;
     store
-        .mark_notification_failed(ids[0], "421 try later", Some(secs(600)))
+        .mark_notification_failed(ids[0], WORKER, "421 try later", Some(secs(600)))
         .await
         .unwrap();
     assert_eq!(heads(store.clone()).await, ["a1", "b1"]);
+    claim(&store, ids[0], secs(601)).await;
     store
-        .mark_notification_sent(ids[0], secs(601))
+        .mark_notification_sent(ids[0], WORKER, secs(601))
         .await
         .unwrap();
     assert_eq!(heads(store.clone()).await, ["a2", "b1"]);
     let stored = store.channel_heads().await.unwrap();
     assert_eq!(stored[0].target, TARGET);
     assert_eq!(stored[0].details["rule"], "error-rate");
+    claim(&store, ids[1], secs(602)).await;
     store
-        .mark_notification_failed(ids[1], "550 no such user", None)
+        .mark_notification_failed(ids[1], WORKER, "550 no such user", None)
         .await
         .unwrap();
     let failed = store.failed_notifications(10).await.unwrap();
@@ -989,4 +1027,139 @@ async fn several_opens_of_one_new_sqlite_file_at_once_migrate_it_once() {
         let store = open.unwrap().unwrap_or_else(|e| panic!("{e}"));
         store.close().await;
     }
+}
+
+async fn of_two_workers_claiming_a_notification_at_once_one_wins(db: TestDb) {
+    // Two replicas: two pools on one database, asking for the same rows at once.
+    let (first, second) = (db.open().await, db.open().await);
+    let incident = first
+        .open_incident(&new_incident(TARGET, IncidentKind::Rule, t0()))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let page = page(Some(incident), &format!("contended-{n}"), secs(0));
+        ids.push(first.enqueue_notification(&page).await.unwrap().id());
+    }
+    let claims = ids.iter().flat_map(|&id| {
+        [(first.clone(), "worker-a"), (second.clone(), "worker-b")].map(|(store, who)| async move {
+            let claimed = store
+                .claim_notification(id, who, secs(1), secs(61))
+                .await
+                .unwrap();
+            (id, who, claimed.is_some())
+        })
+    });
+    let claims = futures_util::future::join_all(claims).await;
+    for id in &ids {
+        let winners: Vec<&str> = claims
+            .iter()
+            .filter(|(claimed, _, won)| claimed == id && *won)
+            .map(|(_, who, _)| *who)
+            .collect();
+        assert_eq!(winners.len(), 1, "notification {id}: {winners:?}");
+        // The loser cannot record an outcome; the winner can.
+        let loser = if winners[0] == "worker-a" {
+            "worker-b"
+        } else {
+            "worker-a"
+        };
+        assert!(
+            !first
+                .mark_notification_sent(*id, loser, secs(2))
+                .await
+                .unwrap()
+        );
+        assert!(
+            first
+                .mark_notification_sent(*id, winners[0], secs(2))
+                .await
+                .unwrap()
+        );
+    }
+    let stored = first.notifications(incident).await.unwrap();
+    assert_eq!(stored.len(), 20);
+    assert!(
+        stored
+            .iter()
+            .all(|n| (n.state, n.attempts) == (NotificationState::Sent, 1)),
+        "{stored:#?}"
+    );
+}
+
+async fn a_claim_whose_lease_expired_can_be_taken_over_and_only_the_claimant_records(db: TestDb) {
+    let store = db.open().await;
+    let incident = store
+        .open_incident(&new_incident(TARGET, IncidentKind::Rule, t0()))
+        .await
+        .unwrap();
+    let id = store
+        .enqueue_notification(&page(Some(incident), "leased", secs(0)))
+        .await
+        .unwrap()
+        .id();
+    let claimed = store
+        .claim_notification(id, "worker-a", secs(1), secs(61))
+        .await
+        .unwrap()
+        .expect("a pending, due, unclaimed row is claimed");
+    assert_eq!((claimed.id, claimed.attempts), (id, 0));
+    // Within the lease nobody else (nor the same worker) takes it.
+    for (who, at) in [("worker-b", 30), ("worker-a", 60)] {
+        assert_eq!(
+            store
+                .claim_notification(id, who, secs(at), secs(at + 60))
+                .await
+                .unwrap(),
+            None,
+            "{who} at {at}s"
+        );
+    }
+    // worker-a died after the server took the message and before it
+    // recorded that: once the lease has expired another worker takes over.
+    let taken_over = store
+        .claim_notification(id, "worker-b", secs(61), secs(121))
+        .await
+        .unwrap()
+        .expect("an expired lease can be claimed again");
+    assert_eq!(taken_over.id, id);
+    // worker-a's late word changes nothing; worker-b's counts.
+    assert!(
+        !store
+            .mark_notification_failed(id, "worker-a", "timed out", Some(secs(70)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .mark_notification_failed(id, "worker-b", "421 try later", Some(secs(300)))
+            .await
+            .unwrap()
+    );
+    // A failed attempt lets the claim go; the row waits for its retry.
+    assert_eq!(
+        store
+            .claim_notification(id, "worker-a", secs(299), secs(359))
+            .await
+            .unwrap(),
+        None,
+        "not before its next attempt is due"
+    );
+    let retried = store
+        .claim_notification(id, "worker-a", secs(300), secs(360))
+        .await
+        .unwrap()
+        .expect("due again, unclaimed");
+    assert_eq!(retried.attempts, 1);
+    assert!(
+        store
+            .mark_notification_sent(id, "worker-a", secs(301))
+            .await
+            .unwrap()
+    );
+    let stored = &store.notifications(incident).await.unwrap()[0];
+    assert_eq!(
+        (stored.state, stored.attempts, stored.sent_at),
+        (NotificationState::Sent, 2, Some(secs(301)))
+    );
 }

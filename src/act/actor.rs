@@ -901,8 +901,14 @@ impl Actor {
                         self.store.set_incident_deadline(id, Some(deadline)).await,
                     );
                 }
-                self.tell(Some(id), decision, &format!("incident:{id}:page"))
-                    .await;
+                // Keyed by the action: a repeat of the page is dropped, an
+                // upgrade to page-then-rollback (with its deadline) is news.
+                self.tell(
+                    Some(id),
+                    decision,
+                    &format!("incident:{id}:{}", decision.action.name()),
+                )
+                .await;
             }
             (_, Cause::Acknowledged | Cause::Held) => {
                 // The answer cancelled the automatic rollback: so says the store.

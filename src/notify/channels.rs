@@ -1,6 +1,9 @@
 //! Sending one stored message on one channel: SMTP (lettre), Alertmanager's
 //! API v2, a JSON webhook. Each attempt is bounded by the channel's timeout;
-//! an error says whether trying again can help.
+//! an error says whether trying again can help. A message carries its
+//! identity (`message::identity`), the same on every attempt, so that a
+//! receiver can recognise a resend: an email's `Message-ID`, a webhook's
+//! `Idempotency-Key`; an Alertmanager alert is recognised by its labels.
 
 use std::time::Duration;
 
@@ -12,7 +15,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde_json::json;
 
 use super::config::{Channel, ChannelKind, SmtpSecurity};
-use super::message::{Details, html_body};
+use super::message::{Details, html_body, identity};
 use crate::sources::http;
 use crate::store::NotificationRecord;
 
@@ -42,11 +45,17 @@ fn details_of(notification: &NotificationRecord) -> Details {
     })
 }
 
-/// One attempt to deliver `notification` on `channel`.
-pub async fn send(channel: &Channel, notification: &NotificationRecord) -> Result<(), SendError> {
+/// One attempt to deliver `notification` on `channel`. `thread` is the
+/// identity of the message this one follows up (an email's `In-Reply-To`):
+/// the first message of its incident on this channel.
+pub async fn send(
+    channel: &Channel,
+    notification: &NotificationRecord,
+    thread: Option<&str>,
+) -> Result<(), SendError> {
     let attempt = async {
         match &channel.kind {
-            ChannelKind::Email { .. } => send_email(channel, notification).await,
+            ChannelKind::Email { .. } => send_email(channel, notification, thread).await,
             ChannelKind::Alertmanager { url } => {
                 let details = details_of(notification);
                 post_alert(url, channel.timeout, &details, Utc::now()).await
@@ -63,7 +72,21 @@ pub async fn send(channel: &Channel, notification: &NotificationRecord) -> Resul
     }
 }
 
-async fn send_email(channel: &Channel, notification: &NotificationRecord) -> Result<(), SendError> {
+/// The `Message-ID` of the message with `identity` sent from `from`: at
+/// the sender's domain, which the sender may vouch for.
+pub fn message_id(identity: &str, from: &Mailbox) -> String {
+    let domain = match from.email.domain() {
+        "" => "rollwatch.invalid",
+        domain => domain,
+    };
+    format!("<rollwatch.{identity}@{domain}>")
+}
+
+async fn send_email(
+    channel: &Channel,
+    notification: &NotificationRecord,
+    thread: Option<&str>,
+) -> Result<(), SendError> {
     let ChannelKind::Email {
         host,
         port,
@@ -82,19 +105,19 @@ async fn send_email(channel: &Channel, notification: &NotificationRecord) -> Res
             .map_err(|e| SendError::Permanent(format!("address \"{address}\" is not valid: {e}")))
     };
     let details = details_of(notification);
+    let sender = mailbox(from)?;
     let mut builder = lettre::Message::builder()
-        .from(mailbox(from)?)
+        .message_id(Some(message_id(&identity(notification), &sender)))
+        .from(sender.clone())
         .subject(format!("[rollwatch] {}", notification.subject));
     for recipient in to {
         builder = builder.to(mailbox(recipient)?);
     }
-    if let Some(incident) = details.incident {
-        // One incident, one thread in the mail client.
-        let thread = format!(
-            "<rollwatch-incident-{incident}.{}@rollwatch>",
-            details.target.replace('/', ".")
-        );
-        builder = builder.in_reply_to(thread.clone()).references(thread);
+    if let Some(first) = thread {
+        // One incident, one thread in the mail client: every later message
+        // answers the first.
+        let first = message_id(first, &sender);
+        builder = builder.in_reply_to(first.clone()).references(first);
     }
     let email = builder
         .multipart(
@@ -161,12 +184,14 @@ async fn post_json(
     url: &str,
     timeout: Duration,
     body: &serde_json::Value,
+    idempotency_key: Option<&str>,
 ) -> Result<(u16, String), SendError> {
     let client = http::client().map_err(|e| SendError::Permanent(format!("HTTP client: {e}")))?;
-    let response = client
-        .post(url)
-        .timeout(timeout)
-        .json(body)
+    let mut request = client.post(url).timeout(timeout).json(body);
+    if let Some(key) = idempotency_key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request
         .send()
         .await
         .map_err(|e| SendError::Transient(format!("POST {url}: {}", http::error_chain(&e))))?;
@@ -188,7 +213,10 @@ async fn send_webhook(
         "notification": notification.id,
         "rollwatch": details,
     });
-    let (status, text) = post_json(url, timeout, &body).await?;
+    // The same key on every attempt: a receiver that saw it already
+    // (the 2xx was lost, or rollwatch died before recording it) drops it.
+    let key = format!("rollwatch.{}", identity(notification));
+    let (status, text) = post_json(url, timeout, &body, Some(&key)).await?;
     http_outcome("the webhook", status, &text)
 }
 
@@ -235,6 +263,6 @@ pub async fn post_alert(
     now: DateTime<Utc>,
 ) -> Result<(), SendError> {
     let endpoint = format!("{url}/api/v2/alerts");
-    let (status, text) = post_json(&endpoint, timeout, &json!([alert(details, now)])).await?;
+    let (status, text) = post_json(&endpoint, timeout, &json!([alert(details, now)]), None).await?;
     http_outcome("Alertmanager", status, &text)
 }

@@ -2,9 +2,17 @@
 //! order they were stored, retrying with exponential backoff and jitter until
 //! the channel's deadline. A channel outage delays messages, never drops or
 //! reorders them; a message that finally fails is recorded as failed and
-//! raises an escalation on another channel. Every state change is stored
-//! before the next attempt, so a restart neither loses nor repeats one
-//! (beyond the single attempt in flight when the process died).
+//! raises an escalation on another channel, once: an escalation that fails
+//! is logged, counted and shown in status, and goes no further, so dead
+//! channels add rows per message, never per minute. Each attempt claims its
+//! row with a lease first (`Store::claim_notification`), so two workers (two
+//! replicas) never send one row at once; every state change is stored before
+//! the next attempt, so a restart neither loses nor repeats one (beyond the
+//! single attempt in flight when the process died, which is sent again with
+//! the same identity once its lease expires).
+//!
+//! Beside the deliveries, and never in their way, the owner of a target
+//! re-posts its open incidents' Alertmanager alerts every minute.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -15,11 +23,13 @@ use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use futures_util::StreamExt;
+
 use super::channels::{self, SendError};
-use super::config::NotifyConfig;
-use super::message::{Details, LOG_CHANNEL, text_body};
+use super::config::{Channel, ChannelKind, NotifyConfig};
+use super::message::{self, Details, LOG_CHANNEL, text_body};
 use crate::store::{NewNotification, NotificationKind, NotificationRecord, Store};
-use crate::telemetry::{DeliveryLabels, Telemetry};
+use crate::telemetry::{ChannelLabels, DeliveryLabels, Telemetry};
 
 /// The longest pause between two attempts on one message.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -27,10 +37,19 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 /// The worker looks at the outbox at least this often.
 const IDLE_CHECK: Duration = Duration::from_secs(5);
+/// Two rounds are at least this far apart, whatever happens: the worker
+/// never spins (a backlog drains at up to 20 messages a second per channel).
+const MIN_PAUSE: Duration = Duration::from_millis(50);
+/// A claim outlasts its attempt (the channel's timeout and a second) by
+/// this much: time to record the outcome, and room for clocks of replicas
+/// that disagree a little.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 /// Open incidents' alerts are posted to Alertmanager again this often: it
-/// resolves an alert nobody re-posts within its `resolve_timeout` (5m).
+/// resolves an alert nobody re-posts within its `resolve_timeout` (5m). A
+/// refresh is cut off after as long, and posts at most this many at once.
 const ALERT_REFRESH: Duration = Duration::from_secs(60);
+const ALERT_REFRESH_CONCURRENCY: usize = 8;
 
 /// The channels of every watched target, by target name (`web/production`).
 /// Shared: `run` adds targets as policy files appear and updates their
@@ -110,6 +129,9 @@ pub struct Worker {
     routing: Routing,
     wake: Arc<Notify>,
     telemetry: Option<Arc<Telemetry>>,
+    /// Who this worker is in the outbox's claims: host, process and a
+    /// random part (two workers of one process are two claimants).
+    claimant: String,
 }
 
 impl Worker {
@@ -119,6 +141,12 @@ impl Worker {
             routing,
             wake,
             telemetry: None,
+            claimant: format!(
+                "{}:{}:{:08x}",
+                crate::store::host_name(),
+                std::process::id(),
+                rand::random::<u32>()
+            ),
         }
     }
 
@@ -134,7 +162,9 @@ impl Worker {
         Worker::new(store, routing, wake)
     }
 
-    /// Counts every attempt in `rollwatch_notification_deliveries_total`.
+    /// Counts every attempt in `rollwatch_notification_deliveries_total`
+    /// and every escalation that could not be delivered in
+    /// `rollwatch_undelivered_escalations_total`.
     pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Worker {
         self.telemetry = Some(telemetry);
         self
@@ -152,16 +182,21 @@ impl Worker {
         }
     }
 
-    /// Delivers until `shutdown`.
+    /// Delivers, and refreshes the owned targets' alerts, until `shutdown`.
+    /// The two go on side by side: a refresh waiting for a silent
+    /// Alertmanager holds no message up.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut next_refresh = tokio::time::Instant::now();
+        tokio::join!(self.deliver_until(&shutdown), self.refresh_until(&shutdown));
+    }
+
+    async fn deliver_until(&self, shutdown: &CancellationToken) {
         loop {
-            if tokio::time::Instant::now() >= next_refresh {
-                self.refresh_alerts(Utc::now()).await;
-                next_refresh = tokio::time::Instant::now() + ALERT_REFRESH;
-            }
             let next = self.round(Utc::now()).await;
-            let sleep = next.map_or(IDLE_CHECK, |at| {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(MIN_PAUSE) => {}
+            }
+            let wait = next.map_or(IDLE_CHECK, |at| {
                 (at - Utc::now())
                     .to_std()
                     .unwrap_or(Duration::ZERO)
@@ -170,14 +205,36 @@ impl Worker {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(sleep) => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn refresh_until(&self, shutdown: &CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                refreshed = tokio::time::timeout(ALERT_REFRESH, self.refresh_alerts(Utc::now())) => {
+                    if refreshed.is_err() {
+                        tracing::warn!(
+                            "refreshing the Alertmanager alerts took over {}s: cut off until the next refresh",
+                            ALERT_REFRESH.as_secs()
+                        );
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(ALERT_REFRESH) => {}
             }
         }
     }
 
     /// One pass at `now` (the wall clock, or a test's simulated one): every
     /// channel whose oldest pending message is due gets one attempt (channels
-    /// in parallel). Returns when the next one is due.
+    /// in parallel). Returns when the next one is due: `now` only when this
+    /// round settled a message (the channel's next one may be due at once),
+    /// else later, or `None` when nothing waits.
     pub async fn round(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let heads = match self.store.channel_heads().await {
             Ok(heads) => heads,
@@ -190,39 +247,75 @@ impl Worker {
             .into_iter()
             .filter(|n| self.routing.sends_for(&n.target))
             .partition(|n| n.next_attempt_at <= now);
-        let attempts = due.iter().map(|n| self.deliver(n, now));
-        let delivered = futures_util::future::join_all(attempts).await;
-        if delivered.iter().any(|more| *more) {
-            // The next message of that channel may be due at once.
-            return Some(now);
-        }
-        waiting.iter().map(|n| n.next_attempt_at).min()
+        let attempts = due.iter().map(|n| self.claim_and_deliver(n, now));
+        let outcomes = futures_util::future::join_all(attempts).await;
+        let look_again = now + TimeDelta::from_std(IDLE_CHECK).unwrap_or_default();
+        outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Attempt::Settled => now,
+                Attempt::RetryAt(at) => at,
+                // Held by another worker, or the store failed: after a pause.
+                Attempt::NotMade => look_again,
+            })
+            .chain(waiting.iter().map(|n| n.next_attempt_at))
+            .min()
     }
 
-    /// One attempt on one message; true when it settled (sent or failed).
-    async fn deliver(&self, notification: &NotificationRecord, now: DateTime<Utc>) -> bool {
-        let config = self.routing.notify_of(&notification.target);
+    /// Claims one due message and makes one attempt. A message another
+    /// worker holds is left to it.
+    async fn claim_and_deliver(&self, head: &NotificationRecord, now: DateTime<Utc>) -> Attempt {
+        let config = self.routing.notify_of(&head.target);
+        let channel = config.as_deref().and_then(|c| c.channel(&head.channel));
+        // The attempt is bounded by `channels::send`; the lease outlasts it.
+        let attempt = channel.map_or(Duration::ZERO, |c| c.timeout + Duration::from_secs(1));
+        let lease_until =
+            now + TimeDelta::from_std(attempt + LEASE_MARGIN).unwrap_or(TimeDelta::minutes(5));
+        match self
+            .store
+            .claim_notification(head.id, &self.claimant, now, lease_until)
+            .await
+        {
+            Ok(Some(claimed)) => self.deliver(&claimed, channel, now).await,
+            Ok(None) => {
+                tracing::debug!(
+                    notification = head.id,
+                    "another worker holds this message; it is theirs to send"
+                );
+                Attempt::NotMade
+            }
+            Err(error) => {
+                tracing::error!(%error, notification = head.id, "cannot claim the message; it waits");
+                Attempt::NotMade
+            }
+        }
+    }
+
+    /// One attempt on one claimed message.
+    async fn deliver(
+        &self,
+        notification: &NotificationRecord,
+        channel: Option<&Channel>,
+        now: DateTime<Utc>,
+    ) -> Attempt {
         let result = if notification.channel == LOG_CHANNEL {
             log_message(notification);
             Ok(())
         } else {
-            match config
-                .as_deref()
-                .and_then(|c| c.channel(&notification.channel))
-            {
-                Some(channel) => channels::send(channel, notification).await,
+            match channel {
+                Some(channel) => {
+                    let thread = self.thread_of(notification, channel).await;
+                    channels::send(channel, notification, thread.as_deref()).await
+                }
                 None => Err(SendError::Permanent(format!(
                     "no channel \"{}\" in the policy of {} (it changed, or the target is not watched)",
                     notification.channel, notification.target
                 ))),
             }
         };
-        let deadline = config
-            .as_deref()
-            .and_then(|c| c.channel(&notification.channel))
-            .map_or(TimeDelta::hours(1), |c| {
-                TimeDelta::from_std(c.deadline).unwrap_or(TimeDelta::hours(1))
-            });
+        let deadline = channel.map_or(TimeDelta::hours(1), |c| {
+            TimeDelta::from_std(c.deadline).unwrap_or(TimeDelta::hours(1))
+        });
         match result {
             Ok(()) => {
                 tracing::info!(
@@ -234,14 +327,18 @@ impl Worker {
                     notification.subject
                 );
                 self.count(&notification.channel, "sent");
-                if let Err(error) = self
+                match self
                     .store
-                    .mark_notification_sent(notification.id, now)
+                    .mark_notification_sent(notification.id, &self.claimant, now)
                     .await
                 {
-                    tracing::error!(%error, notification = notification.id, "delivered, but cannot record it");
+                    Ok(true) => {}
+                    Ok(false) => self.claim_lost(notification),
+                    Err(error) => {
+                        tracing::error!(%error, notification = notification.id, "delivered, but cannot record it: it is sent again (with the same identity) once its claim expires");
+                    }
                 }
-                true
+                Attempt::Settled
             }
             Err(error) => {
                 let retry_at =
@@ -260,24 +357,77 @@ impl Worker {
                     retry_at = ?retry,
                     "delivery failed"
                 );
-                if let Err(store_error) = self
+                match self
                     .store
-                    .mark_notification_failed(notification.id, &error.to_string(), retry)
+                    .mark_notification_failed(
+                        notification.id,
+                        &self.claimant,
+                        &error.to_string(),
+                        retry,
+                    )
                     .await
                 {
-                    tracing::error!(%store_error, notification = notification.id, "cannot record the failed attempt");
-                    return false;
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.claim_lost(notification);
+                        return Attempt::NotMade;
+                    }
+                    Err(store_error) => {
+                        tracing::error!(%store_error, notification = notification.id, "cannot record the failed attempt");
+                        return Attempt::NotMade;
+                    }
                 }
-                if give_up {
-                    self.undeliverable(notification, &error, now).await;
+                match retry {
+                    Some(at) => Attempt::RetryAt(at),
+                    None => {
+                        self.undeliverable(notification, &error, now).await;
+                        Attempt::Settled
+                    }
                 }
-                give_up
             }
         }
     }
 
+    fn claim_lost(&self, notification: &NotificationRecord) {
+        tracing::warn!(
+            notification = notification.id,
+            channel = %notification.channel,
+            "the attempt outlasted its claim and another worker took the message over: it may be delivered twice (with the same identity)"
+        );
+    }
+
+    /// The identity of the first message of the incident on this channel,
+    /// which an email answers so that one incident is one thread; `None`
+    /// for the first itself, for messages of no incident, and on channels
+    /// without threads.
+    async fn thread_of(
+        &self,
+        notification: &NotificationRecord,
+        channel: &Channel,
+    ) -> Option<String> {
+        if !matches!(channel.kind, ChannelKind::Email { .. }) {
+            return None;
+        }
+        let incident = notification.incident?;
+        let first = match self
+            .store
+            .first_notification(incident, &notification.channel)
+            .await
+        {
+            Ok(first) => first?,
+            Err(error) => {
+                tracing::warn!(%error, notification = notification.id, "cannot find the incident's first message: this one starts a thread of its own");
+                return None;
+            }
+        };
+        (first.id != notification.id).then(|| message::identity(&first))
+    }
+
     /// Re-posts the alert of every unresolved incident that has one on an
-    /// Alertmanager channel, so it stays open there until rollwatch resolves it.
+    /// Alertmanager channel, so it stays open there until rollwatch resolves
+    /// it; only for the targets this replica sends for (a passive replica
+    /// sends nothing). At most `ALERT_REFRESH_CONCURRENCY` posts at once,
+    /// each bounded by its channel's timeout.
     pub async fn refresh_alerts(&self, now: DateTime<Utc>) {
         let incidents = match self.store.list_incidents(500).await {
             Ok(incidents) => incidents,
@@ -286,10 +436,11 @@ impl Worker {
                 return;
             }
         };
-        for incident in incidents
-            .iter()
-            .filter(|i| matches!(i.state, crate::store::IncidentState::Active { .. }))
-        {
+        let mut posts = Vec::new();
+        for incident in incidents.iter().filter(|i| {
+            matches!(i.state, crate::store::IncidentState::Active { .. })
+                && self.routing.sends_for(&i.target)
+        }) {
             let Some(config) = self.routing.notify_of(&incident.target) else {
                 continue;
             };
@@ -297,7 +448,7 @@ impl Worker {
                 continue;
             };
             for channel in &config.channels {
-                let super::config::ChannelKind::Alertmanager { url } = &channel.kind else {
+                let ChannelKind::Alertmanager { url } = &channel.kind else {
                     continue;
                 };
                 let latest = sent.iter().rev().find(|n| {
@@ -312,22 +463,48 @@ impl Worker {
                 let Ok(details) = serde_json::from_value::<Details>(latest.details.clone()) else {
                     continue;
                 };
-                if let Err(error) = channels::post_alert(url, channel.timeout, &details, now).await
-                {
-                    tracing::warn!(incident = incident.id, channel = %channel.name, %error, "cannot refresh the alert");
-                }
+                posts.push((incident.id, channel.clone(), url.clone(), details));
             }
         }
+        futures_util::stream::iter(posts)
+            .for_each_concurrent(ALERT_REFRESH_CONCURRENCY, |(incident, channel, url, details)| async move {
+                if let Err(error) = channels::post_alert(&url, channel.timeout, &details, now).await {
+                    tracing::warn!(incident, channel = %channel.name, %error, "cannot refresh the alert");
+                }
+            })
+            .await;
     }
 
-    /// A message that finally failed escalates on the other escalation
-    /// channels (the log when there are none).
+    /// A message that finally failed escalates on another channel (the
+    /// log when there is none), once: an escalation that fails (including
+    /// this one) is not escalated again but logged, counted and left failed,
+    /// where status shows it.
     async fn undeliverable(
         &self,
         failed: &NotificationRecord,
         error: &SendError,
         now: DateTime<Utc>,
     ) {
+        if failed.kind == NotificationKind::Escalation {
+            tracing::error!(
+                notification = failed.id,
+                channel = %failed.channel,
+                incident = ?failed.incident,
+                %error,
+                "UNDELIVERED ESCALATION, not escalated again (see undelivered in status): {}\n{}",
+                failed.subject,
+                failed.body
+            );
+            if let Some(telemetry) = &self.telemetry {
+                telemetry
+                    .undelivered_escalations
+                    .get_or_create(&ChannelLabels {
+                        channel: failed.channel.clone(),
+                    })
+                    .inc();
+            }
+            return;
+        }
         tracing::error!(
             notification = failed.id,
             channel = %failed.channel,
@@ -347,44 +524,44 @@ impl Worker {
             failed.kind.as_str(),
             failed.subject
         );
-        let channels: Vec<(String, Vec<String>)> = match self.routing.notify_of(&failed.target) {
-            Some(config) => config
+        let fallback = self.routing.notify_of(&failed.target).and_then(|config| {
+            config
                 .routes
                 .escalation
                 .iter()
                 .chain(&config.routes.page)
                 .filter(|name| **name != failed.channel)
-                .filter_map(|name| config.channel(name))
+                .find_map(|name| config.channel(name))
                 .map(|c| (c.name.clone(), c.kind.recipients()))
-                .take(1)
-                .collect(),
-            None => Vec::new(),
+        });
+        let (channel, recipients) =
+            fallback.unwrap_or_else(|| (LOG_CHANNEL.to_string(), Vec::new()));
+        let escalation = NewNotification {
+            incident: failed.incident,
+            kind: NotificationKind::Escalation,
+            dedupe_key: format!("undeliverable:{}:{channel}", failed.id),
+            channel,
+            recipients,
+            subject: details.summary.clone(),
+            body: text_body(&details, now),
+            created_at: now,
+            target: failed.target.clone(),
+            details: serde_json::to_value(&details).unwrap_or_default(),
         };
-        let channels = if channels.is_empty() {
-            vec![(LOG_CHANNEL.to_string(), Vec::new())]
-        } else {
-            channels
-        };
-        let body = text_body(&details, now);
-        let details_json = serde_json::to_value(&details).unwrap_or_default();
-        for (channel, recipients) in channels {
-            let escalation = NewNotification {
-                incident: failed.incident,
-                kind: NotificationKind::Escalation,
-                dedupe_key: format!("undeliverable:{}:{channel}", failed.id),
-                channel,
-                recipients,
-                subject: details.summary.clone(),
-                body: body.clone(),
-                created_at: now,
-                target: failed.target.clone(),
-                details: details_json.clone(),
-            };
-            if let Err(store_error) = self.store.enqueue_notification(&escalation).await {
-                tracing::error!(%store_error, "cannot store the escalation of an undeliverable message");
-            }
+        if let Err(store_error) = self.store.enqueue_notification(&escalation).await {
+            tracing::error!(%store_error, "cannot store the escalation of an undeliverable message");
         }
     }
+}
+
+/// What one round did with one channel's head.
+enum Attempt {
+    /// Sent, or failed for good.
+    Settled,
+    /// Failed; the next attempt is due then.
+    RetryAt(DateTime<Utc>),
+    /// No attempt: another worker holds the message, or the store failed.
+    NotMade,
 }
 
 /// The `log` channel: the message goes to the log at WARN, where a policy

@@ -5,11 +5,12 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use crate::engine::decision::{Cause, Decision};
 use crate::engine::policy::{Action, Policy};
 use crate::engine::time_text;
-use crate::store::{NewNotification, NotificationKind};
+use crate::store::{NewNotification, NotificationKind, NotificationRecord};
 
 use super::config::NotifyConfig;
 
@@ -239,6 +240,26 @@ fn short_cause(cause: Cause) -> &'static str {
         Cause::WatchFailed => "not stable after the rollback",
         _ => "needs a human",
     }
+}
+
+/// A stored message's identity for the people and systems receiving it
+/// (`17.3fa29c0de1b2a4f5`): the same on every attempt, after a restart and
+/// from any replica, and different for every outbox row. The row id alone
+/// would repeat across installations (two databases both have a row 1), so
+/// a hash of what the row says it is (target, dedupe key, creation instant
+/// to the microsecond) follows it.
+pub fn identity(notification: &NotificationRecord) -> String {
+    let digest = sha2::Sha256::digest(
+        format!(
+            "{}\n{}\n{}",
+            notification.target,
+            notification.dedupe_key,
+            notification.created_at.timestamp_micros()
+        )
+        .as_bytes(),
+    );
+    let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}.{hash}", notification.id)
 }
 
 /// The plain-text body every channel shows in some form.

@@ -282,9 +282,7 @@ impl Store {
     ) -> Option<Result<PgConnection, StoreError>> {
         // Named so that a DBA (and `pg_stat_activity`) can tell which
         // replica holds which lock: host and process id.
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default();
+        let host = host_name();
         let idle = timeout.as_secs().max(1);
         let options = PgConnectOptions::clone(self.postgres.as_ref()?)
             .application_name(&format!(
@@ -506,6 +504,14 @@ fn keep_tail(text: &str) -> &str {
         start += 1;
     }
     &text[start..]
+}
+
+/// This machine's name (empty when unknown): it names a replica's database
+/// sessions and outbox claims, so that a DBA can tell who holds what.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The notification outbox: notifications are stored first and delivered by a
 //! worker that asks for the due ones, so an SMTP or webhook outage delays a
 //! page but never drops it. The unique `dedupe_key` makes enqueueing
-//! idempotent: one incident pages once however often it is asked to.
+//! idempotent: one incident pages once however often it is asked to. A
+//! worker claims a row (with a lease) before each attempt and only the
+//! claimant records its outcome, so two workers never send one row at once.
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -133,6 +135,30 @@ impl Store {
         })
     }
 
+    /// The first notification of an incident on a channel (the one later
+    /// messages there follow up), if any.
+    pub async fn first_notification(
+        &self,
+        incident: i64,
+        channel: &str,
+    ) -> Result<Option<NotificationRecord>, StoreError> {
+        on_backend!(self, pool => {
+            let row = sqlx::query(
+                "SELECT * FROM notifications WHERE incident_id = $1 AND channel = $2 \
+                 ORDER BY id LIMIT 1",
+            )
+            .bind(incident)
+            .bind(channel.to_string())
+            .fetch_optional(pool)
+            .await
+            .map_err(query_failed("find an incident's first notification"))?;
+            match row {
+                Some(row) => Ok(Some(notification_from_row!(&row))),
+                None => Ok(None),
+            }
+        })
+    }
+
     /// Notifications that finally failed, newest first (status, metrics).
     pub async fn failed_notifications(
         &self,
@@ -175,20 +201,64 @@ impl Store {
         })
     }
 
-    /// A pending notification was delivered. Marking one that is already
-    /// settled changes nothing.
+    /// Claims a due pending notification for one delivery attempt by
+    /// `claimant` (a token unique to one worker) until `lease_until`: the
+    /// row's claim is taken in one conditional UPDATE, so of two workers
+    /// asking at once one gets the row and the other `None`. A row whose
+    /// earlier claimant's lease has expired (it died between sending and
+    /// recording) can be claimed again. `None` also when the row is settled,
+    /// not due at `now`, or gone. Only the claimant sends the row and
+    /// records its outcome (`mark_notification_sent`, `..._failed`).
+    ///
+    /// Every condition of a claim lives in this one statement (a fencing
+    /// epoch would be one more `AND`).
+    pub async fn claim_notification(
+        &self,
+        id: i64,
+        claimant: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<NotificationRecord>, StoreError> {
+        on_backend!(self, pool => {
+            let row = sqlx::query(
+                "UPDATE notifications SET claimed_by = $2, claimed_until = $4 \
+                 WHERE id = $1 AND state = 'pending' AND next_attempt_at <= $3 \
+                 AND (claimed_until IS NULL OR claimed_until <= $3) \
+                 RETURNING *",
+            )
+            .bind(id)
+            .bind(claimant.to_string())
+            .bind(StoredTime(now))
+            .bind(StoredTime(lease_until))
+            .fetch_optional(pool)
+            .await
+            .map_err(query_failed("claim notification"))?;
+            match row {
+                Some(row) => Ok(Some(notification_from_row!(&row))),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// The notification `claimant` claimed was delivered: true when
+    /// recorded; false when the claim was lost (another worker claimed the
+    /// row after the lease expired, or it is settled already), which
+    /// changes nothing.
     pub async fn mark_notification_sent(
         &self,
         id: i64,
+        claimant: &str,
         sent_at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let changed = on_backend!(self, pool => {
             sqlx::query(
                 "UPDATE notifications SET state = 'sent', sent_at = $2, attempts = attempts + 1, \
-                 last_error = NULL WHERE id = $1 AND state = 'pending'",
+                 last_error = NULL, claimed_by = NULL, claimed_until = NULL \
+                 WHERE id = $1 AND state = 'pending' AND claimed_by = $3",
             )
             .bind(id)
             .bind(StoredTime(sent_at))
+            .bind(claimant.to_string())
             .execute(pool)
             .await
             .map_err(query_failed("mark notification sent"))?
@@ -197,24 +267,28 @@ impl Store {
         self.settled_or_missing(id, changed).await
     }
 
-    /// A delivery attempt failed: try again at `retry_at`, or with `None` give
-    /// up (state `failed`). `error` is kept as `last_error`.
+    /// An attempt by `claimant` failed: try again at `retry_at` (the claim
+    /// is let go), or with `None` give up (state `failed`). `error` is kept
+    /// as `last_error`. True when recorded, false when the claim was lost.
     pub async fn mark_notification_failed(
         &self,
         id: i64,
+        claimant: &str,
         error: &str,
         retry_at: Option<DateTime<Utc>>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let changed = on_backend!(self, pool => {
             sqlx::query(
                 "UPDATE notifications SET attempts = attempts + 1, last_error = $2, \
                  state = CASE WHEN $3 IS NULL THEN 'failed' ELSE 'pending' END, \
-                 next_attempt_at = COALESCE($3, next_attempt_at) \
-                 WHERE id = $1 AND state = 'pending'",
+                 next_attempt_at = COALESCE($3, next_attempt_at), \
+                 claimed_by = NULL, claimed_until = NULL \
+                 WHERE id = $1 AND state = 'pending' AND claimed_by = $4",
             )
             .bind(id)
             .bind(error.to_string())
             .bind(retry_at.map(StoredTime))
+            .bind(claimant.to_string())
             .execute(pool)
             .await
             .map_err(query_failed("mark notification failed"))?
@@ -223,9 +297,10 @@ impl Store {
         self.settled_or_missing(id, changed).await
     }
 
-    async fn settled_or_missing(&self, id: i64, changed: u64) -> Result<(), StoreError> {
+    /// True when the row changed; false when it exists but did not.
+    async fn settled_or_missing(&self, id: i64, changed: u64) -> Result<bool, StoreError> {
         if changed > 0 {
-            return Ok(());
+            return Ok(true);
         }
         let exists = on_backend!(self, pool => {
             sqlx::query("SELECT id FROM notifications WHERE id = $1")
@@ -236,7 +311,7 @@ impl Store {
                 .map(|row| row.len())
         });
         match exists {
-            Some(_) => Ok(()),
+            Some(_) => Ok(false),
             None => Err(StoreError::NoSuchNotification(id)),
         }
     }

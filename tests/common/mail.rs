@@ -1,10 +1,13 @@
 //! Real notification servers for tests: Debian's aiosmtpd (one file per
 //! message in a Maildir) and Alertmanager 0.25, each on a free loopback port,
 //! stopped when dropped. `None` outside CI when not installed (under CI a
-//! missing server is a failure).
+//! missing server is a failure). And a black hole: a port that takes
+//! connections and never answers.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
@@ -166,5 +169,82 @@ impl Drop for Alertmanager {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The value of a mail's header `name` (continuation lines unfolded), if any.
+pub fn header(mail: &str, name: &str) -> Option<String> {
+    let head = mail.split("\n\n").next().unwrap_or_default();
+    let mut value: Option<String> = None;
+    for line in head.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.starts_with([' ', '\t']) {
+            if let Some(value) = value.as_mut() {
+                value.push(' ');
+                value.push_str(line.trim());
+            }
+            continue;
+        }
+        if value.is_some() {
+            break;
+        }
+        if let Some((key, rest)) = line.split_once(':')
+            && key.eq_ignore_ascii_case(name)
+        {
+            value = Some(rest.trim().to_string());
+        }
+    }
+    value
+}
+
+/// A loopback port that accepts connections and never says a word, like a
+/// host whose traffic is dropped once connected: a client waits for its
+/// timeout. Counts the connections taken and those the client gave up on.
+pub struct BlackHole {
+    pub port: u16,
+    accepted: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+}
+
+impl BlackHole {
+    pub fn start() -> BlackHole {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (accepted, closed) = (Arc::<AtomicUsize>::default(), Arc::<AtomicUsize>::default());
+        let (taken, given_up) = (Arc::clone(&accepted), Arc::clone(&closed));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                taken.fetch_add(1, Ordering::SeqCst);
+                let given_up = Arc::clone(&given_up);
+                std::thread::spawn(move || {
+                    use std::io::Read;
+                    let mut stream = stream;
+                    let mut buffer = [0u8; 4096];
+                    // Reads what the client sends, answers nothing, and
+                    // notes when the client hangs up.
+                    while matches!(stream.read(&mut buffer), Ok(n) if n > 0) {}
+                    given_up.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        BlackHole {
+            port,
+            accepted,
+            closed,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Connections taken so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections whose client gave up waiting.
+    pub fn abandoned(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
     }
 }
