@@ -277,6 +277,9 @@ impl Fleet {
             .map(|(leader, fence)| leader.add(&name, interval, fence));
         if let Some(routing) = &shared.routing {
             routing.add_owned(name.clone(), target.notify.clone(), leadership.clone());
+            if let Some(fence) = &fence {
+                routing.set_fence(&name, fence.clone());
+            }
         }
         let mode = if shared.dry_run {
             "dry run: nothing is executed or sent"

@@ -90,6 +90,9 @@ pub struct Telemetry {
     pub signal_value: Family<RuleLabels, FloatGauge>,
     pub signal_bound: Family<RuleLabels, FloatGauge>,
     pub signal_threshold: Family<RuleLabels, FloatGauge>,
+    /// Acting writes refused because another replica owns the target now
+    /// (`store::FENCED_WRITES`, copied in at each scrape).
+    fenced_writes: Counter,
 }
 
 fn poll_duration_histogram() -> Histogram {
@@ -206,7 +209,14 @@ impl Telemetry {
             "A rule's threshold",
             signal_threshold.clone(),
         );
+        let fenced_writes = Counter::default();
+        registry.register(
+            "rollwatch_fenced_writes",
+            "Acting writes (step starts, phases, incidents, decisions, messages) refused because a newer owner of the target exists",
+            fenced_writes.clone(),
+        );
         Arc::new(Telemetry {
+            fenced_writes,
             registry,
             polls,
             source_errors,
@@ -234,6 +244,11 @@ impl Telemetry {
 
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
+        let total = crate::store::FENCED_WRITES.load(std::sync::atomic::Ordering::Relaxed);
+        let shown = self.fenced_writes.get();
+        if total > shown {
+            self.fenced_writes.inc_by(total - shown);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

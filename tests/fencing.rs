@@ -63,6 +63,21 @@ fn decision(at: DateTime<Utc>) -> Decision {
     }
 }
 
+fn page(incident: i64, key: &str) -> NewNotification {
+    NewNotification {
+        incident: Some(incident),
+        kind: NotificationKind::Page,
+        channel: "log".to_string(),
+        recipients: Vec::new(),
+        subject: "PAGE".to_string(),
+        body: "paging".to_string(),
+        dedupe_key: format!("incident:{incident}:page:{key}"),
+        created_at: t(5),
+        target: TARGET.to_string(),
+        details: serde_json::json!({}),
+    }
+}
+
 fn fenced(result: Result<impl std::fmt::Debug, StoreError>, what: &str) {
     match result {
         Err(StoreError::Fenced { epoch, newer, .. }) => {
@@ -118,10 +133,40 @@ async fn a_stale_owner_writes_nothing_and_its_steps_end_is_kept(url: &str) {
     );
     fenced(a.set_incident_deadline(id, Some(t(60))).await, "deadline");
     fenced(a.mark_step_unknown(running, t(5), "gone").await, "unknown");
+    fenced(a.enqueue_notification(&page(id, "late")).await, "message");
+    // Counted (rollwatch_fenced_writes_total).
+    assert!(FENCED_WRITES.load(std::sync::atomic::Ordering::Relaxed) >= 7);
+    // A message B put in the outbox: A's worker (epoch 1) cannot claim it,
+    // B's (epoch 2) can.
+    let Enqueued::New(message) = b.enqueue_notification(&page(id, "b")).await.unwrap() else {
+        panic!("a new message");
+    };
+    let lease = t(5) + TimeDelta::minutes(1);
+    assert!(
+        store
+            .claim_notification_fenced(message, "a-worker", t(5), lease, Some(1))
+            .await
+            .unwrap()
+            .is_none(),
+        "a stale owner's worker sends nothing"
+    );
+    assert!(
+        store
+            .claim_notification_fenced(message, "b-worker", t(5), lease, Some(2))
+            .await
+            .unwrap()
+            .is_some()
+    );
     // Nothing of it reached the store.
     let timeline = store.incident(id).await.unwrap().unwrap();
     assert_eq!(timeline.steps.len(), 1, "{:#?}", timeline.steps);
     assert_eq!(timeline.decisions.len(), 1);
+    assert!(
+        timeline
+            .notifications
+            .iter()
+            .all(|n| !n.dedupe_key.ends_with("late"))
+    );
     assert_eq!(
         timeline.incident.state,
         IncidentState::Active {

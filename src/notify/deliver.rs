@@ -28,6 +28,7 @@ use futures_util::StreamExt;
 use super::channels::{self, SendError};
 use super::config::{Channel, ChannelKind, NotifyConfig};
 use super::message::{self, Details, LOG_CHANNEL, text_body};
+use crate::store::Fence;
 use crate::store::{NewNotification, NotificationKind, NotificationRecord, Store};
 use crate::telemetry::{ChannelLabels, DeliveryLabels, Telemetry};
 
@@ -62,6 +63,8 @@ struct Route {
     notify: Option<Arc<NotifyConfig>>,
     /// With several replicas, a target's messages are sent by its owner only.
     owner: Option<tokio::sync::watch::Receiver<bool>>,
+    /// ... and claimed under its ownership epoch.
+    fence: Option<Fence>,
 }
 
 impl Routing {
@@ -79,6 +82,7 @@ impl Routing {
         let route = Route {
             notify: notify.map(Arc::new),
             owner,
+            fence: None,
         };
         self.0
             .write()
@@ -106,6 +110,26 @@ impl Routing {
 
     /// This replica sends the target's messages (it owns the target, or
     /// there is no leadership: one replica).
+    /// Claims of `target`'s messages carry this replica's ownership epoch.
+    pub fn set_fence(&self, target: &str, fence: Fence) {
+        if let Some(route) = self
+            .0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(target)
+        {
+            route.fence = Some(fence);
+        }
+    }
+
+    fn epoch_of(&self, target: &str) -> Option<i64> {
+        let routes = self.0.read().unwrap_or_else(|e| e.into_inner());
+        routes
+            .get(target)
+            .and_then(|r| r.fence.as_ref())
+            .map(Fence::epoch)
+    }
+
     fn sends_for(&self, target: &str) -> bool {
         let routes = self.0.read().unwrap_or_else(|e| e.into_inner());
         routes
@@ -273,7 +297,13 @@ impl Worker {
             now + TimeDelta::from_std(attempt + LEASE_MARGIN).unwrap_or(TimeDelta::minutes(5));
         match self
             .store
-            .claim_notification(head.id, &self.claimant, now, lease_until)
+            .claim_notification_fenced(
+                head.id,
+                &self.claimant,
+                now,
+                lease_until,
+                self.routing.epoch_of(&head.target),
+            )
             .await
         {
             Ok(Some(claimed)) => self.deliver(&claimed, channel, now).await,

@@ -215,7 +215,7 @@ macro_rules! suppression_from_row {
 
 /// SQL that holds while no owner of the fence's target newer than this
 /// replica exists; binds `$first` (the target) and `$first + 1` (the epoch).
-fn unfenced(first: usize) -> String {
+pub(super) fn unfenced(first: usize) -> String {
     format!(
         "NOT EXISTS (SELECT 1 FROM ownership WHERE target = ${first} AND epoch > ${})",
         first + 1
@@ -241,19 +241,19 @@ fn serde_word(value: impl serde::Serialize, fallback: impl FnOnce() -> String) -
 
 impl Store {
     /// The fence's binds: without a fence nothing is refused.
-    fn fence_target(&self) -> String {
+    pub(super) fn fence_target(&self) -> String {
         self.fence
             .as_ref()
             .map_or_else(String::new, |f| f.target().to_string())
     }
 
-    fn fence_epoch(&self) -> i64 {
+    pub(super) fn fence_epoch(&self) -> i64 {
         self.fence.as_ref().map_or(i64::MAX, super::Fence::epoch)
     }
 
     /// After a fenced write changed nothing: `Fenced` when a newer owner
     /// exists (logged loudly), else `None` (another reason).
-    async fn fenced_out(&self) -> Option<StoreError> {
+    pub(super) async fn fenced_out(&self) -> Option<StoreError> {
         let fence = self.fence.as_ref()?;
         let newer = on_backend!(self, pool => {
             sqlx::query_scalar::<_, i64>("SELECT epoch FROM ownership WHERE target = $1")

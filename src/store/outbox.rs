@@ -55,12 +55,13 @@ impl Store {
         notification: &NewNotification,
     ) -> Result<Enqueued, StoreError> {
         let inserted: Option<i64> = on_backend!(self, pool => {
-            sqlx::query_scalar::<_, i64>(
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO notifications (incident_id, kind, channel, recipients, subject, body, \
                  dedupe_key, state, attempts, next_attempt_at, created_at, target, details) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8, $9, $10) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8, $9, $10 WHERE {} \
                  ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-            )
+                super::ops::unfenced(11)
+            )))
             .bind(notification.incident)
             .bind(notification.kind.as_str())
             .bind(notification.channel.clone())
@@ -71,12 +72,17 @@ impl Store {
             .bind(StoredTime(notification.created_at))
             .bind(notification.target.clone())
             .bind(Json(notification.details.clone()))
+            .bind(self.fence_target())
+            .bind(self.fence_epoch())
             .fetch_optional(pool)
             .await
             .map_err(query_failed("enqueue notification"))?
         });
         if let Some(id) = inserted {
             return Ok(Enqueued::New(id));
+        }
+        if let Some(fenced) = self.fenced_out().await {
+            return Err(fenced);
         }
         let existing = on_backend!(self, pool => {
             sqlx::query_scalar::<_, i64>("SELECT id FROM notifications WHERE dedupe_key = $1")
@@ -219,17 +225,36 @@ impl Store {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Option<NotificationRecord>, StoreError> {
+        self.claim_notification_fenced(id, claimant, now, lease_until, None)
+            .await
+    }
+
+    /// `claim_notification` by a replica that owns the row's target at
+    /// ownership epoch `epoch` (`Fence`): refused (`None`) once a newer owner
+    /// exists, so a stalled owner that thaws sends nothing more. `None`: a
+    /// lone rollwatch, no fencing.
+    pub async fn claim_notification_fenced(
+        &self,
+        id: i64,
+        claimant: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        epoch: Option<i64>,
+    ) -> Result<Option<NotificationRecord>, StoreError> {
         on_backend!(self, pool => {
             let row = sqlx::query(
                 "UPDATE notifications SET claimed_by = $2, claimed_until = $4 \
                  WHERE id = $1 AND state = 'pending' AND next_attempt_at <= $3 \
                  AND (claimed_until IS NULL OR claimed_until <= $3) \
+                 AND NOT EXISTS (SELECT 1 FROM ownership o \
+                     WHERE o.target = notifications.target AND o.epoch > $5) \
                  RETURNING *",
             )
             .bind(id)
             .bind(claimant.to_string())
             .bind(StoredTime(now))
             .bind(StoredTime(lease_until))
+            .bind(epoch.unwrap_or(i64::MAX))
             .fetch_optional(pool)
             .await
             .map_err(query_failed("claim notification"))?;
