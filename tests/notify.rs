@@ -351,7 +351,7 @@ async fn a_webhook_answering_500_then_timing_out_then_200_gets_the_message_once(
     let id = incident(&store).await;
     let channel = Channel {
         name: "slack".into(),
-        kind: ChannelKind::Webhook { url },
+        kind: ChannelKind::Webhook { url: url.into() },
         timeout: Duration::from_secs(1),
         deadline: Duration::from_secs(3600),
     };
@@ -414,7 +414,7 @@ async fn alertmanager_shows_the_incidents_alert_open_then_resolved() {
     let channel = Channel {
         name: "am".into(),
         kind: ChannelKind::Alertmanager {
-            url: am.url.clone(),
+            url: am.url.clone().into(),
         },
         timeout: Duration::from_secs(5),
         deadline: Duration::from_secs(3600),
@@ -1202,7 +1202,7 @@ async fn a_passive_replica_neither_sends_nor_refreshes_alerts_and_does_both_once
     let channel = Channel {
         name: "am".into(),
         kind: ChannelKind::Alertmanager {
-            url: am.url.clone(),
+            url: am.url.clone().into(),
         },
         timeout: Duration::from_secs(5),
         deadline: Duration::from_secs(3600),
@@ -1263,7 +1263,9 @@ async fn a_silent_alertmanager_holds_no_email_up_while_its_alerts_are_refreshed(
     let store = store(&dir).await;
     let am = Channel {
         name: "am".into(),
-        kind: ChannelKind::Alertmanager { url: silent.url() },
+        kind: ChannelKind::Alertmanager {
+            url: silent.url().into(),
+        },
         // Far longer than an email takes: the email must go out while the
         // refresh still waits.
         timeout: Duration::from_secs(60),
@@ -1371,7 +1373,9 @@ async fn a_minute_of_real_time_with_a_refusing_and_a_silent_channel_stops_adding
     let id = incident(&store).await;
     let leads = Channel {
         name: "leads".into(),
-        kind: ChannelKind::Webhook { url: silent.url() },
+        kind: ChannelKind::Webhook {
+            url: silent.url().into(),
+        },
         timeout: Duration::from_secs(1),
         deadline: Duration::from_secs(5),
     };

@@ -58,9 +58,11 @@ pub async fn send(
             ChannelKind::Email { .. } => send_email(channel, notification, thread).await,
             ChannelKind::Alertmanager { url } => {
                 let details = details_of(notification);
-                post_alert(url, channel.timeout, &details, Utc::now()).await
+                post_alert(url.expose(), channel.timeout, &details, Utc::now()).await
             }
-            ChannelKind::Webhook { url } => send_webhook(url, channel.timeout, notification).await,
+            ChannelKind::Webhook { url } => {
+                send_webhook(url.expose(), channel.timeout, notification).await
+            }
         }
     };
     match tokio::time::timeout(channel.timeout + Duration::from_secs(1), attempt).await {
@@ -191,10 +193,11 @@ async fn post_json(
     if let Some(key) = idempotency_key {
         request = request.header("Idempotency-Key", key);
     }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| SendError::Transient(format!("POST {url}: {}", http::error_chain(&e))))?;
+    let response = request.send().await.map_err(|e| {
+        // The client's error quotes the URL it failed on: never its token.
+        let chain = crate::secret::scrub(&http::error_chain(&e), url);
+        SendError::Transient(format!("POST {}: {chain}", crate::secret::redact_url(url)))
+    })?;
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();
     Ok((status, text))

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::secret::SecretUrl;
+
 /// How an SMTP connection is secured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SmtpSecurity {
@@ -27,9 +29,9 @@ pub enum ChannelKind {
         password_env: Option<String>,
     },
     /// Alertmanager's API v2 at this base URL (`POST {url}/api/v2/alerts`).
-    Alertmanager { url: String },
+    Alertmanager { url: SecretUrl },
     /// A JSON POST (Slack-compatible `text` plus structured fields).
-    Webhook { url: String },
+    Webhook { url: SecretUrl },
 }
 
 impl ChannelKind {
@@ -45,7 +47,9 @@ impl ChannelKind {
     pub fn recipients(&self) -> Vec<String> {
         match self {
             ChannelKind::Email { to, .. } => to.clone(),
-            ChannelKind::Alertmanager { url } | ChannelKind::Webhook { url } => vec![url.clone()],
+            ChannelKind::Alertmanager { url } | ChannelKind::Webhook { url } => {
+                vec![url.to_string()]
+            }
         }
     }
 }

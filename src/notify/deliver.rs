@@ -498,7 +498,7 @@ impl Worker {
         }
         futures_util::stream::iter(posts)
             .for_each_concurrent(ALERT_REFRESH_CONCURRENCY, |(incident, channel, url, details)| async move {
-                if let Err(error) = channels::post_alert(&url, channel.timeout, &details, now).await {
+                if let Err(error) = channels::post_alert(url.expose(), channel.timeout, &details, now).await {
                     tracing::warn!(incident, channel = %channel.name, %error, "cannot refresh the alert");
                 }
             })
