@@ -281,6 +281,25 @@ async fn the_api_refuses_what_it_must_and_a_deployment_it_accepts_starts_the_win
             .contains("unknown tier \"urgent\""),
         "{body}"
     );
+    // `watch` and `ignore` are tiers of rules, not of a declaration: an
+    // incident declared at them would never be acted on nor end.
+    for tier in ["watch", "ignore"] {
+        let (code, body) = sidecar
+            .post(
+                "/api/v1/declare",
+                Some(TOKEN),
+                json!({"tier": tier, "reason": "x"}).to_string(),
+            )
+            .await;
+        assert_eq!(code, 400, "{tier}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("expected immediate or consider"),
+            "{body}"
+        );
+    }
     // Unknown incidents.
     let (code, body) = sidecar.get("/api/v1/incidents/999").await;
     assert_eq!(

@@ -3,13 +3,25 @@
 //! destructor, no flush) when it reaches a point of that name, such as
 //! `after-step:create-backup` (the step's end is committed, the next step's
 //! start is not). Read once; unset (always, in production) it costs one
-//! atomic load per point.
+//! atomic load per point. Compiled into debug builds only (the ones
+//! `cargo test` runs): a release binary has no way to be told to kill itself.
 
+#[cfg(debug_assertions)]
 use std::sync::OnceLock;
 
+#[cfg(debug_assertions)]
 static ARMED: OnceLock<Vec<String>> = OnceLock::new();
 
+/// Whether this build honours `ROLLWATCH_FAILPOINT` at all.
+pub const COMPILED_IN: bool = cfg!(debug_assertions);
+
+/// Dies here, as with `kill -9`, when the point is armed (debug builds).
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn hit(_point: &str) {}
+
 /// Dies here, as with `kill -9`, when the point is armed.
+#[cfg(debug_assertions)]
 pub fn hit(point: &str) {
     let armed = ARMED.get_or_init(|| {
         std::env::var("ROLLWATCH_FAILPOINT")

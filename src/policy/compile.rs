@@ -1037,25 +1037,41 @@ fn compile_notify(problems: &mut Problems, raw: RawNotify) -> NotifyConfig {
                         name.to_string()
                     })
                 };
+                let username_env = env_name(problems, raw_channel.username_env);
+                let password_env = env_name(problems, raw_channel.password_env);
+                // One without the other would send unauthenticated, silently.
+                match (&username_env, &password_env) {
+                    (Some(_), None) => problems.add(
+                        kind_span.clone(),
+                        "username_env is set but password_env is not: SMTP authentication needs both (or neither, for a relay that needs none)",
+                    ),
+                    (None, Some(_)) => problems.add(
+                        kind_span.clone(),
+                        "password_env is set but username_env is not: SMTP authentication needs both (or neither, for a relay that needs none)",
+                    ),
+                    _ => {}
+                }
                 ChannelKind::Email {
                     host,
                     port,
                     security,
                     from,
                     to,
-                    username_env: env_name(problems, raw_channel.username_env),
-                    password_env: env_name(problems, raw_channel.password_env),
+                    username_env,
+                    password_env,
                 }
             }
             1 => ChannelKind::Alertmanager {
                 url: needs(problems, raw_channel.url, "url")
                     .map(|u| http_url(problems, u).trim_end_matches('/').to_string())
-                    .unwrap_or_default(),
+                    .unwrap_or_default()
+                    .into(),
             },
             _ => ChannelKind::Webhook {
                 url: needs(problems, raw_channel.url, "url")
                     .map(|u| http_url(problems, u))
-                    .unwrap_or_default(),
+                    .unwrap_or_default()
+                    .into(),
             },
         };
         let timeout = raw_channel.timeout.map_or(DEFAULT_CHANNEL_TIMEOUT, |t| {

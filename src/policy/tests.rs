@@ -627,6 +627,27 @@ fn broken_channels_are_errors_that_say_where_and_what() {
 }
 
 #[test]
+fn an_smtp_user_name_without_a_password_is_an_error_not_a_silent_anonymous_send() {
+    let without_password = NOTIFY.replace("password_env = \"ROLLWATCH_SMTP_PASSWORD\"\n", "");
+    let errors = compile(&format!("{MINIMAL}{without_password}"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errors.contains("username_env is set but password_env is not"),
+        "{errors}"
+    );
+    assert!(errors.contains("p.toml:"), "{errors}");
+    let without_user = NOTIFY.replace("username_env = \"ROLLWATCH_SMTP_USER\"\n", "");
+    let errors = compile(&format!("{MINIMAL}{without_user}"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errors.contains("password_env is set but username_env is not"),
+        "{errors}"
+    );
+}
+
+#[test]
 fn a_steps_env_names_variables_and_never_rollwatchs_own() {
     let text = format!(
         "{MINIMAL}[procedure]\n[[procedure.step]]\nname = \"app\"\nstage = \"application\"\ncommand = [\"./app.sh\"]\nenv = [\"KUBECONFIG\", \"BAD-NAME\", \"ROLLWATCH_API_TOKEN\"]\n"
