@@ -264,19 +264,28 @@ pub async fn run(
     if token.is_none() {
         eprintln!("the API's write endpoints are off: set ROLLWATCH_API_TOKEN to enable them");
     }
+    let reads_need_token = crate::server::reads_need_token(local);
+    if reads_need_token && token.is_none() {
+        eprintln!(
+            "warning: the API's reads are off: {local} is not loopback and ROLLWATCH_API_TOKEN is not set (/healthz and /metrics stay open)"
+        );
+    }
     let app = crate::server::app(crate::server::Api {
         telemetry: Arc::clone(&telemetry),
         status: status.clone(),
         store: store.clone(),
         inputs: inboxes.clone(),
         token,
+        reads_need_token,
     });
     let server_shutdown = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
-            .await
-    });
+    let server = tokio::spawn(crate::server::listen::serve(
+        listener,
+        app,
+        crate::server::listen::Limits::default(),
+        Arc::clone(&telemetry),
+        server_shutdown,
+    ));
     // Several replicas on one PostgreSQL: each target is acted on by the
     // replica holding its advisory lock; the others stay passive. The locks
     // are let go only once every target loop has stopped (a step finishing

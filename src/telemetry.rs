@@ -53,6 +53,13 @@ pub struct StepLabels {
     pub result: String,
 }
 
+/// Why the API refused a connection: `total` (the cap on open connections)
+/// or `per_client` (the cap per client address).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub limit: String,
+}
+
 /// A rule of a target.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuleLabels {
@@ -93,6 +100,11 @@ pub struct Telemetry {
     /// Acting writes refused because another replica owns the target now
     /// (`store::FENCED_WRITES`, copied in at each scrape).
     fenced_writes: Counter,
+    /// Connections to the API refused over a cap (answered 503, or closed
+    /// at once when even the refusals are too many).
+    pub http_connections_refused: Family<RefusedLabels, Counter>,
+    /// Connections to the API open now (served ones, not refusals).
+    pub http_connections_open: Gauge,
 }
 
 fn poll_duration_histogram() -> Histogram {
@@ -215,8 +227,22 @@ impl Telemetry {
             "Acting writes (step starts, phases, incidents, decisions, messages) refused because a newer owner of the target exists",
             fenced_writes.clone(),
         );
+        let http_connections_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "rollwatch_http_connections_refused",
+            "Connections to the API refused over a cap on open connections, by limit (total, per_client)",
+            http_connections_refused.clone(),
+        );
+        let http_connections_open = Gauge::default();
+        registry.register(
+            "rollwatch_http_connections_open",
+            "Connections to the API open now",
+            http_connections_open.clone(),
+        );
         Arc::new(Telemetry {
             fenced_writes,
+            http_connections_refused,
+            http_connections_open,
             registry,
             polls,
             source_errors,

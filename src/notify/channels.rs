@@ -168,9 +168,28 @@ async fn send_email(
     }
 }
 
+/// How much of an answer's body is read: plenty for an error message, and
+/// all a receiver that sends more, or never stops, can make rollwatch hold.
+pub const MAX_ANSWER_BODY: usize = 64 * 1024;
+
+/// An HTTP answer: its status and the start of its body.
+struct Answer {
+    status: u16,
+    body: String,
+    /// The body went on beyond `MAX_ANSWER_BODY`, unread.
+    cut: bool,
+}
+
 /// Classifies an HTTP status: 2xx delivered, 408/429/5xx worth a retry, other 4xx not.
-fn http_outcome(what: &str, status: u16, body: &str) -> Result<(), SendError> {
-    let body = body.chars().take(200).collect::<String>();
+fn http_outcome(what: &str, answer: &Answer) -> Result<(), SendError> {
+    let status = answer.status;
+    let mut body = answer.body.chars().take(200).collect::<String>();
+    if answer.cut {
+        body.push_str(&format!(
+            "… (a body of more than {} KiB, not read further)",
+            MAX_ANSWER_BODY / 1024
+        ));
+    }
     match status {
         200..=299 => Ok(()),
         408 | 429 | 500..=599 => Err(SendError::Transient(format!(
@@ -187,7 +206,7 @@ async fn post_json(
     timeout: Duration,
     body: &serde_json::Value,
     idempotency_key: Option<&str>,
-) -> Result<(u16, String), SendError> {
+) -> Result<Answer, SendError> {
     let client = http::client().map_err(|e| SendError::Permanent(format!("HTTP client: {e}")))?;
     let mut request = client.post(url).timeout(timeout).json(body);
     if let Some(key) = idempotency_key {
@@ -199,8 +218,26 @@ async fn post_json(
         SendError::Transient(format!("POST {}: {chain}", crate::secret::redact_url(url)))
     })?;
     let status = response.status().as_u16();
-    let text = response.text().await.unwrap_or_default();
-    Ok((status, text))
+    let (body, cut) = read_at_most(response, MAX_ANSWER_BODY).await;
+    Ok(Answer { status, body, cut })
+}
+
+/// The start of `response`'s body, at most `max` bytes of it read, and
+/// whether there was more. A body that breaks off is what arrived of it.
+async fn read_at_most(mut response: reqwest::Response, max: usize) -> (String, bool) {
+    let mut body: Vec<u8> = Vec::new();
+    let mut cut = false;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = max - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            cut = true;
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    // Dropping the response closes its connection: the rest is never read.
+    (String::from_utf8_lossy(&body).into_owned(), cut)
 }
 
 async fn send_webhook(
@@ -219,8 +256,8 @@ async fn send_webhook(
     // The same key on every attempt: a receiver that saw it already
     // (the 2xx was lost, or rollwatch died before recording it) drops it.
     let key = format!("rollwatch.{}", identity(notification));
-    let (status, text) = post_json(url, timeout, &body, Some(&key)).await?;
-    http_outcome("the webhook", status, &text)
+    let answer = post_json(url, timeout, &body, Some(&key)).await?;
+    http_outcome("the webhook", &answer)
 }
 
 /// The alert Alertmanager keeps for an incident: the same labels every time,
@@ -266,6 +303,6 @@ pub async fn post_alert(
     now: DateTime<Utc>,
 ) -> Result<(), SendError> {
     let endpoint = format!("{url}/api/v2/alerts");
-    let (status, text) = post_json(&endpoint, timeout, &json!([alert(details, now)]), None).await?;
-    http_outcome("Alertmanager", status, &text)
+    let answer = post_json(&endpoint, timeout, &json!([alert(details, now)]), None).await?;
+    http_outcome("Alertmanager", &answer)
 }

@@ -1,8 +1,10 @@
 //! The sidecar's HTTP side (SPEC 8): liveness, its own metrics, the status of
 //! every target, the stored incidents, and the write endpoints (deployments,
 //! answers, suppressions, declarations) behind a bearer token. Built by
-//! `app()` so tests can call it without a socket.
+//! `app()` so tests can call it without a socket; `listen::serve` serves it
+//! within limits on open connections and time.
 
+pub mod listen;
 pub mod status;
 
 use std::collections::HashMap;
@@ -90,7 +92,19 @@ pub struct Api {
     /// Each target loop's inbox for events (deployments, declarations, suppressions).
     pub inputs: Inboxes,
     /// From `ROLLWATCH_API_TOKEN`; without one the write endpoints are off.
+    /// Surrounding whitespace is not part of it (a secret file's newline).
     pub token: Option<String>,
+    /// Reads (`GET /api/...`) need the token too: rollwatch listens beyond
+    /// loopback (`reads_need_token(address)`). `/healthz` and `/metrics`
+    /// stay open for probes and Prometheus.
+    pub reads_need_token: bool,
+}
+
+/// Whether the API's reads need the token on `address`, the bound one: they
+/// show incidents, versions and answers, open to this host only on loopback
+/// (an unspecified address, `0.0.0.0`, is every interface).
+pub fn reads_need_token(address: std::net::SocketAddr) -> bool {
+    !address.ip().to_canonical().is_loopback()
 }
 
 pub fn app(api: Api) -> Router {
@@ -171,7 +185,8 @@ fn json_text(text: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
-async fn status(State(api): Shared) -> Reply {
+async fn status(State(api): Shared, headers: HeaderMap) -> Reply {
+    authorize_read(&api, &headers)?;
     // Messages that could not be delivered (and were escalated elsewhere).
     let undelivered = match &api.store {
         Some(store) => match store.failed_notifications(UNDELIVERED_SHOWN).await {
@@ -220,7 +235,8 @@ fn error_404(id: i64) -> ApiError {
     error(StatusCode::NOT_FOUND, format!("no incident {id}"))
 }
 
-async fn incidents(State(api): Shared) -> Reply {
+async fn incidents(State(api): Shared, headers: HeaderMap) -> Reply {
+    authorize_read(&api, &headers)?;
     let list = store(&api)?
         .list_incidents(200)
         .await
@@ -237,7 +253,8 @@ fn parse_id(text: &str) -> Result<i64, ApiError> {
     })
 }
 
-async fn incident(State(api): Shared, Path(id): Path<String>) -> Reply {
+async fn incident(State(api): Shared, Path(id): Path<String>, headers: HeaderMap) -> Reply {
+    authorize_read(&api, &headers)?;
     let id = parse_id(&id)?;
     match store(&api)?.incident(id).await.map_err(store_error)? {
         Some(timeline) => Ok(axum::Json(timeline).into_response()),
@@ -255,16 +272,31 @@ fn authorize(api: &Api, headers: &HeaderMap, what: &str) -> Result<(), ApiError>
             "write endpoints are off: set ROLLWATCH_API_TOKEN to enable them",
         ));
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let matches = given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes()));
-    if !matches {
+    check_token(expected, headers, what)
+}
+
+/// Reads are open on loopback; elsewhere they need the token, and without
+/// one configured they are off (403).
+fn authorize_read(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
+    if !api.reads_need_token {
+        return Ok(());
+    }
+    let Some(expected) = &api.token else {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "reads are off: rollwatch listens beyond loopback without ROLLWATCH_API_TOKEN; set it, or listen on 127.0.0.1",
+        ));
+    };
+    check_token(expected, headers, "read")
+}
+
+fn check_token(expected: &str, headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
+    let given = presented_token(headers);
+    if !given.is_some_and(|given| token_matches(given, expected)) {
         tracing::warn!(
             endpoint = what,
             presented = given.is_some(),
-            "API: refused a write with a missing or wrong bearer token"
+            "API: refused a request with a missing or wrong bearer token"
         );
         return Err(error(
             StatusCode::UNAUTHORIZED,
@@ -274,8 +306,27 @@ fn authorize(api: &Api, headers: &HeaderMap, what: &str) -> Result<(), ApiError>
     Ok(())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The token of `Authorization: Bearer TOKEN`; the scheme in any case
+/// (RFC 9110 11.1), whitespace around the token ignored.
+fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(|c: char| c.is_ascii_whitespace())?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Compares trimmed (a token file ends in a newline), in time that depends
+/// on neither the contents nor the lengths: digests of equal length are
+/// compared whole.
+fn token_matches(given: &str, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let given = Sha256::digest(given.trim().as_bytes());
+    let expected = Sha256::digest(expected.trim().as_bytes());
+    given
+        .iter()
+        .zip(expected.iter())
+        .fold(0u8, |differ, (a, b)| differ | (a ^ b))
+        == 0
 }
 
 /// The body as `T`, or a 400 that says what is wrong with it.
