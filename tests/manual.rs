@@ -1034,7 +1034,7 @@ async fn a_manual_rollback_of_an_open_incident_does_what_the_human_asked() {
         ..script("rollback-frontend", "application")
     });
     let world = World::new(&steps).await;
-    stored_incident(&world, IncidentPhase::Open).await;
+    let open = stored_incident(&world, IncidentPhase::Open).await;
     let ran = world
         .rollback(&[
             "--reason",
@@ -1045,11 +1045,12 @@ async fn a_manual_rollback_of_an_open_incident_does_what_the_human_asked() {
             "frontend",
         ])
         .await;
-    if ran.code != Some(0) {
-        // Refusing is fine too, as long as nothing ran.
-        assert!(world.calls().is_empty(), "{:?}", world.names());
-        return;
-    }
+    // An open incident is a page waiting for its answer, not a rollback that
+    // runs: the human's rollback is that answer, and it runs (README: refused
+    // only while another rollback runs). Exit codes (SPEC 10): 0 stable; a
+    // refusal would be 1 and a panic 101, neither of which is what was asked.
+    assert!(!ran.stderr.contains("panicked"), "{}", ran.both());
+    assert_eq!(ran.code, Some(0), "{}", ran.both());
     assert_eq!(
         world.names(),
         ["create-backup", "rollback-frontend", "smoke-tests"],
@@ -1061,6 +1062,11 @@ async fn a_manual_rollback_of_an_open_incident_does_what_the_human_asked() {
         assert_eq!(call.var("TO_VERSION"), "v1.2.3", "{call:?}");
         assert_eq!(call.var("REASON"), "bad deploy", "{call:?}");
     }
+    let incident = world.only_incident().await;
+    assert_eq!(incident.id, open, "the open incident is the one answered");
+    assert_eq!(incident.component.as_deref(), Some("frontend"));
+    assert_eq!(incident.to_version.as_deref(), Some("v1.2.3"));
+    assert_eq!(outcome(&incident), Some(IncidentOutcome::Stable));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

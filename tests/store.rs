@@ -4,6 +4,8 @@
 //! schema dropped at its end. Without a reachable PostgreSQL the PostgreSQL
 //! half is skipped, except under CI (`CI` set), where it fails.
 
+mod common;
+
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -14,10 +16,7 @@ use rollwatch::engine::decision::{Cause, Decision, Guard};
 use rollwatch::engine::policy::{Action, Policy, Tier};
 use rollwatch::engine::signals::{Reading, Verdict};
 use rollwatch::store::*;
-use sqlx::AssertSqlSafe;
-use sqlx::postgres::PgPoolOptions;
 
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const TARGET: &str = "web/production";
 
 /// Where one test's database lives; `open` may be called again (a restart).
@@ -43,38 +42,13 @@ async fn run_on_sqlite(case: Case) {
 }
 
 async fn run_on_postgres(case: Case) {
-    let base = std::env::var("ROLLWATCH_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_string());
-    let admin = match PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect(&base)
-        .await
-    {
-        Ok(pool) => pool,
-        Err(error) => {
-            if std::env::var_os("CI").is_some() {
-                panic!("PostgreSQL unreachable at {base} under CI: {error}");
-            }
-            eprintln!("skipped: PostgreSQL unreachable ({base}: {error})");
-            return;
-        }
+    let Some(schema) = common::pg::Schema::create().await else {
+        return;
     };
-    let schema = format!("rw_test_{:016x}", rand::random::<u64>());
-    // The schema name is ours (hex digits), so it is safe to splice in.
-    sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let separator = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
-    // A panicking case still drops its schema.
+    let url = schema.url.clone();
+    // A panicking case still drops its schema: the panic is caught here.
     let outcome = tokio::spawn(case(TestDb { url })).await;
-    sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
+    drop(schema);
     if let Err(error) = outcome {
         std::panic::resume_unwind(error.into_panic());
     }

@@ -2,9 +2,11 @@
 //! incidents, outbox notices and procedure runs, and hands a restarted
 //! rollwatch its unfinished incidents back. Every write that makes acting safe
 //! comes before the act: a rollback whose incident, decision or notice cannot
-//! be stored is not started, and the engine hears that it failed.
+//! be stored is not started, and the engine hears that it failed. A
+//! decision that needs a human while the database does not answer is sent to
+//! on-call directly, once per incident, since the outbox cannot hold it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -18,11 +20,11 @@ use crate::engine::{Deployment, Engine, Phase, Resumed, time_text};
 use crate::policy::Compiled;
 use crate::store::{
     AnswerKind, DeploymentSource, IncidentKind, IncidentOutcome, IncidentPhase, IncidentState,
-    NewDeployment, NewIncident, SamplePoint, Store, StoreError,
+    NewDeployment, NewIncident, NotificationKind, SamplePoint, Store, StoreError,
 };
 
 use super::procedure::{self, Context, Ended};
-use crate::notify::message;
+use crate::notify::{deliver, message};
 
 type Say = Arc<dyn Fn(&str) + Send + Sync>;
 
@@ -76,6 +78,9 @@ pub struct Actor {
     delivery: Arc<tokio::sync::Notify>,
     /// A scheduled drill running in its own task.
     drill: Option<JoinHandle<()>>,
+    /// The incidents (or, without one, rules) whose "database unreachable"
+    /// escalation went out without the outbox: once each.
+    told_without_database: HashSet<String>,
     /// When to look at the drill schedule again.
     next_drill_check: Option<std::time::Instant>,
 }
@@ -121,6 +126,7 @@ impl Actor {
             resumed: false,
             bookkeeping_paused_until: None,
             drill: None,
+            told_without_database: HashSet::new(),
             next_drill_check: None,
             delivery: Arc::new(tokio::sync::Notify::new()),
             telemetry: None,
@@ -177,6 +183,52 @@ impl Actor {
         self.bookkeeping_paused_until = None;
         self.recorded_deployment = None;
         self.last_sample_at = None;
+        self.told_without_database.clear();
+    }
+
+    /// A decision this replica made while passive. One that needs a human
+    /// (a page, or a rollback only an owner may run) is the owner's to tell,
+    /// through the outbox, while the database answers. When it does not, no
+    /// replica may own the target, and none can store a page: this one tells
+    /// on-call itself, once per incident, rather than nobody telling anyone.
+    pub async fn passive_decision(&mut self, decision: &Decision) {
+        if !(decision.action.pages() || decision.action.may_roll_back())
+            || self.told_without_database.contains(&told_key(decision))
+        {
+            return;
+        }
+        // Any read: it fails after the store's connect timeout when the
+        // database does not answer.
+        if self.store.deployments(&self.name, 1).await.is_ok() {
+            return;
+        }
+        self.tell_without_database(
+            decision,
+            "this replica cannot reach its database, so it owns the target no longer and acts on nothing",
+        )
+        .await;
+    }
+
+    /// Sends the "database unreachable" escalation of `decision` on the
+    /// policy's escalation channels without the outbox (best effort, one
+    /// attempt: `deliver::send_without_outbox`), once per incident.
+    async fn tell_without_database(&mut self, decision: &Decision, why: &str) {
+        let key = told_key(decision);
+        if !self.told_without_database.insert(key.clone()) {
+            return;
+        }
+        let message = message::database_unreachable(&self.target.policy, decision, why);
+        self.say(&format!(
+            "{} {} {}; telling on-call without the outbox",
+            time_text(decision.at),
+            self.name,
+            message.subject
+        ));
+        let notifications = message.addressed(
+            self.target.notify.as_ref(),
+            &format!("{}:database-unreachable:{key}", self.name),
+        );
+        deliver::send_without_outbox(self.target.notify.as_ref(), &notifications).await;
     }
 
     /// An edited policy: later procedures, messages and drills use it (a
@@ -771,7 +823,9 @@ impl Actor {
             {
                 Ok(id) => Some(id),
                 Err(error) => {
-                    return refuse(self.store_down("open the incident", &error, decision));
+                    let reason = self.store_down("open the incident", &error, decision);
+                    self.page_without_database(decision, &reason).await;
+                    return refuse(reason);
                 }
             },
             None => None,
@@ -781,7 +835,9 @@ impl Actor {
             .record_decision(&self.name, incident, decision, &self.target.policy)
             .await
         {
-            return refuse(self.store_down("record the decision", &error, decision));
+            let reason = self.store_down("record the decision", &error, decision);
+            self.page_without_database(decision, &reason).await;
+            return refuse(reason);
         }
         let Some(id) = incident else {
             if decision.action.pages() {
@@ -930,6 +986,15 @@ impl Actor {
         Followup::None
     }
 
+    /// A page (the engine's escalation of a refused or failed rollback
+    /// included) that cannot be stored still reaches on-call. A refused
+    /// rollback is not sent here: the engine hears it failed and escalates.
+    async fn page_without_database(&mut self, decision: &Decision, reason: &str) {
+        if decision.action.pages() {
+            self.tell_without_database(decision, reason).await;
+        }
+    }
+
     async fn ended(&mut self, id: i64, decision: &Decision, outcome: IncidentOutcome) {
         self.tell(Some(id), decision, &format!("incident:{id}:resolved"))
             .await;
@@ -1039,17 +1104,34 @@ impl Actor {
         else {
             return true;
         };
-        let mut stored = true;
+        let mut unstored = Vec::new();
         for notification in message.addressed(self.target.notify.as_ref(), key) {
             if let Err(error) = self.store.enqueue_notification(&notification).await {
                 tracing::error!(target_name = %self.name, channel = %notification.channel, %error, "cannot store the notification");
-                stored = false;
+                unstored.push(notification);
             }
         }
-        if stored {
+        if unstored.is_empty() {
             self.delivery.notify_one();
+            return true;
         }
-        stored
+        // What asks a human goes out anyway, once, without the outbox.
+        if matches!(
+            message.kind,
+            NotificationKind::Page | NotificationKind::Escalation
+        ) {
+            deliver::send_without_outbox(self.target.notify.as_ref(), &unstored).await;
+        }
+        false
+    }
+}
+
+/// What `told_without_database` remembers of a decision: its engine
+/// incident, or its rule when it has none.
+fn told_key(decision: &Decision) -> String {
+    match decision.incident {
+        Some(incident) => format!("incident:{incident}"),
+        None => format!("rule:{}", decision.rule),
     }
 }
 

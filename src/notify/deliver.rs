@@ -29,7 +29,9 @@ use super::channels::{self, SendError};
 use super::config::{Channel, ChannelKind, NotifyConfig};
 use super::message::{self, Details, LOG_CHANNEL, text_body};
 use crate::store::Fence;
-use crate::store::{NewNotification, NotificationKind, NotificationRecord, Store};
+use crate::store::{
+    NewNotification, NotificationKind, NotificationRecord, NotificationState, Store,
+};
 use crate::telemetry::{ChannelLabels, DeliveryLabels, Telemetry};
 
 /// The longest pause between two attempts on one message.
@@ -582,6 +584,56 @@ impl Worker {
             tracing::error!(%store_error, "cannot store the escalation of an undeliverable message");
         }
     }
+}
+
+/// Sends `notifications` at once, one attempt each, without the outbox: for
+/// a message a human must get while the database that holds the outbox does
+/// not answer. Best effort by design: nothing is stored, retried or
+/// deduplicated across replicas (two replicas that both lost the database
+/// may both send), and the log gets every message whatever the channels do.
+/// Returns how many reached a channel other than the log.
+pub async fn send_without_outbox(
+    notify: Option<&NotifyConfig>,
+    notifications: &[NewNotification],
+) -> usize {
+    let mut delivered = 0;
+    for notification in notifications {
+        let record = NotificationRecord {
+            id: 0,
+            incident: notification.incident,
+            kind: notification.kind,
+            channel: notification.channel.clone(),
+            recipients: notification.recipients.clone(),
+            subject: notification.subject.clone(),
+            body: notification.body.clone(),
+            dedupe_key: notification.dedupe_key.clone(),
+            state: NotificationState::Pending,
+            attempts: 0,
+            next_attempt_at: notification.created_at,
+            last_error: None,
+            created_at: notification.created_at,
+            sent_at: None,
+            target: notification.target.clone(),
+            details: notification.details.clone(),
+        };
+        log_message(&record);
+        if record.channel == LOG_CHANNEL {
+            continue;
+        }
+        let Some(channel) = notify.and_then(|n| n.channel(&record.channel)) else {
+            continue;
+        };
+        match channels::send(channel, &record, None).await {
+            Ok(()) => {
+                delivered += 1;
+                tracing::warn!(channel = %record.channel, "sent without the outbox: {}", record.subject);
+            }
+            Err(error) => {
+                tracing::error!(channel = %record.channel, %error, "cannot send without the outbox (not retried): {}", record.subject);
+            }
+        }
+    }
+    delivered
 }
 
 /// What one round did with one channel's head.

@@ -234,6 +234,44 @@ pub fn unanswered_page(
     }
 }
 
+/// A decision that needs a human, made while the database does not answer:
+/// rollwatch cannot store an incident, so it rolls nothing back and the
+/// outbox cannot hold a page. This escalation says what was decided and
+/// that nobody acts on it; it is sent without the outbox
+/// (`deliver::send_without_outbox`), so it carries no answer commands (they
+/// need the database too).
+pub fn database_unreachable(policy: &Policy, decision: &Decision, why: &str) -> Message {
+    let place = format!("{} {}", policy.environment, policy.service);
+    let fired = what_fired(policy, decision);
+    let subject = format!("DATABASE UNREACHABLE {place}: {fired}; NOT ROLLING BACK");
+    let details = Details {
+        service: policy.service.clone(),
+        environment: policy.environment.clone(),
+        target: format!("{}/{}", policy.service, policy.environment),
+        rule: decision.rule.clone(),
+        tier: decision.tier.name().to_string(),
+        action: decision.action.name().to_string(),
+        incident: None,
+        deadline: None,
+        summary: subject.clone(),
+        recommendation: format!(
+            "a human must decide whether to roll back: rollwatch decided \"{}\" but does not act without its database ({why})",
+            decision.action.name()
+        ),
+        commands: Vec::new(),
+        explanation: decision.explanation.clone(),
+        resolved: false,
+    };
+    Message {
+        kind: NotificationKind::Escalation,
+        body: text_body(&details, decision.at),
+        subject,
+        details,
+        at: decision.at,
+        incident: None,
+    }
+}
+
 fn short_cause(cause: Cause) -> &'static str {
     match cause {
         Cause::RollbackFailed => "the rollback failed",

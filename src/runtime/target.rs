@@ -138,10 +138,11 @@ pub async fn run_target(
     let mut hand_out = async |engine: &mut Engine,
                               decisions: &mut Vec<Decision>,
                               actor: &mut Option<Actor>,
-                              rollbacks: Rollbacks,
-                              passive: bool|
+                              parked: &mut Option<Actor>,
+                              rollbacks: Rollbacks|
            -> Result<Option<Decision>, DriveError> {
         let mut last = None;
+        let passive = parked.is_some();
         while !decisions.is_empty() {
             for decision in std::mem::take(decisions) {
                 last = Some(decision.clone());
@@ -161,6 +162,11 @@ pub async fn run_target(
                             "PASSIVE, NOT ROLLING BACK OR PAGING from this replica: it does not own the target (another replica does, or the database is unreachable): {}",
                             decision.explanation
                         );
+                        // Unless this replica is passive because it lost the
+                        // database, and so may everyone: then it tells on-call.
+                        if let Some(parked) = parked.as_mut() {
+                            Box::pin(parked.passive_decision(&decision)).await;
+                        }
                     }
                     continue;
                 }
@@ -338,8 +344,8 @@ pub async fn run_target(
                             &mut engine,
                             &mut pending,
                             &mut actor,
+                            &mut parked,
                             rollbacks,
-                            parked.is_some(),
                         ))
                         .await?;
                     }
@@ -355,8 +361,8 @@ pub async fn run_target(
             &mut engine,
             &mut pending,
             &mut actor,
+            &mut parked,
             rollbacks,
-            parked.is_some(),
         ))
         .await?
         {
