@@ -74,7 +74,7 @@ fn webhook(url: &str) -> Channel {
     Channel {
         name: "hook".into(),
         kind: ChannelKind::Webhook {
-            url: format!("{url}/hook"),
+            url: format!("{url}/hook").into(),
         },
         timeout: Duration::from_secs(30),
         deadline: Duration::from_secs(3600),
