@@ -199,10 +199,7 @@ impl OwnershipSampler {
     async fn stop(self) -> Vec<Ownership> {
         self.stop.store(true, Ordering::SeqCst);
         self.task.await.unwrap();
-        Arc::try_unwrap(self.samples)
-            .unwrap()
-            .into_inner()
-            .unwrap()
+        Arc::try_unwrap(self.samples).unwrap().into_inner().unwrap()
     }
 }
 
@@ -263,7 +260,9 @@ async fn the_owner_dies_during_a_rollback_and_the_other_replica_finishes_it_once
     sampler.assert_one_owner_at_a_time();
     let since_the_kill = sampler.samples_since(killed);
     assert!(
-        since_the_kill.iter().any(|s| s.acting[1] && s.holding_after[1]),
+        since_the_kill
+            .iter()
+            .any(|s| s.acting[1] && s.holding_after[1]),
         "the sampler saw B take over: {since_the_kill:?}"
     );
     // B finishes the incident without running the rollback again.
