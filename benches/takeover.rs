@@ -16,9 +16,6 @@
 //! it says so and measures nothing.
 
 #[allow(dead_code)]
-#[path = "../tests/common/pg.rs"]
-mod pg;
-#[allow(dead_code)]
 #[path = "../tests/common/process.rs"]
 mod process;
 #[path = "../tests/common/service.rs"]
@@ -50,10 +47,34 @@ fn main() {
 }
 
 async fn measure(runs: usize, full: bool) {
-    let Some(schema) = pg::Schema::create().await else {
-        println!("{NAME}: PostgreSQL unreachable, nothing measured");
-        return;
+    let base = std::env::var("ROLLWATCH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let admin = match sqlx::PgPool::connect(&base).await {
+        Ok(admin) => admin,
+        Err(error) => {
+            println!("{NAME}: PostgreSQL unreachable at {base} ({error}), nothing measured");
+            return;
+        }
     };
+    // A schema of its own, dropped at the end.
+    let schema = format!("rw_bench_{:016x}", rand::random::<u64>());
+    let create = format!("CREATE SCHEMA {schema}");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+        .execute(&admin)
+        .await
+        .expect("creating a schema");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let db = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+    let takeovers = takeovers(&db, runs).await;
+    let drop = format!("DROP SCHEMA {schema} CASCADE");
+    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+        .execute(&admin)
+        .await;
+    admin.close().await;
+    report(takeovers, full);
+}
+
+async fn takeovers(db: &str, runs: usize) -> Vec<Duration> {
     let service = service::TestService::start().await;
     let dir = tempfile::tempdir().expect("a temp dir");
     let mut takeovers = Vec::with_capacity(runs);
@@ -61,9 +82,9 @@ async fn measure(runs: usize, full: bool) {
         // Advisory locks are database-wide: a target of this run's own.
         let policy = dir.path().join(format!("run-{run}.toml"));
         write_policy(&policy, &service.url());
-        let mut a = Replica::start(&policy, &schema.url);
+        let mut a = Replica::start(&policy, db);
         a.wait_for_mode("acting").await;
-        let b = Replica::start(&policy, &schema.url);
+        let b = Replica::start(&policy, db);
         b.wait_for_mode("passive").await;
         a.kill9();
         let killed = Instant::now();
@@ -76,6 +97,11 @@ async fn measure(runs: usize, full: bool) {
         );
         takeovers.push(takeover);
     }
+    takeovers
+}
+
+fn report(mut takeovers: Vec<Duration>, full: bool) {
+    let runs = takeovers.len();
     takeovers.sort();
     let median = takeovers[takeovers.len() / 2];
     let max = takeovers[takeovers.len() - 1];
