@@ -457,7 +457,9 @@ async fn a_valid_edit_is_applied_and_a_broken_one_rejected_with_the_last_good_po
         202
     );
     service.set(|k| k.error_rate = 0.3);
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Six polls of 30 % errors, twice the rule's `for`, judged by a loop
+    // that went on polling (a stalled one would prove nothing).
+    common::process::wait_for_polls(&sidecar.base, 6, Duration::from_secs(60)).await;
     let calls = sidecar.dir.path().join("calls.log");
     assert!(!calls.exists(), "30 % < 50 %: {}", sidecar.output());
     service.set(|k| k.error_rate = 0.8);

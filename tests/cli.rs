@@ -168,9 +168,9 @@ fn usage_errors_exit_2() {
 }
 
 /// The README's main command: the whole story, with nothing installed.
+/// (How long it takes, `benches/demo.rs` measures.)
 #[test]
 fn demo_tells_the_whole_story_and_prints_the_report() {
-    let started = std::time::Instant::now();
     let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("rollwatch"))
         .arg("demo")
         .output()
@@ -182,7 +182,6 @@ fn demo_tells_the_whole_story_and_prints_the_report() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(started.elapsed() < std::time::Duration::from_secs(90));
     let story = [
         "[demo] checkout v1.4.2 is serving",
         "service: v1.4.2, 0.2% errors",

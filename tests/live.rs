@@ -242,6 +242,50 @@ for = "2s"
     path
 }
 
+/// Reads `stdout` line by line until a line satisfies `done` (`Ok`: the
+/// lines read) or `within` passes (`Err`: the lines read so far). Never
+/// blocks past the deadline waiting for a line that does not come.
+fn read_lines_until(
+    stdout: std::process::ChildStdout,
+    within: Duration,
+    done: impl Fn(&str) -> bool,
+) -> Result<Vec<String>, Vec<String>> {
+    use std::os::fd::AsRawFd;
+    let deadline = Instant::now() + within;
+    let fd = stdout.as_raw_fd();
+    let mut reader = BufReader::new(stdout);
+    let mut seen = Vec::new();
+    loop {
+        if reader.buffer().is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut ready = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for a descriptor `reader` keeps open.
+            let n = unsafe { libc::poll(&mut ready, 1, left.as_millis() as libc::c_int) };
+            match n {
+                0 => return Err(seen),
+                // Interrupted: poll again.
+                n if n < 0 => continue,
+                _ => {}
+            }
+        }
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return Err(seen),
+            Ok(_) => {}
+        }
+        let line = line.trim_end().to_string();
+        let found = done(&line);
+        seen.push(line);
+        if found {
+            return Ok(seen);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dry_run_prints_the_recommendation_counts_in_its_metrics_and_stops_cleanly_on_sigterm() {
     let service = TestService::start().await;
@@ -278,37 +322,30 @@ async fn dry_run_prints_the_recommendation_counts_in_its_metrics_and_stops_clean
     let address = address_rx
         .recv_timeout(Duration::from_secs(20))
         .expect("the sidecar says where it listens");
-    // Healthy first: a deploy is seen as a version change, then errors start.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Healthy first: the sidecar has scraped v1 (twice) before the deploy,
+    // so the version change is a deployment it sees, then errors start.
+    service.wait_for_scrapes(2).await;
     service.set(|k| {
         k.version = "v1.1.0".into();
         k.error_rate = 0.3;
     });
+    // The decision, then the message it would send (the log channel: the
+    // policy has no [notify]). Then stdout is closed (the reader is gone).
     let found = tokio::task::spawn_blocking(move || {
-        let started = Instant::now();
-        let mut seen = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            seen.push(line.clone());
-            // The decision, then the message it would send (the log channel:
-            // the policy has no [notify]).
-            if line
-                .contains("WOULD SEND notice via log: Rolling back staging web due to error-rate")
-                || started.elapsed() > Duration::from_secs(30)
-            {
-                let decision = seen
-                    .iter()
-                    .find(|l| l.contains("DRY-RUN WOULD ROLL BACK"))
-                    .cloned()
-                    .unwrap_or_default();
-                return (decision, seen);
-            }
-        }
-        (String::new(), seen)
+        read_lines_until(stdout, Duration::from_secs(60), |line| {
+            line.contains("WOULD SEND notice via log: Rolling back staging web due to error-rate")
+        })
     })
     .await
     .unwrap();
-    let (line, seen) = found;
+    let seen = found.unwrap_or_else(|seen| {
+        panic!("no \"WOULD SEND notice via log\" line within 60 s; stdout:\n{seen:#?}")
+    });
+    let line = seen
+        .iter()
+        .find(|l| l.contains("DRY-RUN WOULD ROLL BACK"))
+        .cloned()
+        .unwrap_or_default();
     assert!(
         line.contains("WOULD ROLL BACK v1.1.0 -> v1.0.0"),
         "{seen:#?}"

@@ -129,6 +129,25 @@ async fn fifty_megabytes_are_refused_at_the_size_limit() {
     );
 }
 
+/// The same limit on a body that does not say its length: 50 MB streamed
+/// in chunks are cut off by the running count, at the limit.
+#[tokio::test]
+async fn fifty_megabytes_streamed_without_a_length_are_cut_off_at_the_size_limit() {
+    let service = TestService::start().await;
+    service.set(|k| k.metrics = MetricsMode::HugeStreamed(50 * 1024 * 1024));
+    let mut poller = Poller::new(&policy(&service.url(), true), Duration::from_secs(1)).unwrap();
+    let outcome = poller.poll(Utc::now()).await;
+    assert_eq!(observation(&outcome).requests, None);
+    assert!(
+        outcome
+            .problems
+            .iter()
+            .any(|p| p.contains("larger than 1048576 bytes")),
+        "{:?}",
+        outcome.problems
+    );
+}
+
 #[tokio::test]
 async fn garbage_is_no_data_with_the_unreadable_lines_counted() {
     let service = TestService::start().await;

@@ -78,3 +78,48 @@ pub fn write_script(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 }
+
+/// How many polls the sidecar at `base` has made, all targets together
+/// (`rollwatch_polls_total` in its `/metrics`): the progress marker of its
+/// loops. `None` when it does not answer within 2 s.
+pub async fn polls(base: &str) -> Option<u64> {
+    let text = rollwatch::sources::http::client()
+        .ok()?
+        .get(format!("{base}/metrics"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let total: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("rollwatch_polls_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    Some(total as u64)
+}
+
+/// Waits until the sidecar at `base` has polled `n` more times than now:
+/// its loops ran past this point, so whatever they were due to do by then
+/// has been done. Panics after `within` (a hang guard) saying so: "nothing
+/// happened" proves nothing of a stalled loop.
+pub async fn wait_for_polls(base: &str, n: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut start = None;
+    loop {
+        let now = polls(base).await;
+        if let Some(now) = now {
+            let from = *start.get_or_insert(now);
+            if now >= from + n {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar's loop stalled: {now:?} polls, waited for {n} more than {start:?} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

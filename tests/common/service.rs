@@ -38,6 +38,10 @@ pub enum MetricsMode {
     Status500,
     /// `/metrics` sends this many bytes of valid-looking comment lines first.
     Huge(usize),
+    /// `/metrics` streams this many bytes of padding then a normal
+    /// exposition, in 64 KiB chunks with no `Content-Length`: only the
+    /// reader's running count can stop it.
+    HugeStreamed(usize),
     /// `/metrics` answers with bytes that are not an exposition.
     Garbage,
     /// The latency histogram's buckets go down.
@@ -238,6 +242,22 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             let mut huge = line.repeat(bytes / line.len() + 1);
             huge.push_str(&body);
             huge
+        }
+        MetricsMode::HugeStreamed(bytes) => {
+            let line = "# padding padding padding padding padding padding padding padding\n";
+            let chunk = axum::body::Bytes::from(line.repeat(65536 / line.len()));
+            let chunks = bytes.div_ceil(chunk.len());
+            let padding = std::iter::repeat_n(chunk, chunks);
+            let stream = futures_util::stream::iter(
+                padding
+                    .chain(std::iter::once(axum::body::Bytes::from(body)))
+                    .map(Ok::<_, std::convert::Infallible>),
+            );
+            return (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                axum::body::Body::from_stream(stream),
+            )
+                .into_response();
         }
         _ => body,
     };
