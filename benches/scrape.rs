@@ -19,6 +19,11 @@
 //! * `scrape/poll_with_health/10k`: the same plus the `[health]` probe of the
 //!   example policy, polled concurrently as `run` and `evaluate` do.
 //!
+//! * `scrape/derive_histogram/1000_le`: `Deriver::derive` alone on a scrape
+//!   whose latency histogram has 1,000 `le` values in each of 4 series, the
+//!   each iteration a pair of scrapes from a fresh start (bucket deltas were
+//!   quadratic in the `le` values).
+//!
 //! Target (the live sampling issue): scrape-and-derive median under 10 ms, and
 //! our parser at least as fast as prometheus-parse. After criterion, a short
 //! summary times 50 single iterations of each case and prints the median
@@ -603,6 +608,72 @@ fn benches(c: &mut Criterion, cases: &mut Cases) {
     group.finish();
 }
 
+const WIDE_BOUNDS: usize = 1_000;
+
+/// Two parsed scrapes of a latency histogram with `WIDE_BOUNDS` `le` values
+/// (plus `+Inf`) in each of 4 handler series, a tick apart.
+fn wide_histogram(tick: u64) -> exposition::Exposition {
+    let mut w = Writer {
+        out: String::new(),
+        series: 0,
+    };
+    w.family(
+        "http_request_duration_seconds",
+        "histogram",
+        "Latency with fine buckets.",
+    );
+    for handler in &HANDLERS[..4] {
+        let mut cumulative = 0u64;
+        for i in 1..=WIDE_BOUNDS {
+            cumulative += 1 + tick * (i as u64 % 7);
+            let le = format!("{}", i as f64 / 1_000.0);
+            w.sample(
+                "http_request_duration_seconds_bucket",
+                &[("handler", handler), ("le", &le)],
+                cumulative,
+            );
+        }
+        w.sample(
+            "http_request_duration_seconds_bucket",
+            &[("handler", handler), ("le", "+Inf")],
+            cumulative + tick,
+        );
+    }
+    exposition::parse(&w.out, Format::Prometheus)
+}
+
+fn histogram_benches(c: &mut Criterion) {
+    let metrics = rollwatch::sources::scrape::ScrapeMetrics {
+        requests: None,
+        errors: None,
+        latency: Some(
+            rollwatch::sources::selector::Selector::parse("http_request_duration_seconds")
+                .expect("a selector"),
+        ),
+        users: None,
+        users_affected: None,
+        version: None,
+        version_label: "version".into(),
+    };
+    let (before, after) = (wide_histogram(0), wide_histogram(1));
+    let mut deriver = Deriver::new(metrics);
+    let _ = deriver.derive(&before);
+    let derived = deriver.derive(&after);
+    assert!(derived.latency_ms.p95.is_some(), "{derived:?}");
+    let mut group = c.benchmark_group("scrape");
+    group.throughput(Throughput::Elements(4 * (WIDE_BOUNDS as u64 + 1)));
+    // Each iteration starts afresh and derives a pair of scrapes: the first
+    // only collects, the second also takes the bucket deltas.
+    group.bench_function("derive_histogram/1000_le", |b| {
+        b.iter(|| {
+            deriver.reset();
+            let _ = deriver.derive(black_box(&before));
+            deriver.derive(black_box(&after))
+        })
+    });
+    group.finish();
+}
+
 /// Times `SUMMARY_RUNS` single iterations; returns (median, max).
 fn timed<T>(mut f: impl FnMut() -> T) -> (Duration, Duration) {
     let mut times: Vec<Duration> = (0..SUMMARY_RUNS)
@@ -669,6 +740,7 @@ fn main() {
         .measurement_time(Duration::from_secs(7))
         .configure_from_args();
     benches(&mut c, &mut cases);
+    histogram_benches(&mut c);
     c.final_summary();
     if full && (filters.is_empty() || filters.iter().any(|f| "scrape".contains(f.as_str()))) {
         summary(&mut cases);

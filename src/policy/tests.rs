@@ -673,3 +673,147 @@ fn a_steps_env_names_variables_and_never_rollwatchs_own() {
     assert!(step.idempotent);
     assert_eq!(step.command.pass_env, ["KUBECONFIG"]);
 }
+
+/// The prometheus example policy with `lookup` for its variables.
+fn compile_prometheus_example(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Compiled, PolicyErrors> {
+    let text = include_str!("../../policies/examples/prometheus.toml");
+    compile_bytes("prometheus.toml", text.as_bytes(), lookup)
+}
+
+fn queries(compiled: &Compiled) -> &crate::sources::config::Queries {
+    match compiled.source.as_ref().map(|s| &s.kind) {
+        Some(crate::sources::config::SourceKind::Prometheus { queries, .. }) => queries,
+        other => panic!("expected a prometheus source, found {other:?}"),
+    }
+}
+
+/// An environment whose `TARGET_JOB` (and `TARGET_SERVICE`) is `value`.
+fn hostile_env(value: &'static str) -> impl Fn(&str) -> Option<String> {
+    move |name: &str| match name {
+        "PROMETHEUS_URL" => Some("http://127.0.0.1:9090".into()),
+        "TARGET_JOB" | "TARGET_SERVICE" => Some(value.into()),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_quote_in_a_variable_cannot_add_keys_to_the_toml() {
+    // Pasted raw, this value closed the string and started a [notify] table.
+    let value = "web\"\n[notify]\nx = \"1";
+    let text = MINIMAL.replace("\"web\"", "\"${SERVICE_NAME}\"");
+    let lookup = |name: &str| (name == "SERVICE_NAME").then(|| value.to_string());
+    let policy = from_bytes("p.toml", text.as_bytes(), lookup).expect("the value is escaped");
+    assert_eq!(policy.service, value);
+    // Backslashes and control characters come through unchanged too.
+    let value = "a\\b\tc\u{1}\r";
+    let lookup = |name: &str| (name == "SERVICE_NAME").then(|| value.to_string());
+    let policy = from_bytes("p.toml", text.as_bytes(), lookup).expect("the value is escaped");
+    assert_eq!(policy.service, value);
+}
+
+#[test]
+fn a_variable_in_a_literal_string_that_would_end_it_is_refused_by_name() {
+    let text = MINIMAL.replace("\"web\"", "'${SERVICE_NAME}'");
+    let secret = "hunter2'\nx = 'y";
+    let lookup = |name: &str| (name == "SERVICE_NAME").then(|| secret.to_string());
+    let errors = from_bytes("p.toml", text.as_bytes(), lookup).unwrap_err();
+    let message = errors.to_string();
+    assert!(
+        message.contains("p.toml:2:12: the value of environment variable \"SERVICE_NAME\""),
+        "{message}"
+    );
+    assert!(
+        !message.contains("hunter2"),
+        "the value is never printed: {message}"
+    );
+    // A plain value still goes into a literal string as it is.
+    let lookup = |name: &str| (name == "SERVICE_NAME").then(|| "we\"b".to_string());
+    let policy = from_bytes("p.toml", text.as_bytes(), lookup).unwrap();
+    assert_eq!(policy.service, "we\"b");
+}
+
+#[test]
+fn a_variable_outside_a_string_must_be_a_plain_token() {
+    let text = MINIMAL.replace("\"5%\"", "\"5%\"\nmin_requests = ${MIN}");
+    let lookup = |value: &'static str| move |name: &str| (name == "MIN").then(|| value.into());
+    let policy = from_bytes("p.toml", text.as_bytes(), lookup("20")).unwrap();
+    assert_eq!(policy.rules.len(), 1);
+    let errors = from_bytes("p.toml", text.as_bytes(), lookup("20\n[notify]"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errors.contains("environment variable \"MIN\" is used outside a string"),
+        "{errors}"
+    );
+    assert!(!errors.contains("[notify]"), "{errors}");
+}
+
+#[test]
+fn a_quote_in_a_variable_cannot_rewrite_a_query() {
+    // Pasted raw, this value ended job="..." and or-ed a constant into the query.
+    let compiled = compile_prometheus_example(hostile_env("web\"} or vector(1e9) #\\"))
+        .expect("the value is escaped");
+    assert_eq!(
+        queries(&compiled).requests.as_deref(),
+        Some(
+            r#"sum(rate(http_requests_total{job="web\"} or vector(1e9) #\\"}[1m])) * $interval_seconds"#
+        )
+    );
+    // The service name outside the query is the value itself.
+    assert_eq!(compiled.policy.service, "web\"} or vector(1e9) #\\");
+}
+
+#[test]
+fn a_newline_in_a_query_variable_is_refused_by_name() {
+    let errors = compile_prometheus_example(hostile_env("web\nsecret"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errors.contains(
+            "prometheus.toml:20:47: the value of environment variable \"TARGET_JOB\" holds a control character"
+        ),
+        "{errors}"
+    );
+    assert!(!errors.contains("secret"), "{errors}");
+}
+
+#[test]
+fn a_variable_outside_a_quoted_label_value_must_be_a_plain_name() {
+    let text = "[source]\nkind = \"prometheus\"\nurl = \"http://127.0.0.1:9090\"\n\
+                [source.queries]\nrequests = \"sum(rate(${METRIC}[1m]))\"\n"
+        .to_string()
+        + MINIMAL;
+    let lookup = |value: &'static str| move |name: &str| (name == "METRIC").then(|| value.into());
+    let compiled = compile_bytes("p.toml", text.as_bytes(), lookup("http_requests_total")).unwrap();
+    assert_eq!(
+        queries(&compiled).requests.as_deref(),
+        Some("sum(rate(http_requests_total[1m]))")
+    );
+    let errors = compile_bytes("p.toml", text.as_bytes(), lookup("up) or vector(1"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errors.contains("environment variable \"METRIC\" is used outside a quoted label value"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn a_quote_in_a_selector_variable_stays_in_its_label_value() {
+    let text = "[source]\nkind = \"scrape\"\nurl = \"http://127.0.0.1:8080/metrics\"\n\
+                [source.metrics]\nrequests = 'http_requests_total{job=\"${JOB}\"}'\n"
+        .to_string()
+        + MINIMAL;
+    let lookup = |name: &str| (name == "JOB").then(|| "a\",code=\"500".to_string());
+    let compiled = compile_bytes("p.toml", text.as_bytes(), lookup).expect("the value is escaped");
+    let Some(crate::sources::config::SourceKind::Scrape { metrics, .. }) =
+        compiled.source.as_ref().map(|s| &s.kind)
+    else {
+        panic!("expected a scrape source");
+    };
+    let selector = metrics.requests.as_ref().expect("a requests selector");
+    assert_eq!(selector.matchers.len(), 1, "{selector:?}");
+    assert_eq!(selector.matchers[0].value, "a\",code=\"500");
+}

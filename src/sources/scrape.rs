@@ -257,11 +257,16 @@ fn bucket_bound(sample: &Sample) -> Option<f64> {
 
 /// Per-`le` increases summed over series. A series whose `+Inf` bucket went
 /// down was reset and counts from zero.
+///
+/// Linear in the number of buckets (n log n for the final sort): each series'
+/// previous buckets are sorted by `le`, so the old count is a binary search, and
+/// the increases of all series are summed by sorting them once, never by a scan
+/// per bucket (a series with thousands of `le` values made that quadratic).
 fn bucket_deltas(
     previous: &HashMap<String, Vec<(f64, f64)>>,
     current: &HashMap<String, Vec<(f64, f64)>>,
 ) -> Result<Vec<(f64, f64)>, String> {
-    let mut summed: Vec<(f64, f64)> = Vec::new();
+    let mut increases: Vec<(f64, f64)> = Vec::with_capacity(current.values().map(Vec::len).sum());
     for (key, now) in current {
         check_monotonic(now)?;
         let before = previous.get(key);
@@ -273,24 +278,40 @@ fn bucket_deltas(
             let old = if reset {
                 None
             } else {
-                before
-                    .and_then(|b| b.iter().find(|(l, _)| *l == le))
-                    .map(|(_, c)| *c)
+                before.and_then(|b| count_at(b, le))
             };
             let increase = match old {
                 Some(old) if count >= old => count - old,
                 Some(_) => count,
                 None => count,
             };
-            match summed.iter_mut().find(|(l, _)| *l == le) {
-                Some(slot) => slot.1 += increase,
-                None => summed.push((le, increase)),
-            }
+            increases.push((le, increase));
         }
     }
-    summed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // A stable sort keeps each `le`'s increases in the order they were found,
+    // so the sums are added in the same order as a scan would add them.
+    increases.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut summed: Vec<(f64, f64)> = Vec::new();
+    for (le, increase) in increases {
+        match summed.last_mut() {
+            // `==`, not the sort's total order: -0 and 0 are one bound.
+            Some(slot) if slot.0 == le => slot.1 += increase,
+            _ => summed.push((le, increase)),
+        }
+    }
     check_monotonic(&summed)?;
     Ok(summed)
+}
+
+/// The count of the first bucket whose bound equals `le`, in buckets sorted by
+/// `le` (`f64::total_cmp`, as `collect_buckets` leaves them).
+fn count_at(buckets: &[(f64, f64)], le: f64) -> Option<f64> {
+    // The total order refines `<`, so `bound < le` is true then false along it.
+    let first = buckets.partition_point(|(bound, _)| *bound < le);
+    buckets
+        .get(first)
+        .filter(|(bound, _)| *bound == le)
+        .map(|(_, count)| *count)
 }
 
 fn check_monotonic(buckets: &[(f64, f64)]) -> Result<(), String> {
@@ -304,8 +325,11 @@ fn check_monotonic(buckets: &[(f64, f64)]) -> Result<(), String> {
             ));
         }
     }
-    if buckets.iter().any(|(_, c)| !c.is_finite()) {
-        return Err("histogram bucket count is not a finite number: latency left out".into());
+    // A count is never below zero; one that is would make a delta negative.
+    if buckets.iter().any(|(_, c)| !(c.is_finite() && *c >= 0.0)) {
+        return Err(
+            "histogram bucket count is negative or not a finite number: latency left out".into(),
+        );
     }
     Ok(())
 }

@@ -204,3 +204,207 @@ fn a_missing_series_is_reported() {
         d.problems
     );
 }
+
+/// The scan per bucket `bucket_deltas` did before it became linear, kept as
+/// the reference its results must equal.
+fn bucket_deltas_by_scanning(
+    previous: &HashMap<String, Vec<(f64, f64)>>,
+    current: &HashMap<String, Vec<(f64, f64)>>,
+) -> Result<Vec<(f64, f64)>, String> {
+    let mut summed: Vec<(f64, f64)> = Vec::new();
+    for (key, now) in current {
+        check_monotonic(now)?;
+        let before = previous.get(key);
+        let reset = match before {
+            Some(before) => before.last().map(|b| b.1) > now.last().map(|n| n.1),
+            None => false,
+        };
+        for &(le, count) in now {
+            let old = if reset {
+                None
+            } else {
+                before
+                    .and_then(|b| b.iter().find(|(l, _)| *l == le))
+                    .map(|(_, c)| *c)
+            };
+            let increase = match old {
+                Some(old) if count >= old => count - old,
+                Some(_) => count,
+                None => count,
+            };
+            match summed.iter_mut().find(|(l, _)| *l == le) {
+                Some(slot) => slot.1 += increase,
+                None => summed.push((le, increase)),
+            }
+        }
+    }
+    summed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    check_monotonic(&summed)?;
+    Ok(summed)
+}
+
+/// Histogram series as `collect_buckets` leaves them, from a seed: shared and
+/// private bounds, duplicated bounds, series that appear, vanish or reset, and
+/// counts that go down (which both versions must reject alike).
+fn histogram_pair(
+    seed: u64,
+) -> (
+    HashMap<String, Vec<(f64, f64)>>,
+    HashMap<String, Vec<(f64, f64)>>,
+) {
+    let mut state = seed;
+    let mut next = move |below: u64| {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % below
+    };
+    let bounds = [
+        0.0,
+        0.005,
+        0.01,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        10.0,
+        f64::INFINITY,
+    ];
+    let mut scrape = |next: &mut dyn FnMut(u64) -> u64| {
+        let mut series = HashMap::new();
+        for key in 0..next(5) {
+            let mut buckets: Vec<(f64, f64)> = (0..next(12))
+                .map(|_| (bounds[next(bounds.len() as u64) as usize], 0.0))
+                .collect();
+            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let mut count = 0.0;
+            for bucket in &mut buckets {
+                // Mostly cumulative; now and then a count that goes down.
+                count = if next(20) == 0 {
+                    count / 2.0
+                } else {
+                    count + next(50) as f64
+                };
+                bucket.1 = count;
+            }
+            series.insert(format!("series-{key}"), buckets);
+        }
+        series
+    };
+    let previous = scrape(&mut next);
+    let current = scrape(&mut next);
+    (previous, current)
+}
+
+#[test]
+fn bucket_deltas_equal_the_scan_per_bucket_they_replaced() {
+    let mut compared = (0, 0);
+    for seed in 0..2_000 {
+        let (previous, current) = histogram_pair(seed);
+        let expected = bucket_deltas_by_scanning(&previous, &current);
+        assert_eq!(
+            bucket_deltas(&previous, &current),
+            expected,
+            "seed {seed}: {previous:?} -> {current:?}"
+        );
+        match expected {
+            Ok(_) => compared.0 += 1,
+            Err(_) => compared.1 += 1,
+        }
+    }
+    // Both outcomes were exercised, not only the rejections.
+    assert!(compared.0 > 200 && compared.1 > 200, "{compared:?}");
+}
+
+#[test]
+fn bucket_deltas_of_a_thousand_bounds_match_per_bound() {
+    let bounds: Vec<f64> = (1..=1_000)
+        .map(|i| i as f64 / 1_000.0)
+        .chain([f64::INFINITY])
+        .collect();
+    let series = |scale: f64| -> HashMap<String, Vec<(f64, f64)>> {
+        (0..3)
+            .map(|s| {
+                let buckets = bounds
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &le)| (le, (i as f64 + s as f64) * scale))
+                    .collect();
+                (format!("series-{s}"), buckets)
+            })
+            .collect()
+    };
+    let (previous, current) = (series(1.0), series(3.0));
+    let deltas = bucket_deltas(&previous, &current).expect("cumulative buckets");
+    assert_eq!(
+        deltas,
+        bucket_deltas_by_scanning(&previous, &current).unwrap()
+    );
+    assert_eq!(deltas.len(), bounds.len());
+    // Per bound, the three series each grew by twice their previous count.
+    for (i, &(le, increase)) in deltas.iter().enumerate() {
+        assert_eq!(le, bounds[i]);
+        assert_eq!(increase, 2.0 * (3.0 * i as f64 + 3.0));
+    }
+}
+
+#[test]
+fn a_negative_bucket_count_is_no_data_never_a_negative_delta() {
+    let text = |inf: f64| {
+        format!(
+            "http_request_duration_seconds_bucket{{le=\"0.1\"}} -5\n\
+             http_request_duration_seconds_bucket{{le=\"+Inf\"}} {inf}\n"
+        )
+    };
+    let mut deriver = Deriver::new(metrics());
+    deriver.derive(&parse(&text(10.0), Format::Prometheus));
+    let derived = deriver.derive(&parse(&text(20.0), Format::Prometheus));
+    assert_eq!(derived.latency_ms, LatencyQuantiles::default());
+    assert!(
+        derived.problems.iter().any(|p| p.contains("negative")),
+        "{:?}",
+        derived.problems
+    );
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Series of buckets as `collect_buckets` leaves them: sorted by `le`,
+    /// counts of any sign, shared bounds so that series meet in the sums.
+    fn series() -> impl Strategy<Value = HashMap<String, Vec<(f64, f64)>>> {
+        let bound = prop::sample::select(vec![0.0, 0.1, 0.5, 1.0, 2.5, f64::INFINITY]);
+        let buckets = prop::collection::vec((bound, -2i32..60), 0..8).prop_map(|mut buckets| {
+            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let mut cumulative = 0.0;
+            buckets
+                .into_iter()
+                .map(|(le, step)| {
+                    cumulative += f64::from(step);
+                    (le, cumulative)
+                })
+                .collect::<Vec<_>>()
+        });
+        prop::collection::hash_map("[a-c]", buckets, 0..4)
+    }
+
+    proptest! {
+        #[test]
+        fn bucket_deltas_are_never_negative_and_equal_the_scan(
+            previous in series(),
+            current in series(),
+        ) {
+            let deltas = bucket_deltas(&previous, &current);
+            prop_assert_eq!(&deltas, &bucket_deltas_by_scanning(&previous, &current));
+            if let Ok(deltas) = deltas {
+                for (le, increase) in deltas {
+                    prop_assert!(increase >= 0.0, "le={} increased by {}", le, increase);
+                }
+            }
+        }
+    }
+}
