@@ -57,7 +57,7 @@ impl Problems {
 }
 
 /// The whole compiled file: the engine's policy and how to look at the target.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Compiled {
     pub policy: Policy,
     pub source: Option<SourceConfig>,

@@ -246,12 +246,10 @@ fn bucket_deltas_by_scanning(
 /// Histogram series as `collect_buckets` leaves them, from a seed: shared and
 /// private bounds, duplicated bounds, series that appear, vanish or reset, and
 /// counts that go down (which both versions must reject alike).
-fn histogram_pair(
-    seed: u64,
-) -> (
-    HashMap<String, Vec<(f64, f64)>>,
-    HashMap<String, Vec<(f64, f64)>>,
-) {
+/// Buckets `(le, count)` by series.
+type Buckets = HashMap<String, Vec<(f64, f64)>>;
+
+fn histogram_pair(seed: u64) -> (Buckets, Buckets) {
     let mut state = seed;
     let mut next = move |below: u64| {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -272,7 +270,7 @@ fn histogram_pair(
         10.0,
         f64::INFINITY,
     ];
-    let mut scrape = |next: &mut dyn FnMut(u64) -> u64| {
+    let scrape = |next: &mut dyn FnMut(u64) -> u64| {
         let mut series = HashMap::new();
         for key in 0..next(5) {
             let mut buckets: Vec<(f64, f64)> = (0..next(12))
