@@ -272,7 +272,7 @@ fn histogram_pair(
         10.0,
         f64::INFINITY,
     ];
-    let mut scrape = |next: &mut dyn FnMut(u64) -> u64| {
+    let scrape = |next: &mut dyn FnMut(u64) -> u64| {
         let mut series = HashMap::new();
         for key in 0..next(5) {
             let mut buckets: Vec<(f64, f64)> = (0..next(12))
