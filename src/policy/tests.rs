@@ -768,8 +768,7 @@ fn a_quote_in_a_variable_cannot_rewrite_a_query() {
 #[test]
 fn a_newline_in_a_query_variable_is_refused_by_name() {
     let errors = compile_prometheus_example(hostile_env("web\nsecret"))
-        .err()
-        .expect("the value is refused")
+        .expect_err("the value is refused")
         .to_string();
     assert!(
         errors.contains(
@@ -793,8 +792,7 @@ fn a_variable_outside_a_quoted_label_value_must_be_a_plain_name() {
         Some("sum(rate(http_requests_total[1m]))")
     );
     let errors = compile_bytes("p.toml", text.as_bytes(), lookup("up) or vector(1"))
-        .err()
-        .expect("the value is refused")
+        .expect_err("the value is refused")
         .to_string();
     assert!(
         errors.contains("environment variable \"METRIC\" is used outside a quoted label value"),
