@@ -243,13 +243,13 @@ fn bucket_deltas_by_scanning(
     Ok(summed)
 }
 
+/// Series (without `le`) → its buckets, as `collect_buckets` returns them.
+type Histograms = HashMap<String, Vec<(f64, f64)>>;
+
 /// Histogram series as `collect_buckets` leaves them, from a seed: shared and
 /// private bounds, duplicated bounds, series that appear, vanish or reset, and
 /// counts that go down (which both versions must reject alike).
-/// Buckets `(le, count)` by series.
-type Buckets = HashMap<String, Vec<(f64, f64)>>;
-
-fn histogram_pair(seed: u64) -> (Buckets, Buckets) {
+fn histogram_pair(seed: u64) -> (Histograms, Histograms) {
     let mut state = seed;
     let mut next = move |below: u64| {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
