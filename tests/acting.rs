@@ -850,8 +850,10 @@ async fn a_failing_rollback_runs_recovery_and_escalates_without_a_second_rollbac
         "{}",
         world.output()
     );
-    // Keep watching a while: the rule still fires, but nothing is rolled back again.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Keep watching a while (five more of the sidecar's polls, so a stalled
+    // loop fails rather than passes): the rule still fires, but nothing is
+    // rolled back again.
+    common::process::wait_for_polls(&latest_address(&world), 5, Duration::from_secs(60)).await;
     assert_eq!(world.count("rollback-app"), 1);
     assert_eq!(world.count("restart-services"), 1);
     assert_eq!(world.count("restore-backup"), 1);
@@ -1049,7 +1051,10 @@ async fn run_carries_out_a_scheduled_drill_once_per_period() {
     first.kill9();
     // Restarted within the hour: the last drill is recent, no second one.
     let _second = world.start(&[]);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    wait_for_sidecars(&world, 2).await;
+    // Four of the restarted sidecar's polls, not a fixed sleep: a loop that
+    // stalled would start no drill and must not pass for one that chose not to.
+    common::process::wait_for_polls(&latest_address(&world), 4, Duration::from_secs(60)).await;
     assert_eq!(world.count("rollback-app"), 1, "{}", world.output());
 }
 
@@ -1261,4 +1266,40 @@ async fn a_hostile_version_label_cannot_block_its_own_rollback() {
         world.output().contains("not clean printable text"),
         "said once, with the hash"
     );
+}
+
+/// Where the most recently started sidecar of `world` listens.
+fn latest_address(world: &World) -> String {
+    let lines = world.output.lock().unwrap().clone();
+    lines
+        .iter()
+        .rev()
+        .find_map(|l| {
+            l.split_once(" on http://")
+                .map(|(_, a)| format!("http://{a}"))
+        })
+        .expect("the sidecar says where it listens")
+}
+
+/// Waits until `n` sidecars of `world` have said where they listen.
+async fn wait_for_sidecars(world: &World, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let started = world
+            .output
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(" on http://"))
+            .count();
+        if started >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{started} of {n} sidecars listen after 60 s; output:\n{}",
+            world.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
