@@ -235,6 +235,19 @@ mod tests {
 {"at":"2026-11-24T10:07:00Z","event":"ack"}
 {"at":"2026-11-24T10:07:00Z","event":"hold"}"#;
 
+    /// Found by `cargo fuzz run trace_line`: a value written with a long
+    /// decimal parsed to an f64 one unit off the one its own output parses
+    /// to, so a trace written back by rollwatch said something else.
+    #[test]
+    fn a_long_decimal_round_trips_to_the_same_value() {
+        let text = format!(
+            r#"{{"at":"2026-11-24T09:31:00Z","requests":1000,"errors":2,"latency_ms":{{"p50":8{}0}},"users":500}}"#,
+            "3".repeat(64)
+        );
+        let line = to_line(&parse_line(&text).unwrap());
+        assert_eq!(to_line(&parse_line(&line).unwrap()), line);
+    }
+
     #[test]
     fn every_line_of_the_spec_example_parses_and_round_trips() {
         for text in SPEC_EXAMPLE.lines() {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use regex::Regex;
 
@@ -151,21 +151,38 @@ impl fmt::Display for Selector {
     }
 }
 
-/// `^(?:pattern)$`, compiled once per process: a thousand policies with the
-/// same selector share one compiled regex and its match caches (behind an
-/// `Arc`: a `Regex` clone brings a cache pool of its own, 7 KB a target).
+static COMPILED: OnceLock<Mutex<HashMap<String, Weak<Regex>>>> = OnceLock::new();
+
+/// `^(?:pattern)$`, compiled once while any selector uses it: a thousand
+/// policies with the same selector share one compiled regex and its match
+/// caches (behind an `Arc`: a `Regex` clone brings a cache pool of its own,
+/// 7 KB a target). The cache holds them weakly, so a pattern no selector
+/// uses any more (a policy edited or removed, a parse that was thrown away)
+/// is freed: the cache never outgrows the selectors alive.
 fn anchored_regex(pattern: &str) -> Result<Arc<Regex>, regex::Error> {
-    static COMPILED: OnceLock<Mutex<HashMap<String, Arc<Regex>>>> = OnceLock::new();
     let cache = COMPILED.get_or_init(Mutex::default);
     let mut cache = cache
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(regex) = cache.get(pattern) {
-        return Ok(regex.clone());
+    if let Some(regex) = cache.get(pattern).and_then(Weak::upgrade) {
+        return Ok(regex);
     }
     let regex = Arc::new(Regex::new(&format!("^(?:{pattern})$"))?);
-    cache.insert(pattern.to_string(), regex.clone());
+    // Amortized: the dead are swept when the cache has doubled since the
+    // last sweep, so an insert costs O(1) on average.
+    if cache.len() >= 64 && cache.len().is_power_of_two() {
+        cache.retain(|_, weak| weak.strong_count() > 0);
+    }
+    cache.insert(pattern.to_string(), Arc::downgrade(&regex));
     Ok(regex)
+}
+
+/// How many compiled patterns the cache holds (alive or not yet swept).
+#[cfg(test)]
+fn cached_patterns() -> usize {
+    COMPILED
+        .get()
+        .map_or(0, |cache| cache.lock().unwrap().len())
 }
 
 fn find_closing_quote(text: &str) -> Option<usize> {
@@ -190,6 +207,24 @@ mod tests {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn regexes_no_selector_uses_are_freed_and_live_ones_shared() {
+        let kept = Selector::parse(r#"x{code=~"5..kept"}"#).unwrap();
+        // A policy edited ten thousand times, each edit a new pattern: the
+        // compiled patterns of the old selectors do not pile up.
+        for i in 0..10_000 {
+            drop(Selector::parse(&format!(r#"x{{code=~"5..{i}"}}"#)).unwrap());
+        }
+        let cached = cached_patterns();
+        assert!(
+            cached < 1_000,
+            "{cached} patterns cached for 1 live selector"
+        );
+        let again = Selector::parse(r#"x{code=~"5..kept"}"#).unwrap();
+        assert_eq!(format!("{kept}"), format!("{again}"));
+        assert!(again.matches_labels(&labels(&[("code", "500kept")])));
     }
 
     #[test]
