@@ -7,6 +7,8 @@
 //! the lock when the server drops its session. A passive replica tries for
 //! the lock every interval, so ownership moves within two intervals.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sha2::Digest;
@@ -30,6 +32,10 @@ pub fn lock_key(target: &str) -> i64 {
 #[derive(Clone)]
 pub struct Leader {
     commands: mpsc::UnboundedSender<Command>,
+    /// Rounds with targets in which the session answered and every unowned
+    /// target was tried: a sign of life, so that "stayed passive" can be told from
+    /// "never tried".
+    rounds: Arc<AtomicU64>,
 }
 
 enum Command {
@@ -69,8 +75,21 @@ impl Leader {
     /// SQLite there is one replica: it owns every target.
     pub fn start(store: Store, interval: Duration, shutdown: CancellationToken) -> Leader {
         let (commands, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(contend(store, interval, receiver, shutdown));
-        Leader { commands }
+        let rounds = Arc::new(AtomicU64::new(0));
+        tokio::spawn(contend(
+            store,
+            interval,
+            receiver,
+            shutdown,
+            Arc::clone(&rounds),
+        ));
+        Leader { commands, rounds }
+    }
+
+    /// How many rounds with targets have completed: the session answered
+    /// and every target not owned was tried.
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(Ordering::Relaxed)
     }
 
     /// Whether this replica owns `target`, as it changes. Owned once the lock
@@ -110,6 +129,7 @@ async fn contend(
     mut interval: Duration,
     mut commands: mpsc::UnboundedReceiver<Command>,
     shutdown: CancellationToken,
+    rounds: Arc<AtomicU64>,
 ) {
     let mut owned: Vec<Owned> = Vec::new();
     let mut connection: Option<PgConnection> = None;
@@ -223,6 +243,9 @@ async fn contend(
                     break;
                 }
             }
+        }
+        if connection.is_some() && !owned.is_empty() {
+            rounds.fetch_add(1, Ordering::Relaxed);
         }
     }
     if let Some(conn) = connection {

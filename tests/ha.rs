@@ -337,6 +337,8 @@ async fn a_removed_target_is_released_to_the_replica_contending_for_it() {
         tokio::time::sleep(interval / 3).await;
         assert!(*in_a.borrow() && !*in_b.borrow(), "one owner at a time");
     }
+    wait_for_rounds(&b, 3, Duration::from_secs(10), "B keeps trying").await;
+    assert!(*in_a.borrow() && !*in_b.borrow(), "one owner at a time");
     a.remove(&target);
     wait_for(&in_b, "replica B takes the released target").await;
     let again = a.add(&target, interval, rollwatch::store::Fence::new(&target));
@@ -344,6 +346,8 @@ async fn a_removed_target_is_released_to_the_replica_contending_for_it() {
         tokio::time::sleep(interval / 3).await;
         assert!(*in_b.borrow() && !*again.borrow(), "one owner at a time");
     }
+    wait_for_rounds(&a, 3, Duration::from_secs(10), "A keeps trying").await;
+    assert!(*in_b.borrow() && !*again.borrow(), "one owner at a time");
     shutdown.cancel();
 }
 
@@ -370,7 +374,7 @@ async fn after_a_database_restart_the_passive_replica_still_takes_over() {
     let in_a = a.add(target, interval, rollwatch::store::Fence::new(target));
     wait_for_owner(&in_a, true, Duration::from_secs(15), "A takes the target").await;
     let in_b = b.add(target, interval, rollwatch::store::Fence::new(target));
-    tokio::time::sleep(interval * 3).await;
+    wait_for_rounds(&b, 3, Duration::from_secs(15), "B tries for the target").await;
     assert!(!*in_b.borrow(), "B stays passive while A owns the target");
     cluster.stop();
     wait_for_owner(
@@ -391,6 +395,22 @@ async fn after_a_database_restart_the_passive_replica_still_takes_over() {
     )
     .await;
     stop_b.cancel();
+}
+
+/// Waits until `leader` has completed `n` more rounds (its session answered
+/// and it tried for every target it does not own): what it did not take in
+/// them, it was refused, not slow to ask for.
+async fn wait_for_rounds(leader: &rollwatch::ha::Leader, n: u64, within: Duration, what: &str) {
+    let want = leader.rounds() + n;
+    let deadline = Instant::now() + within;
+    while leader.rounds() < want {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} of {n} rounds",
+            n - (want - leader.rounds())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn wait_for_owner(
@@ -697,7 +717,8 @@ async fn a_shorter_interval_after_a_reload_shortens_the_takeover() {
     let in_a = a.add(&target, slow, rollwatch::store::Fence::new(&target));
     wait_for_owner(&in_a, true, Duration::from_secs(15), "A takes the target").await;
     let in_b = b.add(&target, slow, rollwatch::store::Fence::new(&target));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A new target is tried at once: one round, refused.
+    wait_for_rounds(&b, 1, Duration::from_secs(15), "B tries for the target").await;
     assert!(!*in_b.borrow(), "B stays passive while A owns the target");
     b.set_interval(&target, Duration::from_millis(300));
     tokio::time::sleep(Duration::from_millis(500)).await;
