@@ -43,13 +43,13 @@ impl ChannelKind {
         }
     }
 
-    /// Who receives it, for the record and dry runs.
+    /// Who receives it, for the record and dry runs: email addresses. A URL
+    /// channel has none: it is named by its channel name alone, because its
+    /// URL may carry its credential (status and incidents never show it).
     pub fn recipients(&self) -> Vec<String> {
         match self {
             ChannelKind::Email { to, .. } => to.clone(),
-            ChannelKind::Alertmanager { url } | ChannelKind::Webhook { url } => {
-                vec![url.to_string()]
-            }
+            ChannelKind::Alertmanager { .. } | ChannelKind::Webhook { .. } => Vec::new(),
         }
     }
 }

@@ -266,13 +266,13 @@ fn entry_text(entry: &TimelineEntry<'_>, times: Times) -> String {
         }
         TimelineEntry::Notification(notification) => {
             let mut text = format!(
-                "{} via {} to {}: {} ({}",
+                "{} via {}{}: {} ({}",
                 notification.kind,
                 notification.channel,
                 if notification.recipients.is_empty() {
-                    "the channel's default recipients".to_string()
+                    String::new()
                 } else {
-                    notification.recipients.join(", ")
+                    format!(" to {}", notification.recipients.join(", "))
                 },
                 notification.subject,
                 notification.state
