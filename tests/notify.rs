@@ -1445,10 +1445,30 @@ async fn a_minute_of_real_time_with_a_refusing_and_a_silent_channel_stops_adding
         tokio::time::sleep(Duration::from_secs(1)).await;
         counts.push(store.notifications(id).await.unwrap().len());
     }
+    let rows = store.notifications(id).await.unwrap();
+    // Quiet because it gave up, not because it stalled: a new message is
+    // still tried at once.
+    let tried = silent.accepted();
+    enqueue(
+        &store,
+        "leads",
+        "page-again",
+        NotificationKind::Page,
+        &d,
+        Utc::now(),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while silent.accepted() == tried {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outbox worker still delivers after its quiet minute"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     shutdown.cancel();
     running.await.unwrap();
     eprintln!("rows, second by second: {counts:?}");
-    let rows = store.notifications(id).await.unwrap();
     // The two pages failed, each escalated once on the other channel,
     // where the escalation failed and went no further.
     assert_eq!(rows.len(), 4, "{counts:?} {rows:#?}");
