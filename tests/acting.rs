@@ -920,6 +920,46 @@ impl Webhook {
     }
 }
 
+/// The owner's database opens the incident but refuses its messages (a full
+/// disk, a table it cannot write): the rollback is not run, since the team
+/// would not hear of it, and what asks a human goes out without the outbox,
+/// once, however many polls follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_cannot_store_its_messages_runs_nothing_and_tells_on_call_directly_once() {
+    let hook = Webhook::start().await;
+    let world = World::new(None, &hook.policy()).await;
+    let _rollwatch = world.start(&[("ROLLWATCH_FAILPOINT", "fail:enqueue-notification")]);
+    world.bad_deploy().await;
+    let asks_a_human =
+        |m: &serde_json::Value| matches!(m["kind"].as_str(), Some("page" | "escalation"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !hook.received().iter().any(asks_a_human) {
+        assert!(
+            Instant::now() < deadline,
+            "on-call was never told; the webhook got {:#?}\noutput:\n{}",
+            hook.received(),
+            world.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    common::process::wait_for_polls(&latest_address(&world), 5, Duration::from_secs(60)).await;
+    let told: Vec<_> = hook.received().into_iter().filter(asks_a_human).collect();
+    assert_eq!(told.len(), 1, "told once: {told:#?}\n{}", world.output());
+    let subject = told[0]["subject"].as_str().unwrap_or_default();
+    assert!(subject.contains("staging web"), "{told:#?}");
+    assert!(
+        world.calls().is_empty(),
+        "nothing ran: {:#?}\n{}",
+        world.calls(),
+        world.output()
+    );
+    assert!(
+        world.output().contains("cannot store the notification"),
+        "{}",
+        world.output()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_database_unreachable_nothing_is_run_and_on_call_is_told() {
     let Some(cluster) = common::pg::Cluster::create() else {

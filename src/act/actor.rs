@@ -23,6 +23,7 @@ use crate::store::{
     NewDeployment, NewIncident, NotificationKind, SamplePoint, Store, StoreError,
 };
 
+use super::failpoint;
 use super::procedure::{self, Context, Ended};
 use crate::notify::{deliver, message};
 
@@ -1106,7 +1107,18 @@ impl Actor {
         };
         let mut unstored = Vec::new();
         for notification in message.addressed(self.target.notify.as_ref(), key) {
-            if let Err(error) = self.store.enqueue_notification(&notification).await {
+            let stored = if failpoint::fails("enqueue-notification") {
+                Err(StoreError::Invalid {
+                    what: "notification",
+                    reason: "refused by ROLLWATCH_FAILPOINT=fail:enqueue-notification".into(),
+                })
+            } else {
+                self.store
+                    .enqueue_notification(&notification)
+                    .await
+                    .map(drop)
+            };
+            if let Err(error) = stored {
                 tracing::error!(target_name = %self.name, channel = %notification.channel, %error, "cannot store the notification");
                 unstored.push(notification);
             }
