@@ -393,11 +393,11 @@ fn accepted_keys(table: &str) -> Vec<String> {
 
 #[test]
 fn the_readme_policy_reference_lists_every_key_the_parser_accepts() {
-    let readme = include_str!("../../README.md");
+    let readme = include_str!("../../docs/policy.md");
     let reference = readme
         .split("## Policy reference")
         .nth(1)
-        .expect("README has a policy reference");
+        .expect("docs/policy.md has a policy reference");
     let tables = [
         ("target", "### `[target]`"),
         ("evaluation", "### `[evaluation]`"),
@@ -420,7 +420,7 @@ fn the_readme_policy_reference_lists_every_key_the_parser_accepts() {
         let after = reference
             .split(marker)
             .nth(1)
-            .unwrap_or_else(|| panic!("README lacks {marker}"));
+            .unwrap_or_else(|| panic!("docs/policy.md lacks {marker}"));
         // The first Markdown table after the marker documents the keys.
         let documented: Vec<&str> = after
             .lines()
@@ -431,7 +431,7 @@ fn the_readme_policy_reference_lists_every_key_the_parser_accepts() {
         assert_eq!(
             documented,
             accepted_keys(table),
-            "README {marker} and the parser disagree"
+            "docs/policy.md {marker} and the parser disagree"
         );
     }
 }
@@ -484,15 +484,15 @@ fn procedures_are_validated_against_the_rules_and_actions() {
 
 #[test]
 fn the_readme_example_policy_with_a_procedure_compiles() {
-    let readme = include_str!("../../README.md");
+    let readme = include_str!("../../docs/policy.md");
     let example = readme
         .split("A complete policy with a procedure")
         .nth(1)
         .and_then(|rest| rest.split("```toml\n").nth(1))
         .and_then(|rest| rest.split("```").next())
-        .expect("README has the complete example policy");
-    let compiled = compile_bytes("README.md", example.as_bytes(), no_env)
-        .unwrap_or_else(|errors| panic!("the README's example policy: {errors}"));
+        .expect("docs/policy.md has the complete example policy");
+    let compiled = compile_bytes("docs/policy.md", example.as_bytes(), no_env)
+        .unwrap_or_else(|errors| panic!("the example policy in docs/policy.md: {errors}"));
     let procedure = compiled.procedure.expect("a procedure");
     for (_, stage) in crate::procedure::config::Stage::ALL {
         assert!(
