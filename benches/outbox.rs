@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use rollwatch::notify::config::{Channel, ChannelKind, NotifyConfig, Routes, SmtpSecurity};
 use rollwatch::notify::deliver::Worker;
 use rollwatch::notify::message::Details;
+use rollwatch::policy::notify::{Channel, ChannelKind, NotifyConfig, Routes, SmtpSecurity};
 use rollwatch::store::{IncidentKind, NewIncident, NewNotification, NotificationKind, Store};
 
 const TARGET: &str = "web/production";

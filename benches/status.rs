@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rollwatch::engine::Engine;
-use rollwatch::server::status::{SourceHealth, StatusBoard, TargetStatus};
+use rollwatch::runtime::status::{SourceHealth, StatusBoard, TargetStatus};
 use rollwatch::server::{Api, app};
 use rollwatch::telemetry::Telemetry;
 

@@ -25,15 +25,15 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::console::say;
 use crate::engine::time_text;
 use crate::ha::Leader;
-use crate::live::say;
 use crate::notify::deliver::Routing;
 use crate::policy::Compiled;
 use crate::runtime::record::Recorder;
+use crate::runtime::status::StatusBoard;
 use crate::runtime::target::{self, Input, Reload};
 use crate::server::Inboxes;
-use crate::server::status::StatusBoard;
 use crate::store::Fence;
 use crate::store::Store;
 use crate::telemetry::{ReloadLabels, Telemetry};
@@ -331,9 +331,15 @@ impl Fleet {
                 telemetry,
                 stop,
                 |decision| {
-                    crate::live::print_decision(&name, decision, dry_run);
+                    say(&decision.line(&name, dry_run));
                     if dry_run {
-                        crate::live::print_messages(&policy, notify.as_ref(), decision);
+                        for line in crate::notify::message::dry_run_lines(
+                            &policy,
+                            notify.as_ref(),
+                            decision,
+                        ) {
+                            say(&line);
+                        }
                     }
                 },
                 actor,

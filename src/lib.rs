@@ -1,16 +1,12 @@
 //! rollwatch: a watchdog that decides when to roll a deployment back.
 pub mod act;
 pub mod backtest;
-pub mod cli;
-pub mod demo;
+pub mod cmd;
+pub mod console;
 pub mod drive;
 pub mod engine;
-pub mod explain;
 pub mod fleet;
 pub mod ha;
-pub mod incidents;
-pub mod live;
-pub mod manual;
 pub mod notify;
 pub mod policy;
 pub mod procedure;
@@ -22,3 +18,4 @@ pub mod sources;
 pub mod store;
 pub mod telemetry;
 pub mod trace;
+pub mod units;

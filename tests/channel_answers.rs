@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rollwatch::notify::channels::{MAX_ANSWER_BODY, SendError, post_alert, send};
-use rollwatch::notify::config::{Channel, ChannelKind};
 use rollwatch::notify::message::Details;
+use rollwatch::policy::notify::{Channel, ChannelKind};
 use rollwatch::store::{NotificationKind, NotificationRecord, NotificationState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

@@ -16,9 +16,9 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use chrono::{DateTime, TimeDelta, Utc};
 use common::mail::{Alertmanager, BlackHole, SmtpServer, header};
-use rollwatch::notify::config::{Channel, ChannelKind, NotifyConfig, Routes, SmtpSecurity};
 use rollwatch::notify::deliver::Worker;
 use rollwatch::notify::message::Details;
+use rollwatch::policy::notify::{Channel, ChannelKind, NotifyConfig, Routes, SmtpSecurity};
 use rollwatch::store::{
     IncidentKind, NewIncident, NewNotification, NotificationKind, NotificationState, Store,
 };

@@ -290,7 +290,7 @@ proptest! {
             Err(errors) if errors.to_string().contains("is stricter than") => return Ok(()),
             Err(errors) => return Err(TestCaseError::fail(format!("{errors}\n{text}"))),
         };
-        let explanation = rollwatch::explain::explain(&compiled.policy);
+        let explanation = rollwatch::cmd::explain::explain(&compiled.policy);
         let mut heading = "";
         let mut seen = 0;
         let mut lines = explanation.lines();

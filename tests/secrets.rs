@@ -10,9 +10,9 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
 use chrono::{TimeDelta, Utc};
-use rollwatch::notify::config::{Channel, ChannelKind, NotifyConfig, Routes};
 use rollwatch::notify::deliver::Worker;
 use rollwatch::notify::message::Details;
+use rollwatch::policy::notify::{Channel, ChannelKind, NotifyConfig, Routes};
 use rollwatch::store::{IncidentKind, NewIncident, NewNotification, NotificationKind, Store};
 
 const TARGET: &str = "web/production";

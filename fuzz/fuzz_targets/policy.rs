@@ -19,8 +19,8 @@ fn lookup(name: &str) -> Option<String> {
 fuzz_target!(|data: &[u8]| {
     match rollwatch::policy::compile_bytes("fuzz.toml", data, lookup) {
         Ok(compiled) => {
-            let _ = rollwatch::explain::explain(&compiled.policy);
-            let _ = rollwatch::explain::explain_procedure(compiled.procedure.as_ref());
+            let _ = rollwatch::cmd::explain::explain(&compiled.policy);
+            let _ = rollwatch::cmd::explain::explain_procedure(compiled.procedure.as_ref());
         }
         Err(errors) => {
             let _ = errors.to_string();

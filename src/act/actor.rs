@@ -757,7 +757,7 @@ impl Actor {
             || "never drilled".to_string(),
             |l| format!("last drill {} at {}", l.id, time_text(l.opened_at)),
         );
-        let every_text = crate::policy::units::format_duration(every_delta);
+        let every_text = crate::units::format_duration(every_delta);
         if engine.incident().is_some() || self.running.is_some() {
             self.say(&format!(
                 "{} {} DRILL OVERDUE ({last_text}, due every {every_text}): waiting for the open incident to end",

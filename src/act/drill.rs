@@ -11,8 +11,8 @@ use chrono::{TimeDelta, Utc};
 use crate::engine::policy::Tier;
 use crate::engine::time_text;
 use crate::policy::Compiled;
-use crate::policy::units::format_duration;
 use crate::store::{IncidentKind, IncidentOutcome, IncidentPhase, NewIncident, Store, StoreError};
+use crate::units::format_duration;
 
 use super::procedure::{self, Context};
 

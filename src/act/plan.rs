@@ -3,9 +3,9 @@
 //! `super::procedure` does the IO.
 
 use crate::engine::policy::Tier;
-use crate::policy::units::format_duration;
 use crate::procedure::config::{Procedure, Stage, Step};
 use crate::store::{StepOutcome, StepRecord, StepStage};
+use crate::units::format_duration;
 
 /// What the rollback is for.
 #[derive(Clone, Debug)]

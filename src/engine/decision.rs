@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::policy::{Action, Tier};
 use super::signals::Reading;
+use super::time_text;
 
 /// Why the engine did not do what the tier's action asked for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -168,4 +169,49 @@ pub struct Decision {
     /// The deployment carried database migrations.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub migrations: Vec<String>,
+}
+
+impl Decision {
+    /// Its line for people: what rollwatch does (or, in a dry run, would
+    /// do) on target `name`, and why.
+    pub fn line(&self, name: &str, dry_run: bool) -> String {
+        let decision = self;
+        let (would, mode) = if dry_run {
+            ("WOULD ", " DRY-RUN")
+        } else {
+            ("", "")
+        };
+        let what = match decision.action {
+            Action::Rollback => format!(
+                "{would}ROLL BACK {} -> {}",
+                decision
+                    .from_version
+                    .as_deref()
+                    .unwrap_or("the current version"),
+                decision
+                    .to_version
+                    .as_deref()
+                    .unwrap_or("the previous version")
+            ),
+            Action::PageThenRollback => format!(
+                "{would}PAGE on-call, then roll back at {} unless answered",
+                decision
+                    .deadline
+                    .map_or_else(|| "the deadline".into(), time_text)
+            ),
+            Action::Page if decision.cause == Cause::Unanswered => {
+                format!("{would}ESCALATE the unanswered page to the escalation contacts")
+            }
+            Action::Page => format!("{would}PAGE on-call"),
+            Action::Notify => format!("{would}NOTIFY the team"),
+            Action::None => "no action".into(),
+        };
+        format!(
+            "{} {name}{mode} {what} [{} {}]: {}",
+            time_text(decision.at),
+            decision.tier,
+            decision.rule,
+            decision.explanation
+        )
+    }
 }

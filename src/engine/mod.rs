@@ -34,7 +34,7 @@ use std::sync::Arc;
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde::Serialize;
 
-use crate::policy::units::format_duration;
+use crate::units::format_duration;
 use decision::{Cause, Decision, Guard, awaits_answer};
 use input::{Event, Observation};
 use policy::{Action, BaselineMode, KnownIssue, Policy, Signal, Tier};
@@ -1219,8 +1219,8 @@ impl Engine {
         let core = format!(
             "{}; in the watch band ({} to {}): logged and shown in status, no page",
             self.describe_rule(index, now),
-            crate::policy::units::format_percent(watch_above),
-            crate::policy::units::format_percent(threshold),
+            crate::units::format_percent(watch_above),
+            crate::units::format_percent(threshold),
         );
         self.emit(
             now,

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::input::Observation;
 use super::policy::{Policy, Quantile, Rule, Signal};
 use super::stats::{median, wilson_lower_bound};
-use crate::policy::units::{format_duration, format_percent};
+use crate::units::{format_duration, format_percent};
 
 /// The parts of an observation the rules read, kept compactly (40 bytes): a
 /// thousand targets at 1 s polls keep 300 samples each. The time is in

@@ -14,8 +14,8 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde_json::json;
 
-use super::config::{Channel, ChannelKind, SmtpSecurity};
 use super::message::{Details, html_body, identity};
+use crate::policy::notify::{Channel, ChannelKind, SmtpSecurity};
 use crate::sources::http;
 use crate::store::NotificationRecord;
 

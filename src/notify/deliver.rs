@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use futures_util::StreamExt;
 
 use super::channels::{self, SendError};
-use super::config::{Channel, ChannelKind, NotifyConfig};
 use super::message::{self, Details, LOG_CHANNEL, text_body};
+use crate::policy::notify::{Channel, ChannelKind, NotifyConfig};
 use crate::store::Fence;
 use crate::store::{
     NewNotification, NotificationKind, NotificationRecord, NotificationState, Store,

@@ -12,7 +12,7 @@ use crate::engine::policy::{Action, Policy};
 use crate::engine::time_text;
 use crate::store::{NewNotification, NotificationKind, NotificationRecord};
 
-use super::config::NotifyConfig;
+use crate::policy::notify::NotifyConfig;
 
 /// The channel a policy without `[notify]` uses: messages go to the log (and
 /// are recorded as sent there), so nothing waits forever.
@@ -71,7 +71,7 @@ pub fn rollback_subject(policy: &Policy, why: &str) -> String {
 
 /// The commands that answer incident `id` (`db` when not the default store).
 pub fn answer_commands(id: i64, db: &str) -> Vec<String> {
-    let db = if db == crate::cli::DEFAULT_DB || db.is_empty() {
+    let db = if db == crate::store::DEFAULT_DATABASE || db.is_empty() {
         String::new()
     } else {
         format!(" --db '{db}'")
@@ -202,7 +202,7 @@ pub fn unanswered_page(
     incident: Option<i64>,
     db: &str,
 ) -> Message {
-    let waited = crate::policy::units::format_duration(policy.actions.escalate_after);
+    let waited = crate::units::format_duration(policy.actions.escalate_after);
     let subject = format!(
         "ESCALATION {} {}: page unanswered for {waited}",
         policy.environment, policy.service
@@ -401,4 +401,31 @@ impl Message {
             })
             .collect()
     }
+}
+
+/// A dry run's messages: what would be sent, on which channel, to whom, a
+/// line each.
+pub fn dry_run_lines(
+    policy: &Policy,
+    notify: Option<&NotifyConfig>,
+    decision: &Decision,
+) -> Vec<String> {
+    let Some(message) = for_decision(policy, decision, None, "") else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    for row in message.addressed(notify, "dry-run") {
+        let to = if row.recipients.is_empty() {
+            String::new()
+        } else {
+            format!(" to {}", row.recipients.join(", "))
+        };
+        lines.push(format!(
+            "  WOULD SEND {} via {}{to}: {}",
+            row.kind.as_str(),
+            row.channel,
+            row.subject
+        ));
+    }
+    lines
 }

@@ -2,6 +2,5 @@
 //! rollwatch sends, and their delivery through the persisted outbox.
 
 pub mod channels;
-pub mod config;
 pub mod deliver;
 pub mod message;

@@ -12,13 +12,12 @@ use super::raw::{
     RawActions, RawBaseline, RawEvaluation, RawHealth, RawNotify, RawPolicy, RawProcedure, RawRule,
     RawSource,
 };
-use super::units::{HumanDuration, Ratio, format_duration};
 use crate::engine::policy::{
     Action, Actions, Baseline, BaselineMode, Evaluation, KnownIssue, Policy, Quantile, Rule,
     Signal, Tier,
 };
 use crate::engine::signals::MAX_CHECKS;
-use crate::notify::config::{
+use crate::policy::notify::{
     Channel, ChannelKind, DEFAULT_CHANNEL_DEADLINE, DEFAULT_CHANNEL_TIMEOUT,
     DEFAULT_ESCALATE_AFTER, NotifyConfig, Routes, SmtpSecurity,
 };
@@ -30,6 +29,7 @@ use crate::sources::config::{
 };
 use crate::sources::scrape::ScrapeMetrics;
 use crate::sources::selector::Selector;
+use crate::units::{HumanDuration, Ratio, format_duration};
 
 /// A problem: where it is in the (substituted) text and what it says.
 pub type Problem = (Range<usize>, String);

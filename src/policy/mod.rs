@@ -4,8 +4,8 @@
 
 mod compile;
 mod interpolate;
+pub mod notify;
 mod raw;
-pub mod units;
 
 use std::fmt;
 use std::path::Path;

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::units::{HumanDuration, Ratio};
+use crate::units::{HumanDuration, Ratio};
 
 type S<T> = Spanned<T>;
 

@@ -543,7 +543,7 @@ deadline = "2h"
 
 #[test]
 fn notification_channels_and_routes_compile() {
-    use crate::notify::config::{ChannelKind, SmtpSecurity};
+    use crate::policy::notify::{ChannelKind, SmtpSecurity};
     let compiled =
         compile_bytes("p.toml", format!("{MINIMAL}{NOTIFY}").as_bytes(), no_env).unwrap();
     let notify = compiled.notify.expect("a [notify]");

@@ -12,8 +12,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::{ERROR_RATE, LATENCY, ReportError, ReportInput, StoredReading, readings};
-use crate::policy::units::format_percent;
 use crate::store::{DecisionRecord, IncidentTimeline, SamplePoint, StepStage};
+use crate::units::format_percent;
 
 const WIDTH: u32 = 1000;
 const HEIGHT: u32 = 680;

@@ -20,11 +20,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::policy::units::{format_duration, format_percent};
 use crate::store::{
     DecisionRecord, IncidentKind, IncidentState, IncidentTimeline, SamplePoint, StepOutcome,
     StepRecord, TimelineEntry,
 };
+use crate::units::{format_duration, format_percent};
 
 pub use chart::chart_svg;
 

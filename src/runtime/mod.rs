@@ -2,4 +2,5 @@
 //! carrying out (or, in dry-run, printing) its decisions.
 pub mod poll;
 pub mod record;
+pub mod status;
 pub mod target;

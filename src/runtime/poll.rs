@@ -86,7 +86,7 @@ impl Poller {
             checks: target.checks.clone(),
             client: http::client()?,
             deriver,
-            interval_text: promql_duration(interval),
+            interval_text: crate::units::promql_duration(interval),
             check_env: vec![
                 ("ROLLWATCH_SERVICE".into(), policy.service.clone()),
                 ("ROLLWATCH_ENVIRONMENT".into(), policy.environment.clone()),
@@ -372,14 +372,4 @@ async fn query_all(
         });
     }
     Ok(metrics)
-}
-
-/// `15s`, `2s`, `1500ms`: a duration PromQL accepts in a range selector.
-pub fn promql_duration(interval: Duration) -> String {
-    let millis = interval.as_millis();
-    if millis.is_multiple_of(1000) {
-        format!("{}s", millis / 1000)
-    } else {
-        format!("{millis}ms")
-    }
 }

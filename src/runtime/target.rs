@@ -28,7 +28,7 @@ use crate::trace::TraceItem;
 use super::poll::{PollOutcome, Poller};
 use super::record::Recorder;
 use crate::act::actor::{Actor, Followup, IncidentEnd};
-use crate::server::status::{SourceHealth, StatusBoard, TargetStatus};
+use crate::runtime::status::{SourceHealth, StatusBoard, TargetStatus};
 
 /// Wall-clock time that never jumps: read once, then advanced by the monotonic
 /// clock. An NTP step can neither fire a page-then-rollback deadline early nor

@@ -5,7 +5,6 @@
 //! within limits on open connections and time.
 
 pub mod listen;
-pub mod status;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -22,10 +21,10 @@ use tokio::sync::mpsc;
 
 use crate::engine::input::Event;
 use crate::engine::policy::Tier;
+use crate::runtime::status::StatusBoard;
 use crate::runtime::target::Input;
 use crate::store::{AnswerKind, NewAnswer, Store, StoreError};
 use crate::telemetry::Telemetry;
-use status::StatusBoard;
 
 /// Each watched target's inbox, by target name. Shared: targets come and go
 /// with their policy files.

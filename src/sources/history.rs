@@ -31,8 +31,7 @@ pub async fn fetch(
         return Err("--to must be after --from".into());
     }
     let client = super::http::client().map_err(|e| format!("http client: {e}"))?;
-    let interval =
-        crate::runtime::poll::promql_duration(step.to_std().unwrap_or(Duration::from_secs(15)));
+    let interval = crate::units::promql_duration(step.to_std().unwrap_or(Duration::from_secs(15)));
     // History answers are bigger than live ones: allow more per response.
     let max_bytes = source.max_bytes.saturating_mul(16);
     let timeout = source.timeout.max(Duration::from_secs(30));

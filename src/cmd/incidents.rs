@@ -2,14 +2,10 @@
 
 use std::path::PathBuf;
 
-use crate::cli::Answer;
-use crate::cli::{Failure, IncidentsCommand, OutputFormat};
+use super::Answer;
+use super::{Failure, IncidentsCommand, OutputFormat, runtime_error};
 use crate::engine::time_text;
 use crate::store::{AnswerKind, IncidentRecord, IncidentState, NewAnswer, Store, TimelineEntry};
-
-fn runtime_error(error: impl std::fmt::Display) -> Failure {
-    Failure::Runtime(anyhow::anyhow!("{error}"))
-}
 
 pub async fn run(command: IncidentsCommand, db: &str) -> Result<(), Failure> {
     let store = Store::open(db).await.map_err(runtime_error)?;
@@ -174,7 +170,7 @@ async fn answer_incident(store: &Store, kind: AnswerKind, answer: Answer) -> Res
             outcome.as_str()
         )));
     }
-    let by = answer.by.unwrap_or_else(crate::manual::operator);
+    let by = answer.by.unwrap_or_else(crate::cmd::rollback::operator);
     if by.trim().is_empty() {
         return Err(Failure::Usage("--by must name who answers".into()));
     }

@@ -14,9 +14,9 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::act::actor::Actor;
-use crate::cli::Failure;
+use crate::cmd::{Failure, runtime_error};
+use crate::console::say;
 use crate::engine::time_text;
-use crate::live::{print_decision, say};
 use crate::runtime::target;
 use crate::store::{IncidentState, Store};
 use crate::telemetry::Telemetry;
@@ -115,10 +115,6 @@ timeout = "20s"
     )
 }
 
-fn runtime_error(error: impl std::fmt::Display) -> Failure {
-    Failure::Runtime(anyhow::anyhow!("{error}"))
-}
-
 fn narrate(line: &str) {
     say(&format!("{} [demo] {line}", time_text(Utc::now())));
 }
@@ -136,7 +132,7 @@ pub async fn run() -> Result<(), Failure> {
         .map_err(|e| runtime_error(format!("starting the stand-in service: {e}")))?;
     let policy_path = dir.join("demo.toml");
     std::fs::write(&policy_path, policy(&standin.url(), &dir)).map_err(runtime_error)?;
-    let target = crate::cli::load_target(&policy_path)?;
+    let target = crate::cmd::load_target(&policy_path)?;
     let db = format!("sqlite://{}", dir.join("demo.db").display());
     let store = Store::open(&db).await.map_err(runtime_error)?;
     narrate(&format!(
@@ -166,7 +162,7 @@ pub async fn run() -> Result<(), Failure> {
             None,
             Telemetry::new(),
             loop_shutdown,
-            |decision| print_decision(&name, decision, false),
+            |decision| say(&decision.line(&name, false)),
             Some(actor),
             target::Wiring::default(),
         )

@@ -1,20 +1,28 @@
-//! The command line (SPEC 10): parse arguments, dispatch, and map failures to
-//! exit codes: 0 fine, 1 runtime failure, 2 usage or policy error.
+//! The command line: parse arguments, dispatch to one file per command, and
+//! map failures to exit codes: 0 fine, 1 runtime failure, 2 usage or policy
+//! error (`evaluate` exits 3 or 4 with its verdict).
 
-use std::io::{BufReader, BufWriter, Write};
+pub mod backtest;
+pub mod check;
+pub mod demo;
+pub mod drill;
+pub mod evaluate;
+pub mod explain;
+pub mod incidents;
+pub mod rollback;
+pub mod run;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 use chrono::{DateTime, Utc};
 
-use crate::backtest::{self, Summary};
-use crate::engine::decision::Decision;
 use crate::engine::policy::Policy;
-use crate::policy::units::HumanDuration;
-use crate::{explain, incidents, live, manual, policy};
+use crate::policy;
+use crate::runtime::record::Recorder;
+use crate::units::HumanDuration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -163,7 +171,7 @@ pub struct Answer {
 }
 
 /// The store `run`, `rollback`, `drill` and `incidents` use unless `--db` says otherwise.
-pub const DEFAULT_DB: &str = "rollwatch.db";
+pub const DEFAULT_DB: &str = crate::store::DEFAULT_DATABASE;
 
 #[derive(Subcommand, Debug)]
 pub enum IncidentsCommand {
@@ -234,7 +242,7 @@ pub fn run(cli: Cli) -> ExitCode {
 
 fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Check { paths } => check(&paths),
+        Command::Check { paths } => check::check(&paths),
         Command::Explain { path } => load_target(&path).map(|target| {
             print!("{}", explain::explain(&target.policy));
             print!("{}", explain::explain_procedure(target.procedure.as_ref()));
@@ -244,14 +252,14 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             trace: Some(trace),
             format,
             ..
-        } => run_backtest(&policy, &trace, format),
+        } => backtest::run_backtest(&policy, &trace, format),
         Command::Backtest {
             policy,
             from: Some(from),
             to: Some(to),
             format,
             ..
-        } => block_on(backtest_history(&policy, from, to, format)),
+        } => block_on(backtest::backtest_history(&policy, from, to, format)),
         Command::Backtest { .. } => Err(Failure::Usage(
             "backtest needs --trace FILE, or --from and --to".into(),
         )),
@@ -260,7 +268,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             sample_for,
             format,
             record,
-        } => block_on(live::evaluate(
+        } => block_on(evaluate::evaluate(
             &policy,
             sample_for,
             format,
@@ -272,7 +280,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             record,
             listen,
             db,
-        } => block_on(live::run(&policy, dry_run, record.as_deref(), listen, &db)),
+        } => block_on(run::run(&policy, dry_run, record.as_deref(), listen, &db)),
         Command::Rollback {
             policy,
             reason,
@@ -281,7 +289,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             dry_run,
             force,
             db,
-        } => block_on(manual::rollback(manual::RollbackRequest {
+        } => block_on(rollback::rollback(rollback::RollbackRequest {
             policy: &policy,
             reason: &reason,
             component: component.as_deref(),
@@ -290,8 +298,8 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             force,
             db: &db,
         })),
-        Command::Drill { policy, db, force } => block_on(manual::drill(&policy, &db, force)),
-        Command::Demo => block_on(crate::demo::run()),
+        Command::Drill { policy, db, force } => block_on(drill::drill(&policy, &db, force)),
+        Command::Demo => block_on(demo::run()),
         Command::StepRunner => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -329,153 +337,23 @@ pub(crate) fn load_target(path: &Path) -> Result<crate::policy::Compiled, Failur
     policy::load_target(path).map_err(|errors| Failure::Usage(errors.to_string()))
 }
 
-fn load_policy(path: &Path) -> Result<Policy, Failure> {
+pub(crate) fn load_policy(path: &Path) -> Result<Policy, Failure> {
     policy::load(path).map_err(|errors| Failure::Usage(errors.to_string()))
 }
 
-fn check(paths: &[PathBuf]) -> Result<(), Failure> {
-    let mut failed = Vec::new();
-    for path in paths {
-        match policy::load(path) {
-            Ok(policy) => println!(
-                "ok: {} ({} in {}, {} rules, sha256:{})",
-                path.display(),
-                policy.service,
-                policy.environment,
-                policy.rules.len(),
-                policy.short_hash()
-            ),
-            Err(errors) => failed.push(errors.to_string()),
-        }
-    }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure::Usage(failed.join("\n")))
-    }
-}
-
-fn run_backtest(
-    policy_path: &Path,
-    trace_path: &Path,
-    format: OutputFormat,
-) -> Result<(), Failure> {
-    let policy = Arc::new(load_policy(policy_path)?);
-    let file = std::fs::File::open(trace_path)
-        .map_err(|e| anyhow::anyhow!("cannot open trace {}: {e}", trace_path.display()))?;
-    print_backtest(format, |on_decision| {
-        backtest::replay(policy, BufReader::new(file), on_decision)
+pub(crate) fn open_recorder(path: Option<&Path>) -> Result<Option<Recorder>, Failure> {
+    path.map(|p| {
+        Recorder::create(p).map_err(|e| {
+            Failure::Runtime(anyhow::anyhow!(
+                "cannot write the recording {}: {e}",
+                p.display()
+            ))
+        })
     })
-    .map_err(|e| Failure::Runtime(anyhow::anyhow!("{}: {e:#}", trace_path.display())))
+    .transpose()
 }
 
-async fn backtest_history(
-    policy_path: &Path,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    format: OutputFormat,
-) -> Result<(), Failure> {
-    let target = load_target(policy_path)?;
-    let Some(source) = &target.source else {
-        return Err(Failure::Usage(format!(
-            "{}: backtest --from/--to needs a [source] with kind = \"prometheus\"",
-            policy_path.display()
-        )));
-    };
-    if !matches!(
-        source.kind,
-        crate::sources::config::SourceKind::Prometheus { .. }
-    ) {
-        return Err(Failure::Usage(format!(
-            "{}: backtest --from/--to needs kind = \"prometheus\"; a scrape source has no history",
-            policy_path.display()
-        )));
-    }
-    let items = crate::sources::history::fetch(source, from, to, target.policy.evaluation.interval)
-        .await
-        .map_err(|e| Failure::Runtime(anyhow::anyhow!("fetching history: {e}")))?;
-    let policy = Arc::new(target.policy);
-    let numbered = items
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| Ok((i + 1, item)));
-    print_backtest(format, |on_decision| {
-        backtest::replay_items(policy, numbered, on_decision)
-    })
-    .map_err(Failure::Runtime)
-}
-
-/// Prints decisions as they come and the summary at the end, in either format.
-fn print_backtest(
-    format: OutputFormat,
-    replay: impl FnOnce(
-        &mut dyn FnMut(&Decision) -> std::io::Result<()>,
-    ) -> Result<Summary, backtest::BacktestError>,
-) -> anyhow::Result<()> {
-    let stdout = std::io::stdout();
-    let mut out = BufWriter::new(stdout.lock());
-    if format == OutputFormat::Table {
-        writeln!(
-            out,
-            "{:<22} {:<19} {:<10} {:<20} EXPLANATION",
-            "AT", "ACTION", "TIER", "RULE"
-        )?;
-    }
-    let summary = replay(&mut |decision| write_decision(&mut out, decision, format))?;
-    write_summary(&mut out, &summary, format)?;
-    out.flush()?;
-    Ok(())
-}
-
-fn write_decision(
-    out: &mut impl Write,
-    decision: &Decision,
-    format: OutputFormat,
-) -> std::io::Result<()> {
-    match format {
-        OutputFormat::Json => {
-            serde_json::to_writer(&mut *out, decision).map_err(std::io::Error::from)?;
-            writeln!(out)
-        }
-        OutputFormat::Table => writeln!(
-            out,
-            "{:<22} {:<19} {:<10} {:<20} {}",
-            crate::engine::time_text(decision.at),
-            decision.action.name(),
-            decision.tier.name(),
-            decision.rule,
-            decision.explanation
-        ),
-    }
-}
-
-fn write_summary(
-    out: &mut impl Write,
-    summary: &Summary,
-    format: OutputFormat,
-) -> std::io::Result<()> {
-    match format {
-        OutputFormat::Json => {
-            #[derive(serde::Serialize)]
-            struct SummaryLine<'a> {
-                summary: &'a Summary,
-            }
-            serde_json::to_writer(&mut *out, &SummaryLine { summary })?;
-            writeln!(out)
-        }
-        OutputFormat::Table => {
-            let at = |t: Option<chrono::DateTime<chrono::Utc>>| {
-                t.map_or_else(|| "never".to_string(), crate::engine::time_text)
-            };
-            writeln!(
-                out,
-                "\n{} observations; {} rollbacks (first {}); {} pages (first {})",
-                summary.observations,
-                summary.rollbacks,
-                at(summary.first_rollback_at),
-                summary.pages,
-                at(summary.first_page_at)
-            )
-        }
-    }
+/// A failure while running, with what was being done.
+pub(crate) fn runtime_error(error: impl std::fmt::Display) -> Failure {
+    Failure::Runtime(anyhow::anyhow!("{error}"))
 }

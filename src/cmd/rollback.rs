@@ -1,6 +1,5 @@
-//! The commands a human runs by hand: `rollback` (the emergency path, through
-//! the same procedure, records and watch as an automatic rollback) and
-//! `drill` (the monthly practice run in staging).
+//! `rollwatch rollback`: the emergency path a human runs by hand, through the
+//! same procedure, records and watch as an automatic rollback.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,20 +7,20 @@ use std::sync::Arc;
 use chrono::{TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 
+use super::{Failure, load_target, runtime_error};
 use crate::act::actor::{Actor, IncidentEnd};
 use crate::act::procedure::Context;
-use crate::cli::{Failure, load_target};
+use crate::console::say;
 use crate::engine::decision::{Cause, Decision};
 use crate::engine::policy::{Action, Tier};
-use crate::live::{print_decision, say};
 use crate::notify::message;
 use crate::policy::Compiled;
-use crate::policy::units::format_duration;
 use crate::runtime::target;
 use crate::store::{
     IncidentKind, IncidentOutcome, IncidentPhase, IncidentState, NewIncident, Store,
 };
 use crate::telemetry::Telemetry;
+use crate::units::format_duration;
 
 pub struct RollbackRequest<'a> {
     pub policy: &'a Path,
@@ -33,15 +32,11 @@ pub struct RollbackRequest<'a> {
     pub db: &'a str,
 }
 
-fn target_name(target: &Compiled) -> String {
+pub(super) fn target_name(target: &Compiled) -> String {
     format!("{}/{}", target.policy.service, target.policy.environment)
 }
 
-fn runtime_error(error: impl std::fmt::Display) -> Failure {
-    Failure::Runtime(anyhow::anyhow!("{error}"))
-}
-
-fn say_line() -> Arc<dyn Fn(&str) + Send + Sync> {
+pub(super) fn say_line() -> Arc<dyn Fn(&str) + Send + Sync> {
     Arc::new(say)
 }
 
@@ -217,7 +212,7 @@ pub async fn rollback(request: RollbackRequest<'_>) -> Result<(), Failure> {
                 .map_err(runtime_error)?;
         }
     }
-    print_decision(&name, &decision, false);
+    say(&decision.line(&name, false));
     // The watching loop takes the incident up as a restart would: the
     // procedure, then the stabilization watch.
     let delivery = Arc::new(tokio::sync::Notify::new());
@@ -297,7 +292,7 @@ async fn watch_until_done(
         None,
         Telemetry::new(),
         shutdown,
-        |decision| print_decision(&name, decision, false),
+        |decision| say(&decision.line(&name, false)),
         Some(actor),
         target::Wiring::default(),
     )
@@ -390,52 +385,4 @@ pub fn operator() -> String {
     std::env::var("ROLLWATCH_OPERATOR")
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "a human".into())
-}
-
-/// `rollwatch drill`: exit 0 when the drill passed, 1 when it failed or was
-/// refused (a rollback or another drill of the target is running).
-pub async fn drill(path: &Path, db: &str, force: bool) -> Result<(), Failure> {
-    let target = load_target(path)?;
-    if target.procedure.is_none() {
-        return Err(Failure::Usage(format!(
-            "{}: no [procedure] to drill",
-            path.display()
-        )));
-    }
-    if target.policy.environment == "production" && !force {
-        return Err(Failure::Usage(format!(
-            "{}: a drill runs the real rollback scripts; drills are for staging (runbook: \"Rollback drills monthly in staging\"). Pass --force to drill production",
-            path.display()
-        )));
-    }
-    let store = Store::open(db).await.map_err(runtime_error)?;
-    let name = target_name(&target);
-    let unfinished = store
-        .unfinished_incidents(&name)
-        .await
-        .map_err(runtime_error)?;
-    if let Some(busy) = unfinished.iter().find(|u| {
-        u.incident.kind == IncidentKind::Drill
-            || !matches!(
-                u.incident.state,
-                IncidentState::Active {
-                    phase: IncidentPhase::Open | IncidentPhase::Escalated
-                }
-            )
-    }) {
-        return Err(runtime_error(format!(
-            "not drilling {name}: incident {} ({}) is running the procedure; see `rollwatch incidents show {}`",
-            busy.incident.id,
-            busy.incident.kind.as_str(),
-            busy.incident.id
-        )));
-    }
-    let outcome = crate::act::drill::run(&store, &target, say_line(), &operator())
-        .await
-        .map_err(runtime_error)?;
-    if outcome.passed {
-        Ok(())
-    } else {
-        Err(Failure::Exit(1))
-    }
 }

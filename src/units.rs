@@ -1,6 +1,8 @@
-//! Human units in policy files: durations (`30s`, `15m`, `1h30m`, `24h`) and
+//! Units and their text, the leaf every layer uses (it depends on no other
+//! module): human durations in policy files (`30s`, `15m`, `1h30m`, `24h`) and
 //! ratios (`5%` or `0.05`), each with a serde `Deserialize` that reports what
-//! it expected, so the TOML parser can point at the offending value.
+//! it expected, so the TOML parser can point at the offending value; their
+//! text for people; PromQL range durations.
 
 use std::fmt;
 
@@ -215,6 +217,16 @@ impl<'de> Deserialize<'de> for Ratio {
             }
         }
         deserializer.deserialize_any(RatioVisitor)
+    }
+}
+
+/// `15s`, `2s`, `1500ms`: a duration PromQL accepts in a range selector.
+pub fn promql_duration(interval: std::time::Duration) -> String {
+    let millis = interval.as_millis();
+    if millis.is_multiple_of(1000) {
+        format!("{}s", millis / 1000)
+    } else {
+        format!("{millis}ms")
     }
 }
 

@@ -6,8 +6,8 @@ use std::fmt::Write;
 use chrono::TimeDelta;
 
 use crate::engine::policy::{Action, BaselineMode, Policy, Rule, Signal, Tier};
-use crate::policy::units::{format_duration, format_percent};
 use crate::procedure::config::{Procedure, Stage};
+use crate::units::{format_duration, format_percent};
 
 pub fn explain(policy: &Policy) -> String {
     let mut out = String::new();
