@@ -277,3 +277,42 @@ fn the_engine_imports_no_io_clock_or_runtime() {
         "expected the engine's modules in src/engine"
     );
 }
+
+/// A release binary has no way to be told to kill itself: everything in
+/// `act/failpoint.rs` that reads `ROLLWATCH_FAILPOINT` is compiled only with
+/// debug assertions, which the release profile leaves off.
+#[test]
+fn failpoints_are_compiled_out_of_release_builds() {
+    let text = std::fs::read_to_string(src().join("act/failpoint.rs")).unwrap();
+    let code = code(&text);
+    // Each item (a blank-line separated block) that names the variable, or
+    // arms a point, carries `#[cfg(debug_assertions)]`.
+    let mut armed_items = 0;
+    for item in code.split("\n\n") {
+        let arms = item.contains("ROLLWATCH_FAILPOINT")
+            || item.contains("libc::kill")
+            || item.contains("ARMED");
+        if arms && (item.contains("fn ") || item.contains("static ")) {
+            armed_items += 1;
+            assert!(
+                item.contains("#[cfg(debug_assertions)]"),
+                "compiled into release builds:\n{item}"
+            );
+        }
+    }
+    assert!(
+        armed_items >= 2,
+        "expected the armed points in failpoint.rs"
+    );
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    let release = manifest
+        .split("[profile.release]")
+        .nth(1)
+        .map(|rest| rest.split("\n[").next().unwrap_or(""))
+        .unwrap_or("");
+    assert!(
+        !release.contains("debug-assertions"),
+        "the release profile must not turn debug assertions on: {release}"
+    );
+}
