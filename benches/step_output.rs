@@ -13,6 +13,9 @@
 //! measures the memory. Run by `cargo test --benches` (no `--bench` flag) the
 //! step prints 10 MB, without a verdict.
 
+#[allow(dead_code)]
+#[path = "../tests/common/policy.rs"]
+mod policy;
 #[path = "../tests/common/service.rs"]
 mod service;
 
@@ -90,45 +93,19 @@ fn main() {
 }
 
 fn policy_text(url: &str, bytes: u64) -> String {
-    let step = |name: &str, stage: &str, command: &str| {
-        format!(
-            "\n[[procedure.step]]\nname = \"{name}\"\nstage = \"{stage}\"\ncommand = [\"{command}\"]\ntimeout = \"120s\"\nshell = true\n"
+    let shell = "timeout = \"120s\"\nshell = true";
+    policy::Policy::stand_in(url)
+        .step(
+            "rollback-app",
+            "application",
+            &[&format!(
+                "head -c {bytes} /dev/zero | tr '\\0' x; echo THE-LAST-LINE"
+            )],
+            shell,
         )
-    };
-    let mut text = format!(
-        r#"[target]
-service = "web"
-environment = "staging"
-[evaluation]
-interval = "1s"
-[actions]
-consider = "rollback"
-[source]
-kind = "scrape"
-url = "{url}/metrics"
-timeout = "900ms"
-[source.metrics]
-requests = "http_requests_total"
-errors = 'http_requests_total{{code=~"5.."}}'
-version = "app_build_info"
-[[rule]]
-name = "error-rate"
-tier = "consider"
-signal = "error-rate"
-threshold = "5%"
-min_requests = 50
-for = "3s"
-[procedure]
-database_rollback = false
-"#
-    );
-    text.push_str(&step(
-        "rollback-app",
-        "application",
-        &format!("head -c {bytes} /dev/zero | tr '\\\\0' x; echo THE-LAST-LINE"),
-    ));
-    text.push_str(&step("smoke-tests", "verification", "true"));
-    text
+        .step("smoke-tests", "verification", &["true"], shell)
+        .text()
+        .replace("[procedure]\n", "[procedure]\ndatabase_rollback = false\n")
 }
 
 /// The largest peak RSS among the waited-for children, in KiB.

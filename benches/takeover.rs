@@ -16,6 +16,9 @@
 //! it says so and measures nothing.
 
 #[allow(dead_code)]
+#[path = "../tests/common/policy.rs"]
+mod policy;
+#[allow(dead_code)]
 #[path = "../tests/common/process.rs"]
 mod process;
 #[path = "../tests/common/service.rs"]
@@ -120,41 +123,11 @@ fn report(mut takeovers: Vec<Duration>, full: bool) {
 }
 
 fn write_policy(path: &Path, url: &str) {
-    std::fs::write(
-        path,
-        format!(
-            r#"[target]
-service = "web"
-environment = "bench-{suffix:08x}"
-[evaluation]
-interval = "1s"
-[actions]
-consider = "rollback"
-[source]
-kind = "scrape"
-url = "{url}/metrics"
-timeout = "900ms"
-[source.metrics]
-requests = "http_requests_total"
-errors = 'http_requests_total{{code=~"5.."}}'
-version = "app_build_info"
-[[rule]]
-name = "error-rate"
-tier = "consider"
-signal = "error-rate"
-threshold = "5%"
-min_requests = 50
-for = "3s"
-[procedure]
-[[procedure.step]]
-name = "rollback-app"
-stage = "application"
-command = ["true"]
-"#,
-            suffix = rand::random::<u32>(),
-        ),
-    )
-    .expect("writing a policy");
+    policy::Policy::stand_in(url)
+        // Advisory locks are database-wide: a target nothing else uses.
+        .environment(&format!("bench-{:08x}", rand::random::<u32>()))
+        .step("rollback-app", "application", &["true"], "")
+        .write(path);
 }
 
 struct Replica {

@@ -31,38 +31,17 @@ impl Drop for Sidecar {
 /// metric: the API's deployment is the only one rollwatch knows. Its
 /// rollback step runs `script` with the step's name.
 fn policy_text(url: &str, environment: &str, script: &std::path::Path) -> String {
-    format!(
-        r#"[target]
-service = "web"
-environment = "{environment}"
-[evaluation]
-interval = "1s"
-[actions]
-consider = "rollback"
-[stabilization]
-duration = "3s"
-[source]
-kind = "scrape"
-url = "{url}/metrics"
-timeout = "900ms"
-[source.metrics]
-requests = "http_requests_total"
-errors = 'http_requests_total{{code=~"5.."}}'
-[[rule]]
-name = "error-rate"
-tier = "consider"
-signal = "error-rate"
-threshold = "5%"
-min_requests = 50
-for = "3s"
-[procedure]
-[[procedure.step]]
-name = "rollback-app"
-stage = "application"
-command = ["{script}", "rollback-app"]
-"#,
-        script = script.display()
-    )
+    common::policy::Policy::stand_in(url)
+        .environment(environment)
+        .stabilization("3s")
+        .without_version()
+        .step(
+            "rollback-app",
+            "application",
+            &[script.to_str().unwrap(), "rollback-app"],
+            "",
+        )
+        .text()
 }
 
 impl Sidecar {

@@ -440,51 +440,19 @@ async fn rollback_setup() -> (tempfile::TempDir, TestService, std::path::PathBuf
     std::fs::write(dir.path().join("hold-rollback-app"), "").unwrap();
     let service = TestService::start().await;
     let policy = dir.path().join("staging.toml");
-    std::fs::write(
-        &policy,
-        format!(
-            r#"[target]
-service = "web"
-environment = "staging-{suffix:08x}"
-[evaluation]
-interval = "1s"
-[actions]
-consider = "rollback"
-[stabilization]
-duration = "3s"
-[source]
-kind = "scrape"
-url = "{url}/metrics"
-timeout = "900ms"
-[source.metrics]
-requests = "http_requests_total"
-errors = 'http_requests_total{{code=~"5.."}}'
-version = "app_build_info"
-[[rule]]
-name = "error-rate"
-tier = "consider"
-signal = "error-rate"
-threshold = "5%"
-min_requests = 50
-for = "3s"
-[procedure]
-[[procedure.step]]
-name = "rollback-app"
-stage = "application"
-command = ["{script}", "rollback-app"]
-timeout = "30s"
-[[procedure.step]]
-name = "smoke-tests"
-stage = "verification"
-command = ["{script}", "smoke-tests"]
-"#,
-            url = service.url(),
-            script = script.display(),
-            // Advisory locks are database-wide: a target no other test uses.
-            suffix = rand::random::<u32>(),
-        ),
-    )
-    .unwrap();
+    let script = script.to_str().unwrap();
+    common::policy::Policy::stand_in(&service.url())
+        // Advisory locks are database-wide: a target no other test uses.
+        .environment(&format!("staging-{:08x}", rand::random::<u32>()))
+        .stabilization("3s")
+        .step(
+            "rollback-app",
+            "application",
+            &[script, "rollback-app"],
+            "timeout = \"30s\"",
+        )
+        .step("smoke-tests", "verification", &[script, "smoke-tests"], "")
+        .write(&policy);
     (dir, service, policy)
 }
 

@@ -210,35 +210,10 @@ impl Drop for KillOnDrop {
 /// A policy for the dry-run: 1 s polls, errors confirmed after 2 s.
 fn fast_policy(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
     let path = dir.join("fast.toml");
-    let text = format!(
-        r#"[target]
-service = "web"
-environment = "staging"
-[evaluation]
-interval = "1s"
-[actions]
-consider = "rollback"
-[source]
-kind = "scrape"
-url = "{url}/metrics"
-timeout = "900ms"
-[source.metrics]
-requests = "http_requests_total"
-errors = 'http_requests_total{{code=~"5.."}}'
-version = "app_build_info"
-[health]
-url = "{url}/healthz"
-timeout = "900ms"
-[[rule]]
-name = "error-rate"
-tier = "consider"
-signal = "error-rate"
-threshold = "5%"
-min_requests = 50
-for = "2s"
-"#
-    );
-    std::fs::write(&path, text).unwrap();
+    common::policy::Policy::stand_in(url)
+        .with_health()
+        .rule_for("2s")
+        .write(&path);
     path
 }
 
@@ -434,4 +409,28 @@ fn run_acting_with_an_unreachable_database_refuses_to_start_and_says_why() {
         stderr.contains("cannot open database postgres://postgres@127.0.0.1:1/nowhere"),
         "{stderr}"
     );
+}
+#[test]
+/// The policy builder the tests share writes what it is told, and it compiles.
+fn the_stand_in_policy_compiles_with_every_option() {
+    let text = common::policy::Policy::stand_in("http://127.0.0.1:9")
+        .environment("production")
+        .evaluation("resolve_after", "\"3s\"")
+        .baseline_fixed("300ms")
+        .action("consider", "\"page\"")
+        .action("page_timeout", "\"6s\"")
+        .stabilization("3s")
+        .with_health()
+        .rule_for("2s")
+        .step(
+            "rollback-app",
+            "application",
+            &["/bin/true", "x y"],
+            "timeout = \"20s\"",
+        )
+        .text();
+    let compiled = rollwatch::policy::compile_bytes("test.toml", text.as_bytes(), |_| None)
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(compiled.policy.environment, "production");
+    assert_eq!(compiled.procedure.unwrap().steps[0].command.argv[1], "x y");
 }

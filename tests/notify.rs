@@ -534,66 +534,33 @@ impl Watch {
             &script,
             "#!/bin/sh\necho \"$1\" >> \"$(dirname \"$0\")/calls.log\"\n",
         );
-        std::fs::write(
-            &policy,
+        let port = smtp.port;
+        let email = |name: &str| {
             format!(
-                r#"[target]
-service = "web"
-environment = "production"
-[evaluation]
-interval = "1s"
-resolve_after = "3s"
-[actions]
-consider = "{consider}"
-page_timeout = "6s"
-[source]
-kind = "scrape"
-url = "{url}/metrics"
-timeout = "900ms"
-[source.metrics]
-requests = "http_requests_total"
-errors = 'http_requests_total{{code=~"5.."}}'
-version = "app_build_info"
-[[rule]]
-name = "error-rate"
-tier = "consider"
-signal = "error-rate"
-threshold = "5%"
-min_requests = 50
-for = "3s"
-[procedure]
-[[procedure.step]]
-name = "rollback-app"
-stage = "application"
-command = ["{script}", "rollback-app"]
-[notify]
-page = ["oncall", "alertmanager"]
-notice = ["oncall"]
-escalation = ["leads"]
-escalate_after = "5s"
-[[notify.channel]]
-name = "oncall"
-kind = "email"
-server = "smtp://127.0.0.1:{port}"
-from = "rollwatch@example.com"
-to = ["oncall@example.com"]
-[[notify.channel]]
-name = "leads"
-kind = "email"
-server = "smtp://127.0.0.1:{port}"
-from = "rollwatch@example.com"
-to = ["leads@example.com"]
-[[notify.channel]]
-name = "alertmanager"
-kind = "alertmanager"
-url = "{am}"
-"#,
-                script = script.display(),
-                port = smtp.port,
-                am = am.url
-            ),
-        )
-        .unwrap();
+                "[[notify.channel]]\nname = \"{name}\"\nkind = \"email\"\nserver = \"smtp://127.0.0.1:{port}\"\nfrom = \"rollwatch@example.com\"\nto = [\"{name}@example.com\"]\n"
+            )
+        };
+        common::policy::Policy::stand_in(&url)
+            .environment("production")
+            .evaluation("resolve_after", "\"3s\"")
+            .action("consider", &format!("\"{consider}\""))
+            .action("page_timeout", "\"6s\"")
+            .step(
+                "rollback-app",
+                "application",
+                &[script.to_str().unwrap(), "rollback-app"],
+                "",
+            )
+            .extra(
+                "[notify]\npage = [\"oncall\", \"alertmanager\"]\nnotice = [\"oncall\"]\nescalation = [\"leads\"]\nescalate_after = \"5s\"\n",
+            )
+            .extra(&email("oncall"))
+            .extra(&email("leads"))
+            .extra(&format!(
+                "[[notify.channel]]\nname = \"alertmanager\"\nkind = \"alertmanager\"\nurl = \"{}\"\n",
+                am.url
+            ))
+            .write(&policy);
         let db = format!("sqlite://{}", dir.path().join("rollwatch.db").display());
         let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rollwatch"))
             .args(["run", "--listen", "127.0.0.1:0", "--db", &db, "--policy"])

@@ -190,48 +190,26 @@ fn by_cause<'a>(decisions: &'a [DecisionRecord], cause: &str) -> Vec<&'a Decisio
 /// service of its own: PostgreSQL's advisory locks (one per target) are
 /// database-wide, and the scenarios run side by side.
 fn policy_text(service: &str, url: &str, script: &Path, actions: &str, extra: &str) -> String {
-    format!(
-        r#"[target]
-service = "{service}"
-environment = "production"
-
-[evaluation]
-interval = "1s"
-resolve_after = "10m"
-
-[baseline]
-fixed = "300ms"
-
-[actions]
-{actions}
-
-[source]
-kind = "scrape"
-url = "{url}/metrics"
-timeout = "900ms"
-
-[source.metrics]
-requests = "http_requests_total"
-errors = 'http_requests_total{{code=~"5.."}}'
-version = "app_build_info"
-
-[[rule]]
-name = "error-rate"
-tier = "consider"
-signal = "error-rate"
-threshold = "5%"
-min_requests = 50
-for = "2s"
-
-[procedure]
-[[procedure.step]]
-name = "rollback-app"
-stage = "application"
-command = ["{script}", "rollback-app"]
-timeout = "20s"
-{extra}"#,
-        script = script.display()
-    )
+    let mut policy = common::policy::Policy::stand_in(url)
+        .service(service)
+        .environment("production")
+        .evaluation("resolve_after", "\"10m\"")
+        .baseline_fixed("300ms")
+        .rule_for("2s")
+        .step(
+            "rollback-app",
+            "application",
+            &[script.to_str().unwrap(), "rollback-app"],
+            "timeout = \"20s\"",
+        )
+        .extra(extra);
+    for line in actions.lines() {
+        let (key, value) = line
+            .split_once('=')
+            .expect("actions are `key = value` lines");
+        policy = policy.action(key.trim(), value.trim());
+    }
+    policy.text()
 }
 
 /// `escalate_after` in the policy below.

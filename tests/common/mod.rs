@@ -3,6 +3,7 @@
 
 pub mod mail;
 pub mod pg;
+pub mod policy;
 pub mod process;
 pub mod prometheus;
 pub mod service;
