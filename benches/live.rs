@@ -7,8 +7,9 @@
 //! `CARGO_BIN_EXE_rollwatch`, as `backtest_memory` does.)
 //!
 //! 1. **1,000 targets at 1 s.** Starts 1,000 stand-in services in this process,
-//!    each on its own loopback port (its own scrape URL) serving the metrics of
-//!    SPEC 11 and a health endpoint, writes 1,000 policy files (the shipped
+//!    each on its own loopback port (its own scrape URL) serving the example
+//!    targets' metrics (docs/policy.md) and a health endpoint, writes 1,000
+//!    policy files (the shipped
 //!    `policies/examples/scrape.toml` with `interval = "1s"` and its own URL
 //!    and service name), runs `rollwatch run --dry-run --policy <1,000 files>`,
 //!    waits until every target has been scraped twice, then samples the child's
@@ -70,7 +71,8 @@ const STEADY_TARGETS: usize = 100;
 const STEADY_FLAG: &str = "--steady-state-subprocess";
 
 // ---------------------------------------------------------------------------
-// The stand-in services: SPEC 11's metrics and a health endpoint, with traffic
+// The stand-in services: the example targets' metrics (docs/policy.md) and a
+// health endpoint, with traffic
 // computed from the wall clock (no ticker task per service).
 
 /// Upper bounds of the latency histogram, in seconds.

@@ -14,7 +14,7 @@ use crate::trace::TraceItem;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rollbacks {
     /// Nothing runs; it counts as succeeded at the instant it is decided
-    /// (backtest, dry-run: SPEC 9).
+    /// (backtest, dry-run: docs/trace-format.md).
     SucceedAtOnce,
     /// The caller runs the procedure and reports its end.
     Reported,

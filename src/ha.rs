@@ -1,4 +1,4 @@
-//! High availability (SPEC 8): several `rollwatch run` replicas share one
+//! High availability (docs/operations.md#several-replicas-high-availability): several `rollwatch run` replicas share one
 //! PostgreSQL; each target is owned by the replica holding its session-level
 //! advisory lock on a connection of its own. The owner acts; the others
 //! evaluate and stay passive. The lock goes with the connection: a replica

@@ -1,4 +1,4 @@
-//! The trace format (SPEC 9): JSON Lines, one observation or event per line,
+//! The trace format (docs/trace-format.md): JSON Lines, one observation or event per line,
 //! in time order. Parsing is pure; reading a file is the caller's business.
 
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! Trace tests: the real `rollwatch backtest --format json` replays the small
 //! traces in `tests/traces/` (written by `tests/traces/generate.py`, which
 //! documents each one) through the shipped policies, and every decision is
-//! compared with what the runbook ("When to Rollback") and SPEC 3 call for,
+//! compared with what the runbook ("When to Rollback") and docs/decisions.md call for,
 //! at the instant they call for it.
 //!
 //! The traces share one shape: a healthy lead-in on v1.0.0 from 09:00:00 to
@@ -81,7 +81,7 @@ fn rollwatch() -> Command {
 }
 
 /// Runs the backtest and renders its output in the form `check` compares,
-/// checking the shape of the JSON contract (SPEC 9) on the way.
+/// checking the shape of the JSON contract (docs/trace-format.md) on the way.
 fn backtest(policy: &str, trace: &str) -> String {
     let policy_path = format!("policies/{policy}.toml");
     let trace_path = format!("tests/traces/{trace}.jsonl");
@@ -129,7 +129,7 @@ fn render_decision(decision: &Value, policy_path: &str) -> String {
             .unwrap_or_else(|| panic!("decision without a string {key:?}: {decision}"))
     };
     let explanation = text("explanation");
-    // SPEC 3: every decision names the policy file and its content hash.
+    // docs/decisions.md: every decision names the policy file and its content hash.
     assert!(
         explanation.contains(&format!("[{policy_path} sha256:")),
         "the explanation does not name {policy_path} and its hash: {explanation}"
@@ -170,7 +170,7 @@ fn render_summary(summary: &Value) -> String {
             "pages",
             "rollbacks"
         ],
-        "the summary's fields (SPEC 9)"
+        "the summary's fields (docs/trace-format.md)"
     );
     format!(
         "summary observations={} rollbacks={} first_rollback_at={} pages={} first_page_at={}",
@@ -450,7 +450,7 @@ fn a_one_interval_blip_fires_nothing() {
     );
 }
 
-// SPEC 3: "One bad interval is a blip." users-affected averages over 5m,
+// docs/decisions.md: "One bad interval is a blip." users-affected averages over 5m,
 // longer than its 2m `for`, so a single bad interval staying in the window must
 // not be able to fire it (error-rate, whose 2m window equals its `for`, holds
 // one interval 1m45s at most).
@@ -749,7 +749,7 @@ fn errors_that_breach_through_the_deploy_page_instead_of_rolling_back() {
 
 #[test]
 fn errors_that_breached_in_the_baseline_window_page_instead_of_rolling_back() {
-    // SPEC 3: "when a signal already breached its threshold in the baseline
+    // docs/decisions.md: "when a signal already breached its threshold in the baseline
     // window before the deployment, rolling back will not fix it, so the rule
     // pages instead". Errors 09:05:00..09:15:00 (with no deploy yet: a page at
     // 09:07:30, resolved at 09:21:30), inside the 30m baseline window of the
@@ -784,7 +784,7 @@ fn a_second_bad_deploy_inside_the_cooldown_pages_instead_of_rolling_back() {
     );
 }
 
-// --- The command's contract (SPEC 9, 10) ---------------------------------------------
+// --- The command's contract (docs/trace-format.md, README.md#commands) ---------------------------------------------
 
 const GOOD_LINE_1: &str = r#"{"at":"2026-11-24T09:00:00Z","up":true,"requests":1000,"errors":2}"#;
 const GOOD_LINE_2: &str = r#"{"at":"2026-11-24T09:00:15Z","up":true,"requests":1000,"errors":2}"#;

@@ -1,4 +1,4 @@
-//! The command line's contract for `check` and `explain` (SPEC 4, 10):
+//! The command line's contract for `check` and `explain` (docs/policy.md, README.md#commands):
 //! exit codes and `FILE:LINE:COL` errors that name what is wrong.
 
 use assert_cmd::Command;

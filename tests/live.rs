@@ -1,5 +1,5 @@
 //! `evaluate` and `run --dry-run` against a stand-in service on loopback,
-//! through the real binary: verdicts and exit codes (SPEC 10), JSON output,
+//! through the real binary: verdicts and exit codes (README.md#commands), JSON output,
 //! recordings that replay, and a clean stop on SIGTERM.
 
 mod common;

@@ -1,4 +1,4 @@
-//! No secret leaves (SPEC 7, issue "hardening"): a Slack-style webhook
+//! No secret leaves (docs/operations.md#telling-people): a Slack-style webhook
 //! whose URL path is its token fails for good, and its undeliverable notice
 //! goes to another channel. Neither that message, nor the stored rows that
 //! status and `incidents` read, nor the log, carries the token.

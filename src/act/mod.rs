@@ -1,5 +1,5 @@
 //! Acting on decisions: the rollback procedure, crash-safe through the store
-//! (SPEC 6), and the incident record around it.
+//! (docs/operations.md#acting-the-rollback-procedure), and the incident record around it.
 
 pub mod actor;
 pub mod drill;

@@ -154,7 +154,7 @@ async fn report(store: &Store, id: i64, chart: Option<PathBuf>) -> Result<(), Fa
 }
 
 /// Records a human's answer; the `run` watching the target applies it at its
-/// next poll (SPEC 3).
+/// next poll (docs/decisions.md).
 async fn answer_incident(store: &Store, kind: AnswerKind, answer: Answer) -> Result<(), Failure> {
     let Some(timeline) = store.incident(answer.id).await.map_err(runtime_error)? else {
         return Err(runtime_error(format!(
