@@ -9,6 +9,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::decision::{Cause, Decision, Guard};
 use super::input::{Event, LatencyQuantiles, Observation};
 use super::policy::{Action, Tier};
+use super::signals::Verdict;
 use super::*;
 
 const PRODUCTION: &str = include_str!("../../policies/production.toml");
