@@ -10,6 +10,22 @@ use super::policy::Action;
 use super::{Engine, time_text};
 use crate::units::format_duration;
 
+/// Who asks for a rollback: the guards differ only in what a person may
+/// decide for themselves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Asker {
+    /// A rule, or a page-then-rollback deadline: every guard. `preexisting`:
+    /// the breach was there before the deployment.
+    Automatic { preexisting: bool },
+    /// A human's declaration or approval: not the cooldown, which stops
+    /// automatic flapping, nor a breach older than the deployment.
+    Human,
+    /// A human's rollback by hand: as `Human`, and with no deployment known
+    /// the human judges whether the change is recent. `force`: they have
+    /// checked it, past the recent-deploy window too.
+    Manual { force: bool },
+}
+
 impl Engine {
     /// What the tier's action becomes once the guards have had their say.
     pub(super) fn effective_action(
@@ -26,7 +42,12 @@ impl Engine {
         if incident.is_some_and(|i| i.held) {
             return (Action::Page, Some(Guard::Held));
         }
-        if let Some(guard) = self.rollback_guard(now, preexisting, human) {
+        let asker = if human {
+            Asker::Human
+        } else {
+            Asker::Automatic { preexisting }
+        };
+        if let Some(guard) = self.rollback_guard(now, asker) {
             let action = if guard == Guard::InProgress {
                 Action::None
             } else {
@@ -40,14 +61,12 @@ impl Engine {
         (tier_action, None)
     }
 
-    /// The first reason not to roll back now, if any. `human`: a person asked
-    /// (declare, approve), so the cooldown, which stops automatic flapping, does not apply.
-    pub(super) fn rollback_guard(
-        &self,
-        now: DateTime<Utc>,
-        preexisting: bool,
-        human: bool,
-    ) -> Option<Guard> {
+    /// The first reason not to roll back now, if any: the one set of rules
+    /// for every rollback, whoever asks (`Asker`). Never while a rollback
+    /// runs, and never a rollback of a rollback, whoever asks; only for a
+    /// change within `recent_deploy_window`; the cooldown and a breach older
+    /// than the deployment stop automatic rollbacks only.
+    pub(super) fn rollback_guard(&self, now: DateTime<Utc>, asker: Asker) -> Option<Guard> {
         let evaluation = &self.policy.evaluation;
         if self
             .incident
@@ -57,22 +76,31 @@ impl Engine {
             return Some(Guard::InProgress);
         }
         let Some(deployment) = &self.deployment else {
-            return Some(Guard::NoRecentDeploy);
+            // Knowing of no deployment, rollwatch cannot say the change is
+            // old: a rollback by hand is the human's to judge.
+            return match asker {
+                Asker::Manual { .. } => None,
+                _ => Some(Guard::NoRecentDeploy),
+            };
         };
         if deployment.rollback {
             return Some(Guard::RollbackOfRollback);
         }
-        if now - deployment.at > evaluation.recent_deploy_window {
+        if now - deployment.at > evaluation.recent_deploy_window
+            && asker != (Asker::Manual { force: true })
+        {
             return Some(Guard::NoRecentDeploy);
         }
-        if !human
-            && self
-                .last_rollback_at
-                .is_some_and(|t| now - t < evaluation.cooldown)
+        let Asker::Automatic { preexisting } = asker else {
+            return None;
+        };
+        if self
+            .last_rollback_at
+            .is_some_and(|t| now - t < evaluation.cooldown)
         {
             return Some(Guard::Cooldown);
         }
-        if preexisting && !human {
+        if preexisting {
             return Some(Guard::Preexisting);
         }
         None

@@ -5,7 +5,8 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
-use super::decision::{Cause, Guard, awaits_answer};
+use super::decision::{Cause, Guard, MANUAL_ROLLBACK_RULE, awaits_answer};
+use super::guards::Asker;
 use super::policy::{Action, Tier};
 use super::{Draft, Engine, time_text};
 use crate::units::format_duration;
@@ -159,6 +160,15 @@ pub struct Resumed {
     pub clear_for: TimeDelta,
 }
 
+/// A human's rollback by hand: the fields of `Event::ManualRollback`.
+pub(super) struct ManualRollback {
+    pub(super) by: Option<String>,
+    pub(super) reason: String,
+    pub(super) component: Option<String>,
+    pub(super) to: Option<String>,
+    pub(super) force: bool,
+}
+
 impl Engine {
     /// The least time after a restart before every rule that can act has
     /// been judged on current data: the longest `for` of a consider or
@@ -212,9 +222,21 @@ impl Engine {
         now: DateTime<Utc>,
         tier: Tier,
         rule: &str,
-        mut draft: Draft,
+        draft: Draft,
     ) {
-        let (from, to) = self.rollback_versions();
+        let versions = self.rollback_versions();
+        self.emit_incident_decision_to(now, tier, rule, draft, versions);
+    }
+
+    /// `emit_incident_decision`, a rollback going from and to these versions.
+    fn emit_incident_decision_to(
+        &mut self,
+        now: DateTime<Utc>,
+        tier: Tier,
+        rule: &str,
+        mut draft: Draft,
+        (from, to): (Option<String>, Option<String>),
+    ) {
         let page_timeout = self.policy.actions.page_timeout;
         let Some(incident) = &mut self.incident else {
             tracing::error!("incident decision without an incident: dropped");
@@ -535,6 +557,88 @@ impl Engine {
                 core,
                 deadline: None,
             },
+        );
+    }
+
+    /// A human's rollback by hand: refused by the guards of a human's
+    /// rollback (nothing changes, one decision says why), or the rollback
+    /// decision, in the open incident (its answer, as an approval) or in a
+    /// new one (an escalated incident's attempt is over).
+    pub(super) fn manual_rollback(&mut self, now: DateTime<Utc>, manual: ManualRollback) {
+        let ManualRollback {
+            by,
+            reason,
+            component,
+            to,
+            force,
+        } = manual;
+        let by = by.unwrap_or_else(|| "a human".to_string());
+        let asked = format!("manual rollback by {by}: {reason}");
+        if let Some(guard) = self.rollback_guard(now, Asker::Manual { force }) {
+            let core = format!(
+                "{asked}; not rolling back: {}",
+                self.guard_text(now, &guard, MANUAL_ROLLBACK_RULE)
+            );
+            self.emit(
+                now,
+                Tier::Immediate,
+                MANUAL_ROLLBACK_RULE,
+                Draft {
+                    action: Action::None,
+                    cause: Cause::Declared,
+                    guard: Some(guard),
+                    reading: None,
+                    core,
+                    deadline: None,
+                },
+            );
+            return;
+        }
+        let forced = self
+            .rollback_guard(now, Asker::Manual { force: false })
+            .map_or_else(String::new, |guard| {
+                format!(
+                    "; forced past a guard: {}",
+                    self.guard_text(now, &guard, MANUAL_ROLLBACK_RULE)
+                )
+            });
+        let (from, previous) = self.rollback_versions();
+        let to = to.or(previous);
+        match &mut self.incident {
+            // The page's answer: the same incident, now the human's.
+            Some(incident) if matches!(incident.phase, Phase::Open | Phase::Watching { .. }) => {
+                incident.held = false;
+                incident.acknowledged = true;
+                incident.deadline = None;
+                incident.component = component;
+            }
+            // None open, or an escalated attempt that is over: a new one starts.
+            _ => {
+                self.incident = None;
+                self.open_incident(now, Tier::Immediate, MANUAL_ROLLBACK_RULE, component);
+                if let Some(incident) = &mut self.incident {
+                    incident.declared = true;
+                }
+            }
+        }
+        let core = format!(
+            "{asked}{forced}; rolling back {} -> {}",
+            from.as_deref().unwrap_or("the current version"),
+            to.as_deref().unwrap_or("the previous version")
+        );
+        self.emit_incident_decision_to(
+            now,
+            Tier::Immediate,
+            MANUAL_ROLLBACK_RULE,
+            Draft {
+                action: Action::Rollback,
+                cause: Cause::Declared,
+                guard: None,
+                reading: None,
+                core,
+                deadline: None,
+            },
+            (from, to),
         );
     }
 

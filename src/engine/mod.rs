@@ -290,6 +290,22 @@ impl Engine {
             Event::Ack { by } => self.answered(at, Cause::Acknowledged, by),
             Event::Hold { by } => self.answered(at, Cause::Held, by),
             Event::Approve { by } => self.approved(at, by),
+            Event::ManualRollback {
+                by,
+                reason,
+                component,
+                to,
+                force,
+            } => self.manual_rollback(
+                at,
+                incident::ManualRollback {
+                    by,
+                    reason,
+                    component,
+                    to,
+                    force,
+                },
+            ),
         }
         Ok(())
     }
