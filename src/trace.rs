@@ -216,6 +216,19 @@ pub fn to_line(item: &TraceItem) -> String {
                 Event::Ack { by } | Event::Hold { by } | Event::Approve { by } => {
                     line.by = by.clone()
                 }
+                // Decided by `rollwatch rollback` alone: never recorded by a run.
+                Event::ManualRollback {
+                    by,
+                    reason,
+                    component,
+                    to,
+                    ..
+                } => {
+                    line.by = by.clone();
+                    line.reason = Some(reason.clone());
+                    line.component = component.clone();
+                    line.version = to.clone();
+                }
             }
         }
     }

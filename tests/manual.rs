@@ -1055,3 +1055,56 @@ fn a_drill_of_production_needs_force() {
     assert!(stderr.contains("drills are for staging"), "{stderr}");
     assert!(stderr.contains("--force"), "{stderr}");
 }
+
+/// Records a deployment of web/staging, as `run` would have.
+async fn stored_deployment(world: &World, rollback: bool, age: chrono::TimeDelta) {
+    let store = world.store().await;
+    store
+        .record_deployment(&rollwatch::store::NewDeployment {
+            target: "web/staging".into(),
+            version: Some("v2.0.0".into()),
+            previous: Some("v1.0.0".into()),
+            migrations: Vec::new(),
+            at: Utc::now() - age,
+            rollback,
+            source: if rollback {
+                rollwatch::store::DeploymentSource::Rollback
+            } else {
+                rollwatch::store::DeploymentSource::Observed
+            },
+        })
+        .await
+        .unwrap();
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_of_a_rollback_is_refused_even_forced() {
+    let world = World::new(&runbook()).await;
+    stored_deployment(&world, true, chrono::TimeDelta::hours(2)).await;
+    let ran = world.rollback(&["--reason", "bad deploy", "--force"]).await;
+    assert_eq!(ran.code, Some(1), "{}", ran.both());
+    assert!(
+        ran.stderr.contains("rollback-of-rollback"),
+        "{}",
+        ran.both()
+    );
+    assert!(world.calls().is_empty(), "{:?}", world.names());
+    assert!(world.stored_incidents().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_of_an_old_deployment_needs_force() {
+    let world = World::new(&runbook()).await;
+    stored_deployment(&world, false, chrono::TimeDelta::hours(25)).await;
+    let ran = world.rollback(&["--reason", "bad deploy"]).await;
+    assert_eq!(ran.code, Some(1), "{}", ran.both());
+    assert!(ran.stderr.contains("no-recent-deploy"), "{}", ran.both());
+    assert!(ran.stderr.contains("--force"), "{}", ran.both());
+    assert!(world.calls().is_empty(), "{:?}", world.names());
+    let forced = world.rollback(&["--reason", "bad deploy", "--force"]).await;
+    assert_eq!(forced.code, Some(0), "{}", forced.both());
+    let incident = world.only_incident().await;
+    assert_eq!(incident.from_version.as_deref(), Some("v2.0.0"));
+    assert_eq!(incident.to_version.as_deref(), Some("v1.0.0"));
+}

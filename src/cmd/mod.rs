@@ -124,7 +124,9 @@ pub enum Command {
         /// Print the plan and the guards; run and store nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Roll back even though the running version is itself a recent rollback.
+        /// Roll back even though the latest deployment rollwatch knows of is
+        /// older than the recent-deploy window (you have checked the change).
+        /// Never past a running rollback or a rollback of a rollback.
         #[arg(long)]
         force: bool,
         #[arg(long, default_value = DEFAULT_DB)]

@@ -4,20 +4,23 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::{Failure, load_target, runtime_error};
 use crate::act::actor::{Actor, IncidentEnd};
 use crate::act::procedure::Context;
 use crate::console::say;
-use crate::engine::decision::{Cause, Decision};
+use crate::engine::decision::{Decision, Guard, MANUAL_ROLLBACK_RULE};
+use crate::engine::input::Event;
 use crate::engine::policy::{Action, Tier};
+use crate::engine::{Deployment, Engine, Phase, Resumed};
 use crate::notify::message;
 use crate::policy::Compiled;
 use crate::runtime::target;
 use crate::store::{
-    IncidentKind, IncidentOutcome, IncidentPhase, IncidentState, NewIncident, Store,
+    DeploymentRecord, DeploymentSource, IncidentKind, IncidentOutcome, IncidentPhase,
+    IncidentRecord, IncidentState, NewIncident, Store,
 };
 use crate::telemetry::Telemetry;
 use crate::units::format_duration;
@@ -66,13 +69,7 @@ pub async fn rollback(request: RollbackRequest<'_>) -> Result<(), Failure> {
     let store = Store::open(request.db).await.map_err(runtime_error)?;
     let deployments = store.deployments(&name, 1).await.map_err(runtime_error)?;
     let latest = deployments.first();
-    let from = latest.and_then(|d| d.version.clone());
-    let to = request
-        .to
-        .map(str::to_string)
-        .or_else(|| latest.and_then(|d| d.previous.clone()));
     let migrations = latest.map(|d| d.migrations.clone()).unwrap_or_default();
-    // Guards: never two rollbacks at once; a rollback of a recent rollback only when forced.
     let unfinished = store
         .unfinished_incidents(&name)
         .await
@@ -88,29 +85,15 @@ pub async fn rollback(request: RollbackRequest<'_>) -> Result<(), Failure> {
     }
     let open = unfinished
         .iter()
-        .find(|u| u.incident.kind != IncidentKind::Drill);
-    if let Some(open) = open
-        && let IncidentState::Active { phase } = open.incident.state
-        && !matches!(phase, IncidentPhase::Open | IncidentPhase::Escalated)
-    {
-        return Err(runtime_error(format!(
-            "not rolling back {name}: incident {} is already {} (a rollback is running); see `rollwatch incidents show {}`",
-            open.incident.id,
-            phase.as_str(),
-            open.incident.id
-        )));
+        .find(|u| u.incident.kind != IncidentKind::Drill)
+        .map(|u| &u.incident);
+    // The engine's guards decide, as for any rollback.
+    let now = Utc::now();
+    let (decision, answers_open) = decide(&target, latest, open, &request, now)?;
+    if decision.action != Action::Rollback {
+        return Err(runtime_error(refusal(&name, open, &decision)));
     }
-    let cooldown = target.policy.evaluation.cooldown;
-    if let Some(latest) = latest.filter(|d| d.rollback && Utc::now() - d.at < cooldown)
-        && !request.force
-    {
-        return Err(runtime_error(format!(
-            "not rolling back {name}: the running version {} is itself a rollback from {} ago (within the {} cooldown), and a rollback is not rolled back; pass --force if you are sure",
-            latest.version.as_deref().unwrap_or("(unknown)"),
-            format_duration(Utc::now() - latest.at),
-            format_duration(cooldown)
-        )));
-    }
+    let (from, to) = (decision.from_version.clone(), decision.to_version.clone());
     let ctx = Context {
         store: store.clone(),
         incident: 0,
@@ -129,17 +112,12 @@ pub async fn rollback(request: RollbackRequest<'_>) -> Result<(), Failure> {
         print_plan(&ctx, &name);
         return Ok(());
     }
-    let now = Utc::now();
-    let phase_of = |open: &crate::store::UnfinishedIncident| match open.incident.state {
-        IncidentState::Active { phase } => Some(phase),
-        IncidentState::Resolved { .. } => None,
-    };
     let id = match open {
         // The page a human answers with a rollback: the same incident, now theirs.
-        Some(open) if phase_of(open) == Some(IncidentPhase::Open) => {
+        Some(open) if answers_open => {
             store
                 .amend_incident(
-                    open.incident.id,
+                    open.id,
                     request.component,
                     from.as_deref(),
                     to.as_deref(),
@@ -147,45 +125,21 @@ pub async fn rollback(request: RollbackRequest<'_>) -> Result<(), Failure> {
                 )
                 .await
                 .map_err(runtime_error)?;
-            open.incident.id
+            open.id
         }
         // A human retries after an escalation: that attempt is over; a new one starts.
         Some(open) => {
             store
-                .resolve_incident(open.incident.id, IncidentOutcome::Escalated, now)
+                .resolve_incident(open.id, IncidentOutcome::Escalated, now)
                 .await
                 .map_err(runtime_error)?;
             println!(
                 "incident {} (escalated) is closed: this rollback is a new attempt",
-                open.incident.id
+                open.id
             );
             open_declared(&store, &name, &request, from.clone(), to.clone(), now).await?
         }
         None => open_declared(&store, &name, &request, from.clone(), to.clone(), now).await?,
-    };
-    let decision = Decision {
-        at: now,
-        action: Action::Rollback,
-        tier: Tier::Immediate,
-        rule: "manual-rollback".into(),
-        explanation: format!(
-            "manual rollback by {}: {}; rolling back {} -> {} [{} sha256:{}]",
-            operator(),
-            request.reason,
-            from.as_deref().unwrap_or("the current version"),
-            to.as_deref().unwrap_or("the previous version"),
-            target.policy.path,
-            target.policy.short_hash()
-        ),
-        cause: Cause::Declared,
-        incident: None,
-        guard: None,
-        reading: None,
-        deadline: None,
-        component: request.component.map(str::to_string),
-        from_version: from,
-        to_version: to,
-        migrations: Vec::new(),
     };
     store
         .record_decision(&name, Some(id), &decision, &target.policy)
@@ -256,20 +210,133 @@ pub async fn rollback(request: RollbackRequest<'_>) -> Result<(), Failure> {
     finish(id, end?)
 }
 
+/// The engine's decision on the manual rollback, on what the store knows
+/// (the latest deployment, the unfinished incident), and whether the
+/// rollback answers that incident (else it starts its own).
+fn decide(
+    target: &Compiled,
+    latest: Option<&DeploymentRecord>,
+    open: Option<&IncidentRecord>,
+    request: &RollbackRequest<'_>,
+    now: DateTime<Utc>,
+) -> Result<(Decision, bool), Failure> {
+    let mut engine = Engine::new(Arc::new(target.policy.clone()));
+    if let Some(latest) = latest {
+        engine.restore_deployment(Deployment {
+            at: latest.at,
+            version: latest.version.clone(),
+            previous: latest.previous.clone(),
+            migrations: latest.migrations.clone(),
+            rollback: latest.rollback,
+            seen: latest.source != DeploymentSource::Announced,
+        });
+    }
+    let mut resumed = None;
+    if let Some(open) = open
+        && let IncidentState::Active { phase } = open.state
+    {
+        let phase = match phase {
+            IncidentPhase::Open => Phase::Open,
+            IncidentPhase::RollingBack | IncidentPhase::Verifying | IncidentPhase::Recovering => {
+                Phase::RollingBack
+            }
+            IncidentPhase::Watching => Phase::Watching {
+                until: open
+                    .watch_until
+                    .unwrap_or(open.phase_at + target.policy.stabilization),
+                saw_data: false,
+            },
+            IncidentPhase::Escalated => Phase::Escalated,
+        };
+        let id = engine
+            .resume_incident(
+                now,
+                Resumed {
+                    opened_at: open.opened_at,
+                    tier: Tier::ALL
+                        .iter()
+                        .find(|(name, _)| *name == open.tier)
+                        .map_or(Tier::Consider, |(_, tier)| *tier),
+                    rule: open.rule.clone(),
+                    component: open.component.clone(),
+                    phase,
+                    phase_at: open.phase_at,
+                    announced: Action::None,
+                    acknowledged: open.acknowledged,
+                    held: open.held,
+                    // The manual rollback cancels any deadline.
+                    deadline: None,
+                    declared: open.kind == IncidentKind::Declared,
+                    from_version: open.from_version.clone(),
+                    to_version: open.to_version.clone(),
+                    paged_at: None,
+                    unanswered_escalated: false,
+                    clear_for: TimeDelta::zero(),
+                },
+            )
+            .map_err(runtime_error)?;
+        resumed = Some(id);
+    }
+    let event = Event::ManualRollback {
+        by: Some(operator()),
+        reason: request.reason.to_string(),
+        component: request.component.map(str::to_string),
+        to: request.to.map(str::to_string),
+        force: request.force,
+    };
+    engine.handle_event(now, event).map_err(runtime_error)?;
+    let decision = std::iter::from_fn(|| engine.poll_decision())
+        .find(|d| d.rule == MANUAL_ROLLBACK_RULE)
+        .ok_or_else(|| runtime_error("the engine made no decision on the manual rollback"))?;
+    let answers_open = resumed.is_some() && decision.incident == resumed;
+    Ok((
+        Decision {
+            incident: None,
+            ..decision
+        },
+        answers_open,
+    ))
+}
+
+/// Why the rollback is refused: the engine's explanation, the incident in
+/// the way, and what `--force` may do.
+fn refusal(name: &str, open: Option<&IncidentRecord>, decision: &Decision) -> String {
+    let incident = open.map_or_else(String::new, |open| {
+        let phase = match open.state {
+            IncidentState::Active { phase } => phase.as_str(),
+            IncidentState::Resolved { .. } => "resolved",
+        };
+        format!(
+            "; incident {} is {phase}: see `rollwatch incidents show {}`",
+            open.id, open.id
+        )
+    });
+    let force = if decision.guard == Some(Guard::NoRecentDeploy) {
+        "; pass --force if you have checked that this change is the cause"
+    } else {
+        ""
+    };
+    format!(
+        "not rolling back {name} ({}): {}{incident}{force}",
+        decision.guard.as_ref().map_or("refused", Guard::name),
+        decision.explanation
+    )
+}
+
 async fn open_declared(
     store: &Store,
     name: &str,
     request: &RollbackRequest<'_>,
     from: Option<String>,
     to: Option<String>,
-    now: chrono::DateTime<Utc>,
+    now: DateTime<Utc>,
 ) -> Result<i64, Failure> {
     store
         .open_incident(&NewIncident {
             target: name.to_string(),
             kind: IncidentKind::Declared,
             tier: Tier::Immediate.name().into(),
-            rule: "manual-rollback".into(),
+            rule: MANUAL_ROLLBACK_RULE.into(),
             reason: request.reason.to_string(),
             component: request.component.map(str::to_string),
             from_version: from,

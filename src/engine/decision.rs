@@ -8,6 +8,10 @@ use super::policy::{Action, Tier};
 use super::signals::Reading;
 use super::time_text;
 
+/// The rule a human's rollback by hand (`rollwatch rollback`) is decided
+/// and recorded under.
+pub const MANUAL_ROLLBACK_RULE: &str = "manual-rollback";
+
 /// Why the engine did not do what the tier's action asked for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

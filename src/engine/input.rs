@@ -79,6 +79,21 @@ pub enum Event {
     Hold { by: Option<String> },
     /// Roll back now, through the same procedure and guards.
     Approve { by: Option<String> },
+    /// A human rolls back by hand (`rollwatch rollback`), the runbook's
+    /// emergency path: it answers the open incident as `Approve` would, or
+    /// opens its own, and meets the guards of a human's rollback
+    /// (`Engine::rollback_guard`).
+    ManualRollback {
+        by: Option<String>,
+        reason: String,
+        /// Only this component is rolled back.
+        component: Option<String>,
+        /// The version to go back to; else the latest deployment's previous one.
+        to: Option<String>,
+        /// The human has checked the change themselves: overrides the
+        /// recent-deploy guard, and no other.
+        force: bool,
+    },
 }
 
 impl Event {
@@ -90,6 +105,7 @@ impl Event {
             Event::Ack { .. } => "ack",
             Event::Hold { .. } => "hold",
             Event::Approve { .. } => "approve",
+            Event::ManualRollback { .. } => "manual-rollback",
         }
     }
 }

@@ -9,6 +9,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::decision::{Cause, Decision, Guard};
 use super::input::{Event, LatencyQuantiles, Observation};
 use super::policy::{Action, Tier};
+use super::signals::Verdict;
 use super::*;
 
 const PRODUCTION: &str = include_str!("../../policies/production.toml");
@@ -1461,4 +1462,232 @@ fn every_cause_is_stored_under_its_serde_word() {
         );
         assert_eq!(Cause::named(cause.name()), Some(cause));
     }
+}
+
+/// A human's rollback by hand, as `rollwatch rollback` hands it in.
+fn manual(to: Option<&str>, force: bool) -> Event {
+    Event::ManualRollback {
+        by: Some("alice".into()),
+        reason: "bad deploy".into(),
+        component: Some("frontend".into()),
+        to: to.map(str::to_string),
+        force,
+    }
+}
+
+/// The decision on the latest manual rollback.
+fn manual_decision(sim: &Sim) -> &Decision {
+    sim.decisions
+        .iter()
+        .rev()
+        .find(|d| d.rule == decision::MANUAL_ROLLBACK_RULE && d.cause == Cause::Declared)
+        .expect("a decision on the manual rollback")
+}
+
+#[test]
+fn a_manual_rollback_after_a_recent_deploy_rolls_back_in_its_own_incident() {
+    let mut sim = deployed(PRODUCTION);
+    sim.finish_rollbacks = false;
+    sim.healthy(4);
+    sim.event(manual(None, false));
+    let decision = manual_decision(&sim);
+    assert_eq!(decision.action, Action::Rollback, "{decision:?}");
+    assert_eq!(decision.tier, Tier::Immediate);
+    assert_eq!(decision.cause, Cause::Declared);
+    assert_eq!(decision.guard, None);
+    assert_eq!(decision.from_version.as_deref(), Some("v2"));
+    assert_eq!(decision.to_version.as_deref(), Some("v1"));
+    assert_eq!(decision.component.as_deref(), Some("frontend"));
+    assert!(
+        decision
+            .explanation
+            .starts_with("manual rollback by alice: bad deploy; rolling back v2 -> v1 ["),
+        "{}",
+        decision.explanation
+    );
+    let incident = sim.engine.incident().unwrap();
+    assert_eq!(incident.phase, Phase::RollingBack);
+    assert!(incident.declared);
+    assert_eq!(incident.rule, "manual-rollback");
+    assert_eq!(Some(incident.id), decision.incident);
+}
+
+#[test]
+fn a_manual_rollback_with_no_deployment_known_is_the_humans_to_judge() {
+    let mut sim = Sim::production();
+    sim.healthy(4);
+    sim.event(manual(Some("v0"), false));
+    let decision = manual_decision(&sim);
+    assert_eq!(decision.action, Action::Rollback, "{decision:?}");
+    assert_eq!(decision.from_version.as_deref(), Some("v1"));
+    assert_eq!(decision.to_version.as_deref(), Some("v0"));
+    assert!(
+        decision.explanation.contains("rolling back v1 -> v0"),
+        "{}",
+        decision.explanation
+    );
+}
+
+#[test]
+fn a_manual_rollback_answers_the_open_incident_even_when_held() {
+    let mut sim = deployed(PRODUCTION);
+    sim.finish_rollbacks = false;
+    sim.polls(10, errors(0.15));
+    let paged = sim.engine.incident().unwrap().id;
+    sim.event(Event::Hold { by: None });
+    sim.event(manual(Some("v1"), false));
+    let decision = manual_decision(&sim);
+    assert_eq!(decision.action, Action::Rollback, "{decision:?}");
+    assert_eq!(decision.incident, Some(paged), "the same incident");
+    let incident = sim.engine.incident().unwrap();
+    assert_eq!(incident.id, paged);
+    assert!(!incident.held && incident.acknowledged);
+    assert_eq!(
+        incident.deadline, None,
+        "the automatic rollback is cancelled"
+    );
+    assert_eq!(incident.component.as_deref(), Some("frontend"));
+    assert_eq!(sim.rollbacks(), 1, "{:?}", sim.log());
+}
+
+#[test]
+fn a_manual_rollback_is_refused_while_a_rollback_runs_even_forced() {
+    let mut sim = deployed(PRODUCTION);
+    sim.finish_rollbacks = false;
+    sim.healthy(2);
+    sim.event(manual(None, false));
+    let running = sim.engine.incident().unwrap().id;
+    for force in [false, true] {
+        sim.event(manual(None, force));
+        let decision = manual_decision(&sim);
+        assert_eq!(decision.action, Action::None, "{decision:?}");
+        assert_eq!(decision.guard, Some(Guard::InProgress));
+        assert!(
+            decision
+                .explanation
+                .contains("not rolling back: a rollback is already running"),
+            "{}",
+            decision.explanation
+        );
+    }
+    let incident = sim.engine.incident().unwrap();
+    assert_eq!((incident.id, incident.phase), (running, Phase::RollingBack));
+    assert_eq!(sim.rollbacks(), 1, "{:?}", sim.log());
+}
+
+#[test]
+fn a_manual_rollback_of_a_rollback_is_refused_even_forced() {
+    // During the watch after rollwatch's own rollback.
+    let mut sim = deployed(PRODUCTION);
+    sim.healthy(2);
+    sim.event(manual(None, false));
+    assert!(matches!(
+        sim.engine.incident().unwrap().phase,
+        Phase::Watching { .. }
+    ));
+    for force in [false, true] {
+        sim.event(manual(None, force));
+        let decision = manual_decision(&sim);
+        assert_eq!(decision.action, Action::None, "{decision:?}");
+        assert_eq!(decision.guard, Some(Guard::RollbackOfRollback));
+    }
+    // Long after a human's rollback seen as the previous version coming back,
+    // outside the cooldown: still never.
+    let mut sim = deployed(PRODUCTION);
+    sim.healthy(2);
+    sim.version = "v1".into();
+    sim.healthy(4);
+    assert!(sim.engine.deployment().unwrap().rollback);
+    sim.now += TimeDelta::hours(2);
+    sim.event(manual(Some("v0"), true));
+    let decision = manual_decision(&sim);
+    assert_eq!(decision.action, Action::None, "{decision:?}");
+    assert_eq!(decision.guard, Some(Guard::RollbackOfRollback));
+    assert!(
+        decision
+            .explanation
+            .contains("is itself a rollback, and a rollback is never rolled back"),
+        "{}",
+        decision.explanation
+    );
+    assert!(sim.engine.incident().is_none(), "a refusal opens nothing");
+}
+
+#[test]
+fn a_manual_rollback_of_an_old_deployment_needs_force() {
+    let mut sim = deployed(PRODUCTION);
+    sim.healthy(4);
+    sim.now += TimeDelta::hours(25);
+    sim.event(manual(None, false));
+    let decision = manual_decision(&sim);
+    assert_eq!(decision.action, Action::None, "{decision:?}");
+    assert_eq!(decision.guard, Some(Guard::NoRecentDeploy));
+    assert!(
+        decision
+            .explanation
+            .contains("outside the 24h recent-deploy window"),
+        "{}",
+        decision.explanation
+    );
+    assert!(sim.engine.incident().is_none(), "a refusal opens nothing");
+    sim.event(manual(None, true));
+    let decision = manual_decision(&sim);
+    assert_eq!(decision.action, Action::Rollback, "{decision:?}");
+    assert_eq!(decision.guard, None);
+    assert!(
+        decision.explanation.contains(
+            "; forced past a guard: the latest deployment (v2 at 2026-11-24T10:30:00Z) is"
+        ),
+        "{}",
+        decision.explanation
+    );
+    assert!(decision.explanation.contains("; rolling back v2 -> v1"));
+}
+
+#[test]
+fn a_manual_rollback_meets_neither_the_cooldown_nor_a_preexisting_breach() {
+    // A rollback finished and stable, then v3 deployed within the cooldown
+    // while the error rate already breached: automatic rollbacks are guarded,
+    // a human's is not.
+    let mut sim = deployed(PRODUCTION);
+    sim.healthy(2);
+    sim.event(Event::Approve { by: None });
+    assert_eq!(sim.rollbacks(), 1, "{:?}", sim.log());
+    sim.version = "v1".into();
+    sim.healthy(70);
+    assert!(sim.engine.incident().is_none(), "{:?}", sim.log());
+    sim.polls(12, errors(0.15));
+    sim.deploy("v3");
+    sim.polls(2, errors(0.15));
+    assert!(
+        sim.engine
+            .rule_status()
+            .iter()
+            .any(|r| r.rule == "error-rate" && r.preexisting)
+    );
+    sim.event(manual(None, false));
+    let decision = manual_decision(&sim);
+    assert_eq!(decision.action, Action::Rollback, "{decision:?}");
+    assert_eq!(decision.to_version.as_deref(), Some("v1"));
+}
+
+#[test]
+fn a_manual_rollback_after_an_escalation_is_a_new_attempt() {
+    let mut sim = deployed(PRODUCTION);
+    sim.finish_rollbacks = false;
+    sim.healthy(2);
+    sim.event(manual(None, false));
+    let first = sim.engine.incident().unwrap().id;
+    sim.engine
+        .handle_rollback_finished(sim.now, first, Err("step failed".into()))
+        .unwrap();
+    sim.drain();
+    assert_eq!(sim.engine.incident().unwrap().phase, Phase::Escalated);
+    sim.event(manual(None, false));
+    let decision = manual_decision(&sim);
+    assert_eq!(decision.action, Action::Rollback, "{decision:?}");
+    let incident = sim.engine.incident().unwrap();
+    assert_ne!(incident.id, first, "a new incident");
+    assert_eq!(decision.incident, Some(incident.id));
+    assert_eq!(incident.phase, Phase::RollingBack);
 }
