@@ -16,10 +16,14 @@
 //! `on_backend!` macro expands a query once per pool type. Instants are stored
 //! to the microsecond (`time.rs`).
 
+mod answers;
+mod decisions;
+mod incidents;
 mod model;
 mod ops;
 mod outbox;
 mod samples;
+mod steps;
 mod time;
 
 use std::path::Path;
