@@ -345,28 +345,16 @@ impl Actor {
                 continue;
             }
             let decisions = self.store.decisions(record.id).await?;
-            let stored = |d: &crate::store::DecisionRecord| {
-                let action = Action::ALL
-                    .iter()
-                    .find(|(n, _)| *n == d.action)
-                    .map(|(_, a)| *a);
-                (action, Cause::named(&d.cause))
-            };
             let announced = decisions
                 .iter()
-                .filter_map(|d| stored(d).0)
+                .map(|d| d.action)
                 .max()
                 .unwrap_or(Action::None);
             let paged_at = decisions
                 .iter()
-                .find(|d| match stored(d) {
-                    (Some(action), Some(cause)) => awaits_answer(action, cause),
-                    _ => false,
-                })
+                .find(|d| awaits_answer(d.action, d.cause))
                 .map(|d| d.at);
-            let unanswered_escalated = decisions
-                .iter()
-                .any(|d| d.cause == Cause::Unanswered.name());
+            let unanswered_escalated = decisions.iter().any(|d| d.cause == Cause::Unanswered);
             // An approve sets no flag in the store, but it is an answer.
             let approved = self
                 .store
@@ -397,7 +385,7 @@ impl Actor {
                 },
                 IncidentPhase::Escalated => Phase::Escalated,
             };
-            let tier = tier_named(&record.tier);
+            let tier = record.tier;
             let id = engine
                 .resume_incident(
                     now,
@@ -451,7 +439,7 @@ impl Actor {
                         decisions
                             .iter()
                             .rev()
-                            .find(|d| d.action == Action::Rollback.name())
+                            .find(|d| d.action == Action::Rollback)
                             .map_or_else(String::new, |d| d.explanation.clone())
                     } else {
                         record.reason.clone()
@@ -963,7 +951,7 @@ impl Actor {
                 self.tell(
                     Some(id),
                     decision,
-                    &format!("incident:{id}:{}", decision.action.name()),
+                    &format!("incident:{id}:{}", decision.action.as_str()),
                 )
                 .await;
             }
@@ -1066,7 +1054,7 @@ impl Actor {
             } else {
                 IncidentKind::Rule
             },
-            tier: decision.tier.name().to_string(),
+            tier: decision.tier,
             rule: decision.rule.clone(),
             reason: String::new(),
             component: decision.component.clone(),
@@ -1145,14 +1133,6 @@ fn told_key(decision: &Decision) -> String {
         Some(incident) => format!("incident:{incident}"),
         None => format!("rule:{}", decision.rule),
     }
-}
-
-/// A stored tier name; an unknown one (a newer rollwatch wrote it) is `consider`.
-pub fn tier_named(name: &str) -> Tier {
-    Tier::ALL
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map_or(Tier::Consider, |(_, t)| *t)
 }
 
 fn point(sample: &Sample) -> SamplePoint {

@@ -268,7 +268,7 @@ async fn open_declared(
         .open_incident(&NewIncident {
             target: name.to_string(),
             kind: IncidentKind::Declared,
-            tier: Tier::Immediate.name().into(),
+            tier: Tier::Immediate,
             rule: "manual-rollback".into(),
             reason: request.reason.to_string(),
             component: request.component.map(str::to_string),

@@ -129,7 +129,7 @@ pub fn for_decision(
             match &decision.guard {
                 Some(guard) => format!(
                     "decide whether to roll back: rollwatch does not roll back automatically ({})",
-                    guard.name()
+                    guard.as_str()
                 ),
                 None => "decide whether to roll back (approve) or not (hold)".to_string(),
             },
@@ -172,8 +172,8 @@ pub fn for_decision(
         environment: policy.environment.clone(),
         target,
         rule: decision.rule.clone(),
-        tier: decision.tier.name().to_string(),
-        action: decision.action.name().to_string(),
+        tier: decision.tier.as_str().to_string(),
+        action: decision.action.as_str().to_string(),
         incident,
         deadline: decision.deadline,
         summary: subject.clone(),
@@ -212,8 +212,8 @@ pub fn unanswered_page(
         environment: policy.environment.clone(),
         target: format!("{}/{}", policy.service, policy.environment),
         rule: decision.rule.clone(),
-        tier: decision.tier.name().to_string(),
-        action: Action::Page.name().to_string(),
+        tier: decision.tier.as_str().to_string(),
+        action: Action::Page.as_str().to_string(),
         incident,
         deadline: decision.deadline,
         summary: subject.clone(),
@@ -249,14 +249,14 @@ pub fn database_unreachable(policy: &Policy, decision: &Decision, why: &str) -> 
         environment: policy.environment.clone(),
         target: format!("{}/{}", policy.service, policy.environment),
         rule: decision.rule.clone(),
-        tier: decision.tier.name().to_string(),
-        action: decision.action.name().to_string(),
+        tier: decision.tier.as_str().to_string(),
+        action: decision.action.as_str().to_string(),
         incident: None,
         deadline: None,
         summary: subject.clone(),
         recommendation: format!(
             "a human must decide whether to roll back: rollwatch decided \"{}\" but does not act without its database ({why})",
-            decision.action.name()
+            decision.action.as_str()
         ),
         commands: Vec::new(),
         explanation: decision.explanation.clone(),

@@ -2,21 +2,20 @@
 
 use chrono::{DateTime, Utc};
 
-use super::ops::{at, get, time};
+use super::ops::{at, get, time, word};
 use super::{
     AnswerKind, AnswerRecord, NewAnswer, NewSuppression, Store, StoreError, SuppressionRecord,
-    on_backend, parse_word, query_failed,
+    on_backend, query_failed,
 };
 
 macro_rules! answer_from_row {
     ($row:expr) => {{
         let row = $row;
         let what = "answer";
-        let kind: String = get(row, what, "kind")?;
         AnswerRecord {
             id: get(row, what, "id")?,
             incident: get(row, what, "incident_id")?,
-            kind: parse_word(what, &kind, AnswerKind::parse)?,
+            kind: word(row, "answers", "kind")?,
             by: get(row, what, "answered_by")?,
             at: time(row, what, "at")?,
             note: get(row, what, "note")?,

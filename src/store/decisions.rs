@@ -4,10 +4,10 @@ use sqlx::Row;
 use sqlx::types::Json;
 
 use super::ops::{
-    at, get, is_foreign_key_violation, optional, optional_time, serde_word, time, unfenced,
+    at, get, is_foreign_key_violation, optional, optional_time, optional_word, time, unfenced, word,
 };
 use super::{DecisionRecord, Store, StoreError, on_backend, query_failed};
-use crate::engine::decision::Decision;
+use crate::engine::decision::{Decision, Guard};
 use crate::engine::policy::Policy;
 
 macro_rules! decision_from_row {
@@ -20,11 +20,11 @@ macro_rules! decision_from_row {
             incident: get(row, what, "incident_id")?,
             target: get(row, what, "target")?,
             at: time(row, what, "at")?,
-            action: get(row, what, "action")?,
-            tier: get(row, what, "tier")?,
+            action: word(row, "decisions", "action")?,
+            tier: word(row, "decisions", "tier")?,
             rule: get(row, what, "rule")?,
-            cause: get(row, what, "cause")?,
-            guard: get(row, what, "guard")?,
+            cause: word(row, "decisions", "cause")?,
+            guard: optional_word(row, "decisions", "guard")?,
             explanation: get(row, what, "explanation")?,
             reading: reading.map(|r| r.0),
             deadline: optional_time(row, what, "deadline")?,
@@ -56,7 +56,6 @@ impl Store {
             })?)),
             None => None,
         };
-        let cause = serde_word(decision.cause, || format!("{:?}", decision.cause));
         let inserted = on_backend!(self, pool => {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO decisions (incident_id, target, at, action, tier, rule, cause, guard, \
@@ -69,11 +68,11 @@ impl Store {
             .bind(incident)
             .bind(target.to_string())
             .bind(at(decision.at))
-            .bind(decision.action.name())
-            .bind(decision.tier.name())
+            .bind(decision.action.as_str())
+            .bind(decision.tier.as_str())
             .bind(decision.rule.clone())
-            .bind(cause)
-            .bind(decision.guard.as_ref().map(|g| g.name()))
+            .bind(decision.cause.as_str())
+            .bind(decision.guard.map(Guard::as_str))
             .bind(decision.explanation.clone())
             .bind(reading)
             .bind(optional(decision.deadline))

@@ -3,34 +3,31 @@
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::ops::{at, get, is_unique_violation, optional, optional_time, time, unfenced};
+use super::ops::{
+    at, get, is_unique_violation, optional, optional_time, optional_word, time, unfenced, word,
+};
 use super::{
-    IncidentKind, IncidentOutcome, IncidentPhase, IncidentRecord, IncidentState, IncidentTimeline,
-    NewIncident, Store, StoreError, UnfinishedIncident, on_backend, parse_word, query_failed,
+    IncidentOutcome, IncidentPhase, IncidentRecord, IncidentState, IncidentTimeline, NewIncident,
+    Store, StoreError, UnfinishedIncident, on_backend, query_failed,
 };
 
 macro_rules! incident_from_row {
     ($row:expr) => {{
         let row = $row;
         let what = "incident";
-        let kind: String = get(row, what, "kind")?;
-        let phase: String = get(row, what, "phase")?;
-        let outcome: Option<String> = get(row, what, "outcome")?;
+        let outcome: Option<IncidentOutcome> = optional_word(row, "incidents", "outcome")?;
         let resolved_at = optional_time(row, what, "resolved_at")?;
         let state = match (resolved_at, outcome) {
-            (Some(at), Some(outcome)) => IncidentState::Resolved {
-                at,
-                outcome: parse_word(what, &outcome, IncidentOutcome::parse)?,
-            },
+            (Some(at), Some(outcome)) => IncidentState::Resolved { at, outcome },
             _ => IncidentState::Active {
-                phase: parse_word(what, &phase, IncidentPhase::parse)?,
+                phase: word(row, "incidents", "phase")?,
             },
         };
         IncidentRecord {
             id: get(row, what, "id")?,
             target: get(row, what, "target")?,
-            kind: parse_word(what, &kind, IncidentKind::parse)?,
-            tier: get(row, what, "tier")?,
+            kind: word(row, "incidents", "kind")?,
+            tier: word(row, "incidents", "tier")?,
             rule: get(row, what, "rule")?,
             reason: get(row, what, "reason")?,
             component: get(row, what, "component")?,
@@ -64,7 +61,7 @@ impl Store {
             )
             .bind(incident.target.clone())
             .bind(incident.kind.as_str())
-            .bind(incident.tier.clone())
+            .bind(incident.tier.as_str())
             .bind(incident.rule.clone())
             .bind(incident.reason.clone())
             .bind(incident.component.clone())

@@ -6,10 +6,8 @@ use sqlx::types::Json;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::time::StoredTime;
-use super::{
-    DeploymentRecord, DeploymentSource, NewDeployment, Store, StoreError, on_backend, parse_word,
-    query_failed,
-};
+use super::{DeploymentRecord, NewDeployment, Store, StoreError, on_backend, query_failed};
+use crate::text_enum::TextEnum;
 
 /// One column of a row, or a `Corrupt` error naming what was being read.
 pub(super) fn get<'r, R, T>(row: &'r R, what: &'static str, column: &str) -> Result<T, StoreError>
@@ -50,6 +48,69 @@ where
     get::<R, Option<StoredTime>>(row, what, column).map(|t| t.map(|t| t.0))
 }
 
+/// A stored word read back into its enum. A word outside the enum's set is
+/// `UnknownWord` naming the table, column, row and value: a corrupt row,
+/// never a default.
+pub(super) fn word<'r, R, T>(
+    row: &'r R,
+    table: &'static str,
+    column: &'static str,
+) -> Result<T, StoreError>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    T: TextEnum,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let text: String = get(row, table, column)?;
+    parse_word(row, table, column, text)
+}
+
+/// `word` for a column that may be NULL.
+pub(super) fn optional_word<'r, R, T>(
+    row: &'r R,
+    table: &'static str,
+    column: &'static str,
+) -> Result<Option<T>, StoreError>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    T: TextEnum,
+    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let text: Option<String> = get(row, table, column)?;
+    text.map(|text| parse_word(row, table, column, text))
+        .transpose()
+}
+
+fn parse_word<'r, R, T>(
+    row: &'r R,
+    table: &'static str,
+    column: &'static str,
+    text: String,
+) -> Result<T, StoreError>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    T: TextEnum,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    T::parse(&text).ok_or_else(|| StoreError::UnknownWord {
+        table,
+        column,
+        row: row.try_get("id").unwrap_or(-1),
+        value: text,
+        what: T::WHAT,
+        expected: T::all()
+            .iter()
+            .map(|v| v.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
 pub(super) fn at(at: DateTime<Utc>) -> StoredTime {
     StoredTime(at)
 }
@@ -62,7 +123,6 @@ macro_rules! deployment_from_row {
     ($row:expr) => {{
         let row = $row;
         let what = "deployment";
-        let source: String = get(row, what, "source")?;
         let migrations: Json<Vec<String>> = get(row, what, "migrations")?;
         DeploymentRecord {
             id: get(row, what, "id")?,
@@ -72,7 +132,7 @@ macro_rules! deployment_from_row {
             migrations: migrations.0,
             at: time(row, what, "at")?,
             rollback: get(row, what, "is_rollback")?,
-            source: parse_word(what, &source, DeploymentSource::parse)?,
+            source: word(row, "deployments", "source")?,
         }
     }};
 }
@@ -93,17 +153,6 @@ pub(super) fn is_unique_violation(error: &sqlx::Error) -> bool {
 
 pub(super) fn is_foreign_key_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(e) if e.is_foreign_key_violation())
-}
-
-/// A serde value's word (`RuleFired` → `rule-fired`).
-pub(super) fn serde_word(
-    value: impl serde::Serialize,
-    fallback: impl FnOnce() -> String,
-) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(word)) => word,
-        _ => fallback(),
-    }
 }
 
 impl Store {

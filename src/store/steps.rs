@@ -4,18 +4,16 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::types::Json;
 
-use super::ops::{at, get, is_foreign_key_violation, optional_time, time, unfenced};
+use super::ops::{at, get, is_foreign_key_violation, optional_time, time, unfenced, word};
 use super::{
-    NewStep, StepEnd, StepOutcome, StepRecord, StepStage, Store, StoreError, keep_tail, on_backend,
-    parse_word, query_failed,
+    NewStep, StepEnd, StepOutcome, StepRecord, Store, StoreError, keep_tail, on_backend,
+    query_failed,
 };
 
 macro_rules! step_from_row {
     ($row:expr) => {{
         let row = $row;
         let what = "step";
-        let stage: String = get(row, what, "stage")?;
-        let outcome: String = get(row, what, "outcome")?;
         let argv: Json<Vec<String>> = get(row, what, "argv")?;
         let duration_ms: Option<i64> = get(row, what, "duration_ms")?;
         let timeout_ms: Option<i64> = get(row, what, "timeout_ms")?;
@@ -23,12 +21,12 @@ macro_rules! step_from_row {
             id: get(row, what, "id")?,
             incident: get(row, what, "incident_id")?,
             name: get(row, what, "name")?,
-            stage: parse_word(what, &stage, StepStage::parse)?,
+            stage: word(row, "steps", "stage")?,
             component: get(row, what, "component")?,
             argv: argv.0,
             started_at: time(row, what, "started_at")?,
             ended_at: optional_time(row, what, "ended_at")?,
-            outcome: parse_word(what, &outcome, StepOutcome::parse)?,
+            outcome: word(row, "steps", "outcome")?,
             exit_code: get(row, what, "exit_code")?,
             detail: get(row, what, "detail")?,
             stdout: get(row, what, "stdout")?,

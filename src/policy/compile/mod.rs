@@ -25,6 +25,7 @@ use crate::policy::notify::{DEFAULT_ESCALATE_AFTER, NotifyConfig};
 use crate::procedure::command::CommandSpec;
 use crate::procedure::config::{Procedure, Stage};
 use crate::sources::config::{CheckConfig, DEFAULT_CHECK_TIMEOUT, HealthConfig, SourceConfig};
+use crate::text_enum::TextEnum;
 use crate::units::{HumanDuration, format_duration};
 
 /// A problem: where it is in the (substituted) text and what it says.
@@ -342,6 +343,18 @@ fn lookup_name<T: Copy>(
         );
     }
     found
+}
+
+/// `lookup_name` for an enum written as words (`text_enum!`): `listed` in
+/// the order a message names them.
+fn lookup_word<T: TextEnum>(
+    problems: &mut Problems,
+    value: &Spanned<String>,
+    what: &str,
+    listed: &[T],
+) -> Option<T> {
+    let names: Vec<(&str, T)> = listed.iter().map(|v| (v.as_str(), *v)).collect();
+    lookup_name(problems, value, what, &names)
 }
 
 /// `unknown tier "consder", expected one of immediate, consider, watch, ignore; did you mean "consider"?`

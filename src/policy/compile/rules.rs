@@ -10,7 +10,7 @@ use super::{
     DEFAULT_BASELINE_WINDOW_SECS, DEFAULT_BLIND_AFTER_SECS, DEFAULT_CONFIDENCE,
     DEFAULT_COOLDOWN_SECS, DEFAULT_INTERVAL_SECS, DEFAULT_MIN_REQUESTS, DEFAULT_MIN_SAMPLES,
     DEFAULT_MIN_USERS, DEFAULT_PAGE_TIMEOUT_SECS, DEFAULT_RECENT_DEPLOY_WINDOW_SECS,
-    DEFAULT_RESOLVE_AFTER_SECS, Problems, at_least_interval, lookup_name, non_empty, positive,
+    DEFAULT_RESOLVE_AFTER_SECS, Problems, at_least_interval, lookup_word, non_empty, positive,
     unknown_name_message,
 };
 use crate::engine::policy::{
@@ -19,6 +19,18 @@ use crate::engine::policy::{
 use crate::engine::signals::MAX_CHECKS;
 use crate::policy::raw::{RawActions, RawBaseline, RawEvaluation, RawRule};
 use crate::units::{HumanDuration, Ratio, format_duration};
+
+/// The tiers in the order messages list them: strongest first.
+const TIERS: [Tier; 4] = [Tier::Immediate, Tier::Consider, Tier::Watch, Tier::Ignore];
+
+/// The actions in the order messages list them.
+const ACTIONS: [Action; 5] = [
+    Action::Rollback,
+    Action::Page,
+    Action::PageThenRollback,
+    Action::Notify,
+    Action::None,
+];
 
 pub(super) fn compile_evaluation(
     problems: &mut Problems,
@@ -103,7 +115,7 @@ pub(super) fn compile_baseline(
     let raw = raw.unwrap_or_default();
     let quantile = match raw.quantile {
         None => Quantile::P95,
-        Some(q) => lookup_name(problems, &q, "quantile", &Quantile::ALL).unwrap_or(Quantile::P95),
+        Some(q) => lookup_word(problems, &q, "quantile", Quantile::ALL).unwrap_or(Quantile::P95),
     };
     let window = match raw.window {
         None => TimeDelta::seconds(DEFAULT_BASELINE_WINDOW_SECS),
@@ -115,16 +127,8 @@ pub(super) fn compile_baseline(
         .map(|f| positive(problems, f, "fixed baseline").num_milliseconds() as f64);
     let mode = match raw.mode {
         None => BaselineMode::PreDeploy,
-        Some(m) => lookup_name(
-            problems,
-            &m,
-            "baseline",
-            &[
-                ("pre-deploy", BaselineMode::PreDeploy),
-                ("fixed", BaselineMode::Fixed),
-            ],
-        )
-        .unwrap_or(BaselineMode::PreDeploy),
+        Some(m) => lookup_word(problems, &m, "baseline", BaselineMode::ALL)
+            .unwrap_or(BaselineMode::PreDeploy),
     };
     if mode == BaselineMode::Fixed && fixed_ms.is_none() {
         problems.add(
@@ -146,19 +150,14 @@ pub(super) fn compile_actions(
     escalate_after: std::time::Duration,
 ) -> Actions {
     let raw = raw.unwrap_or_default();
-    let mut action =
-        |value: Option<Spanned<String>>, default: Action, allowed: &[(&str, Action)]| {
-            value
-                .and_then(|v| lookup_name(problems, &v, "action", allowed))
-                .unwrap_or(default)
-        };
-    let immediate = action(raw.immediate, Action::Rollback, &Action::ALL);
-    let consider = action(raw.consider, Action::Page, &Action::ALL);
-    let watch = action(
-        raw.watch,
-        Action::None,
-        &[("none", Action::None), ("notify", Action::Notify)],
-    );
+    let mut action = |value: Option<Spanned<String>>, default: Action, allowed: &[Action]| {
+        value
+            .and_then(|v| lookup_word(problems, &v, "action", allowed))
+            .unwrap_or(default)
+    };
+    let immediate = action(raw.immediate, Action::Rollback, &ACTIONS);
+    let consider = action(raw.consider, Action::Page, &ACTIONS);
+    let watch = action(raw.watch, Action::None, &[Action::None, Action::Notify]);
     let page_timeout = raw
         .page_timeout
         .map_or(TimeDelta::seconds(DEFAULT_PAGE_TIMEOUT_SECS), |t| {
@@ -185,7 +184,7 @@ pub(super) fn compile_rule(
 ) -> Option<Rule> {
     let before = problems.0.len();
     let name = non_empty(problems, raw.name.clone(), "rule name");
-    let tier = lookup_name(problems, &raw.tier, "tier", &Tier::ALL);
+    let tier = lookup_word(problems, &raw.tier, "tier", &TIERS);
     let signal_name = raw.signal.get_ref().as_str();
     if !Signal::NAMES.contains(&signal_name) {
         problems.add(
