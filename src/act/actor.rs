@@ -25,6 +25,7 @@ use crate::store::{
 
 use super::failpoint;
 use super::procedure::{self, Context, Ended};
+use crate::notify::dedupe::DedupeKey;
 use crate::notify::{deliver, message};
 
 type Say = Arc<dyn Fn(&str) + Send + Sync>;
@@ -227,7 +228,10 @@ impl Actor {
         ));
         let notifications = message.addressed(
             self.target.notify.as_ref(),
-            &format!("{}:database-unreachable:{key}", self.name),
+            &DedupeKey::DatabaseUnreachable {
+                target: self.name.clone(),
+                told: key,
+            },
         );
         deliver::send_without_outbox(self.target.notify.as_ref(), &notifications).await;
     }
@@ -833,7 +837,10 @@ impl Actor {
                 self.tell(
                     None,
                     decision,
-                    &format!("{}:page:{}", self.name, decision.at.timestamp_micros()),
+                    &DedupeKey::PageWithoutIncident {
+                        target: self.name.clone(),
+                        at: decision.at,
+                    },
                 )
                 .await;
             }
@@ -853,10 +860,10 @@ impl Actor {
                     ));
                 }
                 // "Notify team" comes before the first step.
-                let key = format!(
-                    "incident:{id}:rollback-notice:{}",
-                    decision.at.timestamp_micros()
-                );
+                let key = DedupeKey::RollbackNotice {
+                    incident: id,
+                    at: decision.at,
+                };
                 if !self.tell(Some(id), decision, &key).await {
                     return refuse(format!(
                         "not rolling back: the notice to the team cannot be stored in {}",
@@ -903,7 +910,7 @@ impl Actor {
                         .set_incident_phase(id, IncidentPhase::Watching, decision.at, until)
                         .await,
                 );
-                self.tell(Some(id), decision, &format!("incident:{id}:rolled-back"))
+                self.tell(Some(id), decision, &DedupeKey::RolledBack { incident: id })
                     .await;
             }
             (_, Cause::Stable) => self.ended(id, decision, IncidentOutcome::Stable).await,
@@ -915,7 +922,7 @@ impl Actor {
                         .set_incident_phase(id, IncidentPhase::Escalated, decision.at, None)
                         .await,
                 );
-                self.tell(Some(id), decision, &format!("incident:{id}:escalation"))
+                self.tell(Some(id), decision, &DedupeKey::Escalation { incident: id })
                     .await;
                 if self.until_done == Some(id) {
                     self.done = Some(IncidentEnd::Escalated);
@@ -936,7 +943,7 @@ impl Actor {
                         message.subject
                     ));
                 }
-                self.tell(Some(id), decision, &format!("incident:{id}:unanswered"))
+                self.tell(Some(id), decision, &DedupeKey::Unanswered { incident: id })
                     .await;
             }
             (Action::Page | Action::PageThenRollback, _) => {
@@ -951,7 +958,10 @@ impl Actor {
                 self.tell(
                     Some(id),
                     decision,
-                    &format!("incident:{id}:{}", decision.action.as_str()),
+                    &DedupeKey::Page {
+                        incident: id,
+                        action: decision.action,
+                    },
                 )
                 .await;
             }
@@ -966,7 +976,10 @@ impl Actor {
                 self.tell(
                     Some(id),
                     decision,
-                    &format!("incident:{id}:notice:{}", decision.at.timestamp_micros()),
+                    &DedupeKey::Notice {
+                        incident: id,
+                        at: decision.at,
+                    },
                 )
                 .await;
             }
@@ -985,7 +998,7 @@ impl Actor {
     }
 
     async fn ended(&mut self, id: i64, decision: &Decision, outcome: IncidentOutcome) {
-        self.tell(Some(id), decision, &format!("incident:{id}:resolved"))
+        self.tell(Some(id), decision, &DedupeKey::Resolved { incident: id })
             .await;
         self.write(
             "resolve the incident",
@@ -1086,7 +1099,7 @@ impl Actor {
 
     /// Puts the decision's message in the outbox, once per channel its kind
     /// is routed to; false when it cannot be stored.
-    async fn tell(&self, incident: Option<i64>, decision: &Decision, key: &str) -> bool {
+    async fn tell(&self, incident: Option<i64>, decision: &Decision, key: &DedupeKey) -> bool {
         let policy = &self.target.policy;
         let Some(message) =
             message::for_decision(policy, decision, incident, self.store.database())

@@ -13,6 +13,7 @@ use crate::act::procedure::Context;
 use crate::console::say;
 use crate::engine::decision::{Cause, Decision};
 use crate::engine::policy::{Action, Tier};
+use crate::notify::dedupe::DedupeKey;
 use crate::notify::message;
 use crate::policy::Compiled;
 use crate::runtime::target;
@@ -204,7 +205,10 @@ pub async fn rollback(request: RollbackRequest<'_>) -> Result<(), Failure> {
         notice.body = message::text_body(&notice.details, now);
         for row in notice.addressed(
             target.notify.as_ref(),
-            &format!("incident:{id}:rollback:{}", now.timestamp_micros()),
+            &DedupeKey::ManualRollback {
+                incident: id,
+                at: now,
+            },
         ) {
             store
                 .enqueue_notification(&row)
