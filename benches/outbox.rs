@@ -122,7 +122,7 @@ async fn main() {
         .open_incident(&NewIncident {
             target: TARGET.into(),
             kind: IncidentKind::Rule,
-            tier: "consider".into(),
+            tier: rollwatch::engine::policy::Tier::Consider,
             rule: "error-rate".into(),
             reason: String::new(),
             component: None,

@@ -17,5 +17,6 @@ pub mod server;
 pub mod sources;
 pub mod store;
 pub mod telemetry;
+pub mod text_enum;
 pub mod trace;
 pub mod units;

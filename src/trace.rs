@@ -125,11 +125,11 @@ pub fn parse_line(text: &str) -> Result<TraceItem, String> {
             let tier_name = line
                 .tier
                 .ok_or("declare needs \"tier\": \"immediate\" or \"consider\"")?;
-            let tier = Tier::ALL
-                .iter()
-                .find(|(name, _)| *name == tier_name)
-                .map(|(_, tier)| *tier)
-                .ok_or_else(|| format!("unknown tier \"{tier_name}\", expected immediate, consider, watch or ignore"))?;
+            let tier = Tier::parse(&tier_name).ok_or_else(|| {
+                format!(
+                    "unknown tier \"{tier_name}\", expected immediate, consider, watch or ignore"
+                )
+            })?;
             Event::Declare {
                 tier,
                 reason: line.reason.unwrap_or_else(|| "no reason given".into()),
@@ -200,7 +200,7 @@ pub fn to_line(item: &TraceItem) -> String {
                     reason,
                     component,
                 } => {
-                    line.tier = Some(tier.name().to_string());
+                    line.tier = Some(tier.as_str().to_string());
                     line.reason = Some(reason.clone());
                     line.component = component.clone();
                 }

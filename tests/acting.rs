@@ -355,7 +355,7 @@ async fn assert_complete_record(world: &World, incident: &IncidentRecord) {
         timeline
             .decisions
             .iter()
-            .any(|d| d.action == "rollback" && d.cause == "rule-fired"),
+            .any(|d| d.action.as_str() == "rollback" && d.cause.as_str() == "rule-fired"),
         "the rollback decision is kept: {:#?}",
         timeline.decisions
     );
@@ -645,9 +645,11 @@ async fn a_step_whose_runner_died_with_it_is_unknown_and_escalates() {
     );
     let decisions = store.decisions(incident.id).await.unwrap();
     assert!(
-        decisions.iter().any(|d| d.cause == "rollback-failed"
-            && d.action == "page"
-            && d.explanation.contains("not idempotent")),
+        decisions
+            .iter()
+            .any(|d| d.cause.as_str() == "rollback-failed"
+                && d.action.as_str() == "page"
+                && d.explanation.contains("not idempotent")),
         "{decisions:#?}"
     );
     store.close().await;
@@ -795,11 +797,14 @@ async fn killed_after_storing_the_rollbacks_start_it_is_never_run_and_escalates(
     assert!(
         decisions
             .iter()
-            .any(|d| d.cause == "rollback-failed" && d.action == "page"),
+            .any(|d| d.cause.as_str() == "rollback-failed" && d.action.as_str() == "page"),
         "{decisions:#?}"
     );
     assert_eq!(
-        decisions.iter().filter(|d| d.action == "rollback").count(),
+        decisions
+            .iter()
+            .filter(|d| d.action.as_str() == "rollback")
+            .count(),
         1,
         "never a second automatic rollback: {decisions:#?}"
     );
@@ -1107,7 +1112,7 @@ async fn an_overdue_drill_waits_for_an_open_incident_and_is_reported() {
         .open_incident(&rollwatch::store::NewIncident {
             target: "web/staging".into(),
             kind: IncidentKind::Rule,
-            tier: "consider".into(),
+            tier: rollwatch::engine::policy::Tier::Consider,
             rule: "error-rate".into(),
             reason: String::new(),
             component: None,

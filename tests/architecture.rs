@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// Bottom to top. A module may use the modules of its layer and the ones
 /// below; a new top-level module must be placed here.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("leaves", &["units", "secret", "console"]),
+    ("leaves", &["units", "secret", "console", "text_enum"]),
     ("the engine", &["engine"]),
     (
         "what the engine reads and writes",

@@ -24,7 +24,7 @@ fn incident(at: DateTime<Utc>) -> NewIncident {
     NewIncident {
         target: TARGET.to_string(),
         kind: IncidentKind::Rule,
-        tier: "consider".to_string(),
+        tier: rollwatch::engine::policy::Tier::Consider,
         rule: "error-rate".to_string(),
         reason: String::new(),
         component: None,

@@ -564,7 +564,7 @@ async fn a_manual_rollback_runs_the_procedure_with_the_reason_and_resolves_stabl
     assert!(
         decisions
             .iter()
-            .any(|d| d.action == "rollback" && d.explanation.contains("bad deploy")),
+            .any(|d| d.action.as_str() == "rollback" && d.explanation.contains("bad deploy")),
         "the human's decision is kept with its reason: {decisions:#?}"
     );
     store.close().await;
@@ -945,7 +945,7 @@ async fn stored_incident(world: &World, phase: IncidentPhase) -> i64 {
         .open_incident(&NewIncident {
             target: "web/staging".into(),
             kind: IncidentKind::Rule,
-            tier: "consider".into(),
+            tier: rollwatch::engine::policy::Tier::Consider,
             rule: "error-rate".into(),
             reason: String::new(),
             component: None,

@@ -121,7 +121,7 @@ async fn incident(store: &Store) -> i64 {
         .open_incident(&NewIncident {
             target: TARGET.into(),
             kind: IncidentKind::Rule,
-            tier: "consider".into(),
+            tier: rollwatch::engine::policy::Tier::Consider,
             rule: "error-rate".into(),
             reason: String::new(),
             component: None,
@@ -1292,7 +1292,7 @@ async fn a_silent_alertmanager_holds_no_email_up_while_its_alerts_are_refreshed(
             .open_incident(&NewIncident {
                 target: target.clone(),
                 kind: IncidentKind::Rule,
-                tier: "consider".into(),
+                tier: rollwatch::engine::policy::Tier::Consider,
                 rule: "error-rate".into(),
                 reason: String::new(),
                 component: None,

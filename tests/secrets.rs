@@ -104,7 +104,7 @@ async fn a_webhook_token_is_in_no_message_no_stored_row_and_no_log_line() {
         .open_incident(&NewIncident {
             target: TARGET.into(),
             kind: IncidentKind::Rule,
-            tier: "consider".into(),
+            tier: rollwatch::engine::policy::Tier::Consider,
             rule: "error-rate".into(),
             reason: String::new(),
             component: None,

@@ -101,7 +101,7 @@ fn new_incident(target: &str, kind: IncidentKind, at: DateTime<Utc>) -> NewIncid
     NewIncident {
         target: target.to_string(),
         kind,
-        tier: "immediate".to_string(),
+        tier: Tier::Immediate,
         rule: "error-rate".to_string(),
         reason: String::new(),
         component: Some("backend".to_string()),
@@ -626,7 +626,7 @@ async fn a_decision_round_trips_with_its_policy_hash(db: TestDb) {
         (d.action.as_str(), d.tier.as_str(), d.cause.as_str()),
         ("rollback", "immediate", "rule-fired")
     );
-    assert_eq!(d.guard.as_deref(), Some("cooldown"));
+    assert_eq!(d.guard.map(|g| g.as_str()), Some("cooldown"));
     assert_eq!(d.policy_sha256, policy.sha256);
     assert_eq!(d.policy_path, policy.path);
     assert_eq!(d.deadline, Some(secs(601)));
@@ -1136,4 +1136,63 @@ async fn a_claim_whose_lease_expired_can_be_taken_over_and_only_the_claimant_rec
         (stored.state, stored.attempts, stored.sent_at),
         (NotificationState::Sent, 2, Some(secs(301)))
     );
+}
+
+/// A word the store does not know (a newer rollwatch or a hand edit wrote
+/// it) is an error naming the table, column, row and value: never read as
+/// some default tier.
+#[tokio::test]
+async fn an_unknown_tier_in_a_stored_row_is_an_error_naming_the_row() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rollwatch.db");
+    let store = Store::open(path.to_str().unwrap()).await.unwrap();
+    let id = store
+        .open_incident(&new_incident(TARGET, IncidentKind::Rule, t0()))
+        .await
+        .unwrap();
+    store.close().await;
+
+    let url = format!("sqlite://{}", path.display());
+    let mut raw = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("PRAGMA ignore_check_constraints = ON")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE incidents SET tier = 'catastrophic' WHERE id = $1")
+        .bind(id)
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    raw.close().await.unwrap();
+
+    let store = Store::open(path.to_str().unwrap()).await.unwrap();
+    for error in [
+        store.incident(id).await.expect_err("the tier is unknown"),
+        store
+            .list_incidents(10)
+            .await
+            .expect_err("the tier is unknown"),
+    ] {
+        match &error {
+            StoreError::UnknownWord {
+                table,
+                column,
+                row,
+                value,
+                what,
+                ..
+            } => assert_eq!(
+                (*table, *column, *row, value.as_str(), *what),
+                ("incidents", "tier", id, "catastrophic", "tier")
+            ),
+            other => panic!("expected UnknownWord, got {other:?}"),
+        }
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!("incidents.tier of row {id}"))
+                && message.contains("\"catastrophic\""),
+            "{message}"
+        );
+    }
 }

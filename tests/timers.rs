@@ -182,7 +182,10 @@ async fn wait_until(at: DateTime<Utc>) {
 }
 
 fn by_cause<'a>(decisions: &'a [DecisionRecord], cause: &str) -> Vec<&'a DecisionRecord> {
-    decisions.iter().filter(|d| d.cause == cause).collect()
+    decisions
+        .iter()
+        .filter(|d| d.cause.as_str() == cause)
+        .collect()
 }
 
 /// 1 s polls, errors confirmed after 2 s, `actions` and `extra` as given,
@@ -249,7 +252,7 @@ url = "http://127.0.0.1:9/leads"
     let (incident, decisions) = world
         .wait_for("the page", |_, d| {
             d.iter()
-                .any(|d| d.action == "page" && d.cause == "rule-fired")
+                .any(|d| d.action.as_str() == "page" && d.cause.as_str() == "rule-fired")
         })
         .await;
     let paged_at = by_cause(&decisions, "rule-fired")[0].at;
@@ -281,7 +284,7 @@ url = "http://127.0.0.1:9/leads"
         "the escalation's recorded instant is the page's plus escalate_after\n{}",
         world.output()
     );
-    assert_eq!(escalation.action, "page");
+    assert_eq!(escalation.action.as_str(), "page");
     // The store keeps microseconds, the explanation the engine's own instant.
     assert!(
         escalation.explanation.contains(&format!(
@@ -382,7 +385,7 @@ async fn the_deadline_and_the_watch_end_at_their_stored_instants_across_restarts
     });
     let (incident, decisions) = world
         .wait_for("the page", |_, d| {
-            d.iter().any(|d| d.action == "page-then-rollback")
+            d.iter().any(|d| d.action.as_str() == "page-then-rollback")
         })
         .await;
     let page = by_cause(&decisions, "rule-fired")[0].clone();
@@ -402,7 +405,7 @@ async fn the_deadline_and_the_watch_end_at_their_stored_instants_across_restarts
         .await;
     let rollbacks: Vec<_> = decisions
         .iter()
-        .filter(|d| d.action == "rollback")
+        .filter(|d| d.action.as_str() == "rollback")
         .collect();
     assert_eq!(rollbacks.len(), 1, "{decisions:#?}");
     assert_eq!(
@@ -504,7 +507,7 @@ async fn the_clear_time_and_the_last_observation_are_stored(db: String) {
         .open_incident(&NewIncident {
             target: "timers-store/production".into(),
             kind: IncidentKind::Rule,
-            tier: "consider".into(),
+            tier: rollwatch::engine::policy::Tier::Consider,
             rule: "error-rate".into(),
             reason: String::new(),
             component: None,

@@ -25,6 +25,7 @@ use crate::store::{
 
 use super::failpoint;
 use super::procedure::{self, Context, Ended};
+use crate::notify::dedupe::DedupeKey;
 use crate::notify::{deliver, message};
 
 type Say = Arc<dyn Fn(&str) + Send + Sync>;
@@ -227,7 +228,10 @@ impl Actor {
         ));
         let notifications = message.addressed(
             self.target.notify.as_ref(),
-            &format!("{}:database-unreachable:{key}", self.name),
+            &DedupeKey::DatabaseUnreachable {
+                target: self.name.clone(),
+                told: key,
+            },
         );
         deliver::send_without_outbox(self.target.notify.as_ref(), &notifications).await;
     }
@@ -345,28 +349,16 @@ impl Actor {
                 continue;
             }
             let decisions = self.store.decisions(record.id).await?;
-            let stored = |d: &crate::store::DecisionRecord| {
-                let action = Action::ALL
-                    .iter()
-                    .find(|(n, _)| *n == d.action)
-                    .map(|(_, a)| *a);
-                (action, Cause::named(&d.cause))
-            };
             let announced = decisions
                 .iter()
-                .filter_map(|d| stored(d).0)
+                .map(|d| d.action)
                 .max()
                 .unwrap_or(Action::None);
             let paged_at = decisions
                 .iter()
-                .find(|d| match stored(d) {
-                    (Some(action), Some(cause)) => awaits_answer(action, cause),
-                    _ => false,
-                })
+                .find(|d| awaits_answer(d.action, d.cause))
                 .map(|d| d.at);
-            let unanswered_escalated = decisions
-                .iter()
-                .any(|d| d.cause == Cause::Unanswered.name());
+            let unanswered_escalated = decisions.iter().any(|d| d.cause == Cause::Unanswered);
             // An approve sets no flag in the store, but it is an answer.
             let approved = self
                 .store
@@ -397,7 +389,7 @@ impl Actor {
                 },
                 IncidentPhase::Escalated => Phase::Escalated,
             };
-            let tier = tier_named(&record.tier);
+            let tier = record.tier;
             let id = engine
                 .resume_incident(
                     now,
@@ -451,7 +443,7 @@ impl Actor {
                         decisions
                             .iter()
                             .rev()
-                            .find(|d| d.action == Action::Rollback.name())
+                            .find(|d| d.action == Action::Rollback)
                             .map_or_else(String::new, |d| d.explanation.clone())
                     } else {
                         record.reason.clone()
@@ -845,7 +837,10 @@ impl Actor {
                 self.tell(
                     None,
                     decision,
-                    &format!("{}:page:{}", self.name, decision.at.timestamp_micros()),
+                    &DedupeKey::PageWithoutIncident {
+                        target: self.name.clone(),
+                        at: decision.at,
+                    },
                 )
                 .await;
             }
@@ -865,10 +860,10 @@ impl Actor {
                     ));
                 }
                 // "Notify team" comes before the first step.
-                let key = format!(
-                    "incident:{id}:rollback-notice:{}",
-                    decision.at.timestamp_micros()
-                );
+                let key = DedupeKey::RollbackNotice {
+                    incident: id,
+                    at: decision.at,
+                };
                 if !self.tell(Some(id), decision, &key).await {
                     return refuse(format!(
                         "not rolling back: the notice to the team cannot be stored in {}",
@@ -915,7 +910,7 @@ impl Actor {
                         .set_incident_phase(id, IncidentPhase::Watching, decision.at, until)
                         .await,
                 );
-                self.tell(Some(id), decision, &format!("incident:{id}:rolled-back"))
+                self.tell(Some(id), decision, &DedupeKey::RolledBack { incident: id })
                     .await;
             }
             (_, Cause::Stable) => self.ended(id, decision, IncidentOutcome::Stable).await,
@@ -927,7 +922,7 @@ impl Actor {
                         .set_incident_phase(id, IncidentPhase::Escalated, decision.at, None)
                         .await,
                 );
-                self.tell(Some(id), decision, &format!("incident:{id}:escalation"))
+                self.tell(Some(id), decision, &DedupeKey::Escalation { incident: id })
                     .await;
                 if self.until_done == Some(id) {
                     self.done = Some(IncidentEnd::Escalated);
@@ -948,7 +943,7 @@ impl Actor {
                         message.subject
                     ));
                 }
-                self.tell(Some(id), decision, &format!("incident:{id}:unanswered"))
+                self.tell(Some(id), decision, &DedupeKey::Unanswered { incident: id })
                     .await;
             }
             (Action::Page | Action::PageThenRollback, _) => {
@@ -963,7 +958,10 @@ impl Actor {
                 self.tell(
                     Some(id),
                     decision,
-                    &format!("incident:{id}:{}", decision.action.name()),
+                    &DedupeKey::Page {
+                        incident: id,
+                        action: decision.action,
+                    },
                 )
                 .await;
             }
@@ -978,7 +976,10 @@ impl Actor {
                 self.tell(
                     Some(id),
                     decision,
-                    &format!("incident:{id}:notice:{}", decision.at.timestamp_micros()),
+                    &DedupeKey::Notice {
+                        incident: id,
+                        at: decision.at,
+                    },
                 )
                 .await;
             }
@@ -997,7 +998,7 @@ impl Actor {
     }
 
     async fn ended(&mut self, id: i64, decision: &Decision, outcome: IncidentOutcome) {
-        self.tell(Some(id), decision, &format!("incident:{id}:resolved"))
+        self.tell(Some(id), decision, &DedupeKey::Resolved { incident: id })
             .await;
         self.write(
             "resolve the incident",
@@ -1066,7 +1067,7 @@ impl Actor {
             } else {
                 IncidentKind::Rule
             },
-            tier: decision.tier.name().to_string(),
+            tier: decision.tier,
             rule: decision.rule.clone(),
             reason: String::new(),
             component: decision.component.clone(),
@@ -1098,7 +1099,7 @@ impl Actor {
 
     /// Puts the decision's message in the outbox, once per channel its kind
     /// is routed to; false when it cannot be stored.
-    async fn tell(&self, incident: Option<i64>, decision: &Decision, key: &str) -> bool {
+    async fn tell(&self, incident: Option<i64>, decision: &Decision, key: &DedupeKey) -> bool {
         let policy = &self.target.policy;
         let Some(message) =
             message::for_decision(policy, decision, incident, self.store.database())
@@ -1145,14 +1146,6 @@ fn told_key(decision: &Decision) -> String {
         Some(incident) => format!("incident:{incident}"),
         None => format!("rule:{}", decision.rule),
     }
-}
-
-/// A stored tier name; an unknown one (a newer rollwatch wrote it) is `consider`.
-pub fn tier_named(name: &str) -> Tier {
-    Tier::ALL
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map_or(Tier::Consider, |(_, t)| *t)
 }
 
 fn point(sample: &Sample) -> SamplePoint {

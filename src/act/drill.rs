@@ -37,7 +37,7 @@ pub async fn run(
         .open_incident(&NewIncident {
             target: name.clone(),
             kind: IncidentKind::Drill,
-            tier: Tier::Consider.name().into(),
+            tier: Tier::Consider,
             rule: "drill".into(),
             reason: format!("rollback drill by {operator}"),
             component: None,

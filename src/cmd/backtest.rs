@@ -98,8 +98,8 @@ fn write_decision(
             out,
             "{:<22} {:<19} {:<10} {:<20} {}",
             crate::engine::time_text(decision.at),
-            decision.action.name(),
-            decision.tier.name(),
+            decision.action.as_str(),
+            decision.tier.as_str(),
             decision.rule,
             decision.explanation
         ),

@@ -185,7 +185,7 @@ fn condition(policy: &Policy, rule: &Rule) -> String {
             };
             format!(
                 "{} latency (median over {window}, at least {min_samples} samples) more than {} above {baseline}, for {held}",
-                b.quantile.name(),
+                b.quantile.as_str(),
                 format_percent(*threshold)
             )
         }

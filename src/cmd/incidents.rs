@@ -91,9 +91,7 @@ async fn show(store: &Store, id: i64, format: OutputFormat) -> Result<(), Failur
                 "{at}  decision {} ({}{}): {}",
                 d.action,
                 d.cause,
-                d.guard
-                    .as_deref()
-                    .map_or_else(String::new, |g| format!(", guard {g}")),
+                d.guard.map_or_else(String::new, |g| format!(", guard {g}")),
                 d.explanation
             ),
             TimelineEntry::Step(s) => println!(

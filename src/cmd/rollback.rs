@@ -15,6 +15,7 @@ use crate::engine::decision::{Decision, Guard, MANUAL_ROLLBACK_RULE};
 use crate::engine::input::Event;
 use crate::engine::policy::{Action, Tier};
 use crate::engine::{Deployment, Engine, Phase, Resumed};
+use crate::notify::dedupe::DedupeKey;
 use crate::notify::message;
 use crate::policy::Compiled;
 use crate::runtime::target;
@@ -158,7 +159,10 @@ pub async fn rollback(request: RollbackRequest<'_>) -> Result<(), Failure> {
         notice.body = message::text_body(&notice.details, now);
         for row in notice.addressed(
             target.notify.as_ref(),
-            &format!("incident:{id}:rollback:{}", now.timestamp_micros()),
+            &DedupeKey::ManualRollback {
+                incident: id,
+                at: now,
+            },
         ) {
             store
                 .enqueue_notification(&row)
@@ -253,10 +257,7 @@ fn decide(
                 now,
                 Resumed {
                     opened_at: open.opened_at,
-                    tier: Tier::ALL
-                        .iter()
-                        .find(|(name, _)| *name == open.tier)
-                        .map_or(Tier::Consider, |(_, tier)| *tier),
+                    tier: open.tier,
                     rule: open.rule.clone(),
                     component: open.component.clone(),
                     phase,
@@ -318,7 +319,7 @@ fn refusal(name: &str, open: Option<&IncidentRecord>, decision: &Decision) -> St
     };
     format!(
         "not rolling back {name} ({}): {}{incident}{force}",
-        decision.guard.as_ref().map_or("refused", Guard::name),
+        decision.guard.as_ref().map_or("refused", |g| g.as_str()),
         decision.explanation
     )
 }
@@ -335,7 +336,7 @@ async fn open_declared(
         .open_incident(&NewIncident {
             target: name.to_string(),
             kind: IncidentKind::Declared,
-            tier: Tier::Immediate.name().into(),
+            tier: Tier::Immediate,
             rule: MANUAL_ROLLBACK_RULE.into(),
             reason: request.reason.to_string(),
             component: request.component.map(str::to_string),

@@ -7,130 +7,70 @@ use serde::Serialize;
 use super::policy::{Action, Tier};
 use super::signals::Reading;
 use super::time_text;
+use crate::text_enum::text_enum;
 
 /// The rule a human's rollback by hand (`rollwatch rollback`) is decided
 /// and recorded under.
 pub const MANUAL_ROLLBACK_RULE: &str = "manual-rollback";
 
-/// Why the engine did not do what the tier's action asked for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Guard {
-    /// No deployment inside `recent_deploy_window`: a rollback would not fix it.
-    NoRecentDeploy,
-    /// The signal breached already before the deployment.
-    Preexisting,
-    /// A rollback is already running.
-    InProgress,
-    /// The previous rollback is too recent.
-    Cooldown,
-    /// The running version is itself a rollback.
-    RollbackOfRollback,
-    /// A known issue suppresses the rule.
-    KnownIssue,
-    /// A human holds the incident.
-    Held,
-    /// A human owns the incident.
-    Acknowledged,
-    /// The signal is no longer breaching.
-    Recovered,
-    /// No usable data.
-    NoData,
-}
-
-impl Guard {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Guard::NoRecentDeploy => "no-recent-deploy",
-            Guard::Preexisting => "preexisting",
-            Guard::InProgress => "in-progress",
-            Guard::Cooldown => "cooldown",
-            Guard::RollbackOfRollback => "rollback-of-rollback",
-            Guard::KnownIssue => "known-issue",
-            Guard::Held => "held",
-            Guard::Acknowledged => "acknowledged",
-            Guard::Recovered => "recovered",
-            Guard::NoData => "no-data",
-        }
+text_enum! {
+    /// Why the engine did not do what the tier's action asked for.
+    pub enum Guard ("guard") {
+        /// No deployment inside `recent_deploy_window`: a rollback would not fix it.
+        NoRecentDeploy => "no-recent-deploy",
+        /// The signal breached already before the deployment.
+        Preexisting => "preexisting",
+        /// A rollback is already running.
+        InProgress => "in-progress",
+        /// The previous rollback is too recent.
+        Cooldown => "cooldown",
+        /// The running version is itself a rollback.
+        RollbackOfRollback => "rollback-of-rollback",
+        /// A known issue suppresses the rule.
+        KnownIssue => "known-issue",
+        /// A human holds the incident.
+        Held => "held",
+        /// A human owns the incident.
+        Acknowledged => "acknowledged",
+        /// The signal is no longer breaching.
+        Recovered => "recovered",
+        /// No usable data.
+        NoData => "no-data",
     }
 }
 
-/// What led to a decision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Cause {
-    /// A rule held for its `for` time.
-    RuleFired,
-    /// A rule entered its watch band.
-    WatchBand,
-    /// A human declared an incident.
-    Declared,
-    /// A human approved a rollback.
-    Approved,
-    /// A human acknowledged the page.
-    Acknowledged,
-    /// A human held the incident.
-    Held,
-    /// A page-then-rollback deadline passed unanswered.
-    DeadlinePassed,
-    /// The rollback finished; the stabilization watch starts.
-    RollbackFinished,
-    /// The rollback procedure failed.
-    RollbackFailed,
-    /// A rule fired during the stabilization watch.
-    WatchFailed,
-    /// The stabilization watch ended without a firing rule.
-    Stable,
-    /// The incident's rules stayed clear for `resolve_after`.
-    Recovered,
-    /// No usable data for `blind_after` after a recent deployment.
-    Blind,
-    /// Nobody answered the incident's page within `escalate_after`: it goes
-    /// to the escalation contacts (once per incident).
-    Unanswered,
-}
-
-impl Cause {
-    pub const ALL: [Cause; 14] = [
-        Cause::RuleFired,
-        Cause::WatchBand,
-        Cause::Declared,
-        Cause::Approved,
-        Cause::Acknowledged,
-        Cause::Held,
-        Cause::DeadlinePassed,
-        Cause::RollbackFinished,
-        Cause::RollbackFailed,
-        Cause::WatchFailed,
-        Cause::Stable,
-        Cause::Recovered,
-        Cause::Blind,
-        Cause::Unanswered,
-    ];
-
-    /// The word it is serialized and stored as (`rule-fired`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Cause::RuleFired => "rule-fired",
-            Cause::WatchBand => "watch-band",
-            Cause::Declared => "declared",
-            Cause::Approved => "approved",
-            Cause::Acknowledged => "acknowledged",
-            Cause::Held => "held",
-            Cause::DeadlinePassed => "deadline-passed",
-            Cause::RollbackFinished => "rollback-finished",
-            Cause::RollbackFailed => "rollback-failed",
-            Cause::WatchFailed => "watch-failed",
-            Cause::Stable => "stable",
-            Cause::Recovered => "recovered",
-            Cause::Blind => "blind",
-            Cause::Unanswered => "unanswered",
-        }
-    }
-
-    /// The cause stored as `name`, if it is one.
-    pub fn named(name: &str) -> Option<Cause> {
-        Cause::ALL.into_iter().find(|c| c.name() == name)
+text_enum! {
+    /// What led to a decision.
+    pub enum Cause ("cause") {
+        /// A rule held for its `for` time.
+        RuleFired => "rule-fired",
+        /// A rule entered its watch band.
+        WatchBand => "watch-band",
+        /// A human declared an incident.
+        Declared => "declared",
+        /// A human approved a rollback.
+        Approved => "approved",
+        /// A human acknowledged the page.
+        Acknowledged => "acknowledged",
+        /// A human held the incident.
+        Held => "held",
+        /// A page-then-rollback deadline passed unanswered.
+        DeadlinePassed => "deadline-passed",
+        /// The rollback finished; the stabilization watch starts.
+        RollbackFinished => "rollback-finished",
+        /// The rollback procedure failed.
+        RollbackFailed => "rollback-failed",
+        /// A rule fired during the stabilization watch.
+        WatchFailed => "watch-failed",
+        /// The stabilization watch ended without a firing rule.
+        Stable => "stable",
+        /// The incident's rules stayed clear for `resolve_after`.
+        Recovered => "recovered",
+        /// No usable data for `blind_after` after a recent deployment.
+        Blind => "blind",
+        /// Nobody answered the incident's page within `escalate_after`: it goes
+        /// to the escalation contacts (once per incident).
+        Unanswered => "unanswered",
     }
 }
 

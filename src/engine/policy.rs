@@ -2,10 +2,9 @@
 //! from a TOML file; every value here has already been checked, so the engine
 //! never re-validates. Durations are `chrono::TimeDelta`, ratios are fractions.
 
-use std::fmt;
-
 use chrono::{DateTime, TimeDelta, Utc};
-use serde::Serialize;
+
+use crate::text_enum::text_enum;
 
 /// One target's policy: what to watch, how to judge it and what to do.
 #[derive(Clone, Debug)]
@@ -57,41 +56,25 @@ pub struct Baseline {
     pub mode: BaselineMode,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BaselineMode {
-    /// The same quantile before the latest deployment; `fixed_ms` when none is known.
-    PreDeploy,
-    /// Always `fixed_ms`.
-    Fixed,
+text_enum! {
+    pub enum BaselineMode ("baseline mode") {
+        /// The same quantile before the latest deployment; `fixed_ms` when none is known.
+        PreDeploy => "pre-deploy",
+        /// Always `fixed_ms`.
+        Fixed => "fixed",
+    }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Quantile {
-    P50,
-    P90,
-    P95,
-    P99,
+text_enum! {
+    pub enum Quantile ("quantile") {
+        P50 => "p50",
+        P90 => "p90",
+        P95 => "p95",
+        P99 => "p99",
+    }
 }
 
 impl Quantile {
-    pub const ALL: [(&'static str, Quantile); 4] = [
-        ("p50", Quantile::P50),
-        ("p90", Quantile::P90),
-        ("p95", Quantile::P95),
-        ("p99", Quantile::P99),
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Quantile::P50 => "p50",
-            Quantile::P90 => "p90",
-            Quantile::P95 => "p95",
-            Quantile::P99 => "p99",
-        }
-    }
-
     /// The quantile as a fraction, 0.95 for p95.
     pub fn fraction(self) -> f64 {
         match self {
@@ -128,70 +111,32 @@ impl Actions {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    Ignore,
-    Watch,
-    Consider,
-    Immediate,
-}
-
-impl Tier {
-    pub const ALL: [(&'static str, Tier); 4] = [
-        ("immediate", Tier::Immediate),
-        ("consider", Tier::Consider),
-        ("watch", Tier::Watch),
-        ("ignore", Tier::Ignore),
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Tier::Immediate => "immediate",
-            Tier::Consider => "consider",
-            Tier::Watch => "watch",
-            Tier::Ignore => "ignore",
-        }
+text_enum! {
+    /// Declared weakest first: `Ord` is strength.
+    #[derive(PartialOrd, Ord)]
+    pub enum Tier ("tier") {
+        Ignore => "ignore",
+        Watch => "watch",
+        Consider => "consider",
+        Immediate => "immediate",
     }
 }
 
-impl fmt::Display for Tier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+text_enum! {
+    /// What a decision asks for. Ordered by strength: a later decision in the
+    /// same incident is only announced when it asks for more than the earlier
+    /// ones did.
+    #[derive(PartialOrd, Ord)]
+    pub enum Action ("action") {
+        None => "none",
+        Notify => "notify",
+        Page => "page",
+        PageThenRollback => "page-then-rollback",
+        Rollback => "rollback",
     }
-}
-
-/// What a decision asks for. Ordered by strength: a later decision in the same
-/// incident is only announced when it asks for more than the earlier ones did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Action {
-    None,
-    Notify,
-    Page,
-    PageThenRollback,
-    Rollback,
 }
 
 impl Action {
-    pub const ALL: [(&'static str, Action); 5] = [
-        ("rollback", Action::Rollback),
-        ("page", Action::Page),
-        ("page-then-rollback", Action::PageThenRollback),
-        ("notify", Action::Notify),
-        ("none", Action::None),
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::Rollback => "rollback",
-            Action::Page => "page",
-            Action::PageThenRollback => "page-then-rollback",
-            Action::Notify => "notify",
-            Action::None => "none",
-        }
-    }
-
     /// True for actions that page a human.
     pub fn pages(self) -> bool {
         matches!(self, Action::Page | Action::PageThenRollback)
@@ -200,12 +145,6 @@ impl Action {
     /// True for actions that may end in an automatic rollback.
     pub fn may_roll_back(self) -> bool {
         matches!(self, Action::Rollback | Action::PageThenRollback)
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 

@@ -417,7 +417,7 @@ fn no_recent_deploy_pages_and_says_why() {
     sim.polls(20, errors(0.15));
     let first = &sim.decisions[0];
     assert_eq!(
-        (first.action, first.guard.clone()),
+        (first.action, first.guard),
         (Action::Page, Some(Guard::NoRecentDeploy))
     );
     assert!(
@@ -514,7 +514,7 @@ fn cooldown_stops_a_second_automatic_rollback() {
     sim.polls(20, errors(0.15));
     let last = sim.decisions.last().unwrap();
     assert_eq!(
-        (last.action, last.guard.clone()),
+        (last.action, last.guard),
         (Action::Page, Some(Guard::Cooldown)),
         "{:#?}",
         sim.decisions
@@ -733,7 +733,7 @@ fn a_breach_anywhere_in_the_baseline_window_makes_the_regression_preexisting() {
         .rfind(|d| d.cause == Cause::RuleFired)
         .unwrap();
     assert_eq!(
-        (last.action, last.guard.clone()),
+        (last.action, last.guard),
         (Action::Page, Some(Guard::Preexisting))
     );
     assert!(
@@ -1455,13 +1455,7 @@ fn a_resumed_incident_goes_on_counting_its_clear_time_without_the_downtime() {
 
 #[test]
 fn every_cause_is_stored_under_its_serde_word() {
-    for cause in Cause::ALL {
-        assert_eq!(
-            serde_json::to_value(cause).unwrap(),
-            serde_json::Value::String(cause.name().to_string())
-        );
-        assert_eq!(Cause::named(cause.name()), Some(cause));
-    }
+    crate::text_enum::assert_round_trips::<Cause>();
 }
 
 /// A human's rollback by hand, as `rollwatch rollback` hands it in.

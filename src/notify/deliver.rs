@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use futures_util::StreamExt;
 
 use super::channels::{self, SendError};
+use super::dedupe::DedupeKey;
 use super::message::{self, Details, LOG_CHANNEL, text_body};
 use crate::policy::notify::{Channel, ChannelKind, NotifyConfig};
 use crate::store::Fence;
@@ -571,7 +572,10 @@ impl Worker {
         let escalation = NewNotification {
             incident: failed.incident,
             kind: NotificationKind::Escalation,
-            dedupe_key: format!("undeliverable:{}:{channel}", failed.id),
+            dedupe_key: DedupeKey::Undeliverable {
+                notification: failed.id,
+            }
+            .for_channel(&channel),
             channel,
             recipients,
             subject: details.summary.clone(),

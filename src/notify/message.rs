@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+use super::dedupe::DedupeKey;
 use crate::engine::decision::{Cause, Decision};
 use crate::engine::policy::{Action, Policy};
 use crate::engine::time_text;
@@ -129,7 +130,7 @@ pub fn for_decision(
             match &decision.guard {
                 Some(guard) => format!(
                     "decide whether to roll back: rollwatch does not roll back automatically ({})",
-                    guard.name()
+                    guard.as_str()
                 ),
                 None => "decide whether to roll back (approve) or not (hold)".to_string(),
             },
@@ -172,8 +173,8 @@ pub fn for_decision(
         environment: policy.environment.clone(),
         target,
         rule: decision.rule.clone(),
-        tier: decision.tier.name().to_string(),
-        action: decision.action.name().to_string(),
+        tier: decision.tier.as_str().to_string(),
+        action: decision.action.as_str().to_string(),
         incident,
         deadline: decision.deadline,
         summary: subject.clone(),
@@ -212,8 +213,8 @@ pub fn unanswered_page(
         environment: policy.environment.clone(),
         target: format!("{}/{}", policy.service, policy.environment),
         rule: decision.rule.clone(),
-        tier: decision.tier.name().to_string(),
-        action: Action::Page.name().to_string(),
+        tier: decision.tier.as_str().to_string(),
+        action: Action::Page.as_str().to_string(),
         incident,
         deadline: decision.deadline,
         summary: subject.clone(),
@@ -249,14 +250,14 @@ pub fn database_unreachable(policy: &Policy, decision: &Decision, why: &str) -> 
         environment: policy.environment.clone(),
         target: format!("{}/{}", policy.service, policy.environment),
         rule: decision.rule.clone(),
-        tier: decision.tier.name().to_string(),
-        action: decision.action.name().to_string(),
+        tier: decision.tier.as_str().to_string(),
+        action: decision.action.as_str().to_string(),
         incident: None,
         deadline: None,
         summary: subject.clone(),
         recommendation: format!(
             "a human must decide whether to roll back: rollwatch decided \"{}\" but does not act without its database ({why})",
-            decision.action.name()
+            decision.action.as_str()
         ),
         commands: Vec::new(),
         explanation: decision.explanation.clone(),
@@ -361,7 +362,11 @@ impl Message {
     /// The outbox rows for this message: one per channel the policy routes
     /// its kind to (the log when the policy has no `[notify]`). `key` makes
     /// each idempotent: one incident, one page per channel.
-    pub fn addressed(&self, notify: Option<&NotifyConfig>, key: &str) -> Vec<NewNotification> {
+    pub fn addressed(
+        &self,
+        notify: Option<&NotifyConfig>,
+        key: &DedupeKey,
+    ) -> Vec<NewNotification> {
         let channels: Vec<(String, Vec<String>)> = match notify {
             None => vec![(LOG_CHANNEL.to_string(), Vec::new())],
             Some(config) => {
@@ -390,7 +395,7 @@ impl Message {
             .map(|(channel, recipients)| NewNotification {
                 incident: self.incident,
                 kind: self.kind,
-                dedupe_key: format!("{key}:{channel}"),
+                dedupe_key: key.for_channel(&channel),
                 channel,
                 recipients,
                 subject: self.subject.clone(),
@@ -414,7 +419,7 @@ pub fn dry_run_lines(
         return Vec::new();
     };
     let mut lines = Vec::new();
-    for row in message.addressed(notify, "dry-run") {
+    for row in message.addressed(notify, &DedupeKey::DryRun) {
         let to = if row.recipients.is_empty() {
             String::new()
         } else {

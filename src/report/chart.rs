@@ -12,6 +12,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::{ERROR_RATE, LATENCY, ReportError, ReportInput, StoredReading, readings};
+use crate::engine::policy::Action;
 use crate::store::{DecisionRecord, IncidentTimeline, SamplePoint, StepStage};
 use crate::units::format_percent;
 
@@ -193,10 +194,10 @@ fn markers(timeline: &IncidentTimeline, axis: &TimeAxis) -> Vec<Marker> {
         .iter()
         .map(|decision| Marker {
             x: axis.x(decision.at),
-            label: if decision.action == "none" {
-                decision.cause.clone()
+            label: if decision.action == Action::None {
+                decision.cause.to_string()
             } else {
-                decision.action.clone()
+                decision.action.to_string()
             },
         })
         .collect();

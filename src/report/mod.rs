@@ -20,6 +20,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use regex::Regex;
 use serde::Deserialize;
 
+use crate::engine::decision::Cause;
 use crate::store::{
     DecisionRecord, IncidentKind, IncidentState, IncidentTimeline, SamplePoint, StepOutcome,
     StepRecord, TimelineEntry,
@@ -93,7 +94,7 @@ fn write_summary(out: &mut String, timeline: &IncidentTimeline) {
         incident.id,
         inline(&incident.target),
         inline(&incident.rule),
-        inline(&incident.tier)
+        inline(incident.tier.as_str())
     ));
     let mut rows: Vec<(&str, String)> = vec![
         ("target", incident.target.clone()),
@@ -171,9 +172,9 @@ fn write_what_fired(out: &mut String, decisions: &[DecisionRecord], times: Times
             "- **{}** {} ({}, {} → {}): {}\n",
             times.show(decision.at),
             inline(&decision.rule),
-            inline(&decision.tier),
-            inline(&decision.cause),
-            inline(&decision.action),
+            inline(decision.tier.as_str()),
+            inline(decision.cause.as_str()),
+            inline(decision.action.as_str()),
             inline(&reading)
         ));
         for line in decision.explanation.lines() {
@@ -383,11 +384,11 @@ fn write_output_tail(out: &mut String, stream: &str, text: &str) {
 fn write_watch(out: &mut String, timeline: &IncidentTimeline) {
     out.push_str("\n## Stabilization watch\n\n");
     let incident = &timeline.incident;
-    let by_cause = |cause: &str| timeline.decisions.iter().find(|d| d.cause == cause);
-    let started = by_cause("rollback-finished");
-    let stable = by_cause("stable");
-    let failed = by_cause("watch-failed");
-    let rollback_failed = by_cause("rollback-failed");
+    let by_cause = |cause: Cause| timeline.decisions.iter().find(|d| d.cause == cause);
+    let started = by_cause(Cause::RollbackFinished);
+    let stable = by_cause(Cause::Stable);
+    let failed = by_cause(Cause::WatchFailed);
+    let rollback_failed = by_cause(Cause::RollbackFailed);
 
     if started.is_none() && incident.watch_until.is_none() {
         match rollback_failed {

@@ -4,6 +4,8 @@ use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use serde_json::json;
 
 use super::*;
+use crate::engine::decision::Guard;
+use crate::engine::policy::Tier;
 use crate::store::{
     AnswerKind, AnswerRecord, IncidentOutcome, IncidentPhase, IncidentRecord, NotificationKind,
     NotificationRecord, NotificationState, StepStage,
@@ -31,10 +33,10 @@ fn decision(
         incident: Some(17),
         target: "checkout/production".to_string(),
         at,
-        action: action.to_string(),
-        tier: "consider".to_string(),
+        action: action.parse().unwrap(),
+        tier: Tier::Consider,
         rule: rule.to_string(),
-        cause: cause.to_string(),
+        cause: cause.parse().unwrap(),
         guard: None,
         explanation: format!("{explanation} [{POLICY} sha256:{SHA}]"),
         reading: None,
@@ -108,7 +110,7 @@ fn timeline() -> IncidentTimeline {
         "latency-slow",
         "latency-slow (watch): latency 325ms is +30% against the pre-deploy baseline 250ms",
     );
-    slow.tier = "watch".to_string();
+    slow.tier = Tier::Watch;
     slow.reading = Some(json!({
         "signal": "latency-degradation", "verdict": "watch", "value": 0.3, "threshold": 0.5,
         "count": 20.0, "window_seconds": 300, "current_ms": 325.0,
@@ -122,7 +124,7 @@ fn timeline() -> IncidentTimeline {
         "error-rate-high",
         "acknowledged by alice; the automatic rollback due at 10:10:00 is cancelled",
     );
-    acked.guard = Some("acknowledged".to_string());
+    acked.guard = Some(Guard::Acknowledged);
     let rollback = decision(
         4,
         at(10, 4, 0),
@@ -227,7 +229,7 @@ fn timeline() -> IncidentTimeline {
             id: 17,
             target: "checkout/production".to_string(),
             kind: IncidentKind::Rule,
-            tier: "consider".to_string(),
+            tier: Tier::Consider,
             rule: "error-rate-high".to_string(),
             reason: String::new(),
             component: None,

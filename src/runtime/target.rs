@@ -148,8 +148,8 @@ pub async fn run_target(
                 last = Some(decision.clone());
                 let decision_labels = DecisionLabels {
                     target: name.clone(),
-                    action: decision.action.name().to_string(),
-                    tier: decision.tier.name().to_string(),
+                    action: decision.action.as_str().to_string(),
+                    tier: decision.tier.as_str().to_string(),
                 };
                 telemetry.decisions.get_or_create(&decision_labels).inc();
                 if passive {

@@ -496,11 +496,7 @@ async fn declare(State(api): Shared, headers: HeaderMap, bytes: Bytes) -> Reply 
     let d: DeclareBody = body(&bytes)?;
     // Only a tier that acts can be declared: `watch` and `ignore` would
     // open an incident that nothing ever acts on or ends.
-    let Some(tier) = Tier::ALL
-        .iter()
-        .find(|(n, _)| *n == d.tier)
-        .map(|(_, t)| *t)
-        .filter(|t| matches!(t, Tier::Immediate | Tier::Consider))
+    let Some(tier) = Tier::parse(&d.tier).filter(|t| matches!(t, Tier::Immediate | Tier::Consider))
     else {
         return Err(error(
             StatusCode::BAD_REQUEST,

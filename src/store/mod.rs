@@ -16,10 +16,14 @@
 //! `on_backend!` macro expands a query once per pool type. Instants are stored
 //! to the microsecond (`time.rs`).
 
+mod answers;
+mod decisions;
+mod incidents;
 mod model;
 mod ops;
 mod outbox;
 mod samples;
+mod steps;
 mod time;
 
 use std::path::Path;
@@ -76,6 +80,18 @@ pub enum StoreError {
     },
     #[error("a stored {what} is unreadable: {reason}")]
     Corrupt { what: &'static str, reason: String },
+    #[error(
+        "corrupt database: {table}.{column} of row {row} holds {value:?}, which is no {what} (expected one of {expected})"
+    )]
+    UnknownWord {
+        table: &'static str,
+        column: &'static str,
+        row: i64,
+        value: String,
+        /// The enum it should be (`tier`, `step outcome`).
+        what: &'static str,
+        expected: String,
+    },
     #[error("no incident {0}")]
     NoSuchIncident(i64),
     #[error("incident {0} is resolved and cannot change")]
@@ -482,18 +498,6 @@ fn query_failed(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreErr
     move |source| StoreError::Query { operation, source }
 }
 
-/// Reads a stored word back into its enumeration.
-fn parse_word<T>(
-    what: &'static str,
-    text: &str,
-    parse: impl FnOnce(&str) -> Option<T>,
-) -> Result<T, StoreError> {
-    parse(text).ok_or_else(|| StoreError::Corrupt {
-        what,
-        reason: format!("unknown value {text:?}"),
-    })
-}
-
 /// The last `STEP_OUTPUT_LIMIT` bytes of `text`, cut at a character boundary.
 fn keep_tail(text: &str) -> &str {
     if text.len() <= STEP_OUTPUT_LIMIT {
@@ -517,6 +521,54 @@ pub fn host_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each enum the store keeps as a word reads back as itself, and
+    /// serializes (API, `--format json`) as the same word.
+    #[test]
+    fn every_stored_word_round_trips() {
+        use crate::text_enum::assert_round_trips;
+        assert_round_trips::<crate::engine::policy::Tier>();
+        assert_round_trips::<crate::engine::policy::Action>();
+        assert_round_trips::<crate::engine::policy::Quantile>();
+        assert_round_trips::<crate::engine::policy::BaselineMode>();
+        assert_round_trips::<crate::engine::decision::Cause>();
+        assert_round_trips::<crate::engine::decision::Guard>();
+        assert_round_trips::<DeploymentSource>();
+        assert_round_trips::<IncidentKind>();
+        assert_round_trips::<IncidentPhase>();
+        assert_round_trips::<IncidentOutcome>();
+        assert_round_trips::<StepStage>();
+        assert_round_trips::<StepOutcome>();
+        assert_round_trips::<NotificationKind>();
+        assert_round_trips::<NotificationState>();
+        assert_round_trips::<AnswerKind>();
+    }
+
+    /// The words are the ones existing databases and the JSON contract hold.
+    #[test]
+    fn the_stored_words_are_unchanged() {
+        use crate::engine::decision::{Cause, Guard};
+        use crate::engine::policy::{Action, Tier};
+        let words = |all: &[&'static str]| all.join(" ");
+        assert_eq!(
+            words(&Tier::ALL.iter().map(|t| t.as_str()).collect::<Vec<_>>()),
+            "ignore watch consider immediate"
+        );
+        assert_eq!(
+            words(&Action::ALL.iter().map(|a| a.as_str()).collect::<Vec<_>>()),
+            "none notify page page-then-rollback rollback"
+        );
+        assert_eq!(
+            words(&Cause::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>()),
+            "rule-fired watch-band declared approved acknowledged held deadline-passed \
+             rollback-finished rollback-failed watch-failed stable recovered blind unanswered"
+        );
+        assert_eq!(
+            words(&Guard::ALL.iter().map(|g| g.as_str()).collect::<Vec<_>>()),
+            "no-recent-deploy preexisting in-progress cooldown rollback-of-rollback \
+             known-issue held acknowledged recovered no-data"
+        );
+    }
 
     #[test]
     fn a_password_never_appears_in_messages() {

@@ -1,49 +1,19 @@
 //! The values the store takes and gives back. Enumerations are stored as the
-//! kebab-case text their `as_str` returns (a CHECK constraint in each table
-//! lists the same words).
+//! words `text_enum!` gives them (`as_str`; a CHECK constraint in each table
+//! lists the same words); a stored word outside the set is a corrupt row.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-/// Defines a closed set of words stored as TEXT: `as_str` for writing, `parse`
-/// for reading (a word outside the set is a corrupt row).
-macro_rules! text_enum {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-        #[serde(rename_all = "kebab-case")]
-        pub enum $name {
-            $($(#[$vmeta])* $variant),+
-        }
-
-        impl $name {
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text),+
-                }
-            }
-
-            pub fn parse(text: &str) -> Option<$name> {
-                match text {
-                    $($text => Some($name::$variant),)+
-                    _ => None,
-                }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
+use crate::engine::decision::{Cause, Guard};
+use crate::engine::policy::{Action, Tier};
+use crate::text_enum::text_enum;
 
 text_enum! {
     /// How rollwatch learnt of a deployment.
-    DeploymentSource {
+    pub enum DeploymentSource ("deployment source") {
         /// `POST /api/v1/deployments` or a trace event.
         Announced => "announced",
         /// The running version changed.
@@ -55,7 +25,7 @@ text_enum! {
 
 text_enum! {
     /// What opened an incident.
-    IncidentKind {
+    pub enum IncidentKind ("incident kind") {
         /// A rule fired.
         Rule => "rule",
         /// A human declared it (`declare`, `rollback --reason`).
@@ -67,7 +37,7 @@ text_enum! {
 
 text_enum! {
     /// Where an unresolved incident stands in the runbook's procedure.
-    IncidentPhase {
+    pub enum IncidentPhase ("incident phase") {
         /// Paged or notified, or waiting for a page-then-rollback deadline.
         Open => "open",
         /// The rollback steps are running.
@@ -85,7 +55,7 @@ text_enum! {
 
 text_enum! {
     /// How an incident ended.
-    IncidentOutcome {
+    pub enum IncidentOutcome ("incident outcome") {
         /// The stabilization watch ended stable.
         Stable => "stable",
         /// The signals recovered without a rollback.
@@ -103,7 +73,7 @@ text_enum! {
 
 text_enum! {
     /// The runbook stage a step belongs to.
-    StepStage {
+    pub enum StepStage ("step stage") {
         Notify => "notify",
         Backup => "backup",
         Application => "application",
@@ -117,7 +87,7 @@ text_enum! {
 text_enum! {
     /// How a step ended. `Running` means its start is stored and its end is
     /// not: after a restart, such a step may or may not have run.
-    StepOutcome {
+    pub enum StepOutcome ("step outcome") {
         Running => "running",
         Succeeded => "succeeded",
         Failed => "failed",
@@ -130,7 +100,7 @@ text_enum! {
 
 text_enum! {
     /// What a notification is for.
-    NotificationKind {
+    pub enum NotificationKind ("notification kind") {
         Page => "page",
         Notice => "notice",
         Escalation => "escalation",
@@ -140,7 +110,7 @@ text_enum! {
 
 text_enum! {
     /// Where a notification stands in the outbox.
-    NotificationState {
+    pub enum NotificationState ("notification state") {
         /// Waiting for its first or next attempt (`next_attempt_at`).
         Pending => "pending",
         Sent => "sent",
@@ -151,7 +121,7 @@ text_enum! {
 
 text_enum! {
     /// A human's answer to an incident.
-    AnswerKind {
+    pub enum AnswerKind ("answer kind") {
         Ack => "ack",
         Hold => "hold",
         Approve => "approve",
@@ -188,8 +158,7 @@ pub struct DeploymentRecord {
 pub struct NewIncident {
     pub target: String,
     pub kind: IncidentKind,
-    /// The tier's name (`immediate`, `consider`, `watch`, `ignore`).
-    pub tier: String,
+    pub tier: Tier,
     /// The rule that opened it, or `declared` / `drill`.
     pub rule: String,
     /// A human's reason (declarations, manual rollbacks, drills); may be empty.
@@ -227,7 +196,7 @@ pub struct IncidentRecord {
     pub id: i64,
     pub target: String,
     pub kind: IncidentKind,
-    pub tier: String,
+    pub tier: Tier,
     pub rule: String,
     pub reason: String,
     pub component: Option<String>,
@@ -253,11 +222,11 @@ pub struct DecisionRecord {
     pub incident: Option<i64>,
     pub target: String,
     pub at: DateTime<Utc>,
-    pub action: String,
-    pub tier: String,
+    pub action: Action,
+    pub tier: Tier,
     pub rule: String,
-    pub cause: String,
-    pub guard: Option<String>,
+    pub cause: Cause,
+    pub guard: Option<Guard>,
     pub explanation: String,
     pub reading: Option<serde_json::Value>,
     pub deadline: Option<DateTime<Utc>>,

@@ -9,30 +9,27 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::types::Json;
 
-use super::ops::{get, optional_time, time};
+use super::ops::{get, optional_time, time, word};
 use super::time::StoredTime;
 use super::{
-    Enqueued, NewNotification, NotificationKind, NotificationRecord, NotificationState, Store,
-    StoreError, on_backend, parse_word, query_failed,
+    Enqueued, NewNotification, NotificationRecord, Store, StoreError, on_backend, query_failed,
 };
 
 macro_rules! notification_from_row {
     ($row:expr) => {{
         let row = $row;
         let what = "notification";
-        let kind: String = get(row, what, "kind")?;
-        let state: String = get(row, what, "state")?;
         let recipients: Json<Vec<String>> = get(row, what, "recipients")?;
         NotificationRecord {
             id: get(row, what, "id")?,
             incident: get(row, what, "incident_id")?,
-            kind: parse_word(what, &kind, NotificationKind::parse)?,
+            kind: word(row, "notifications", "kind")?,
             channel: get(row, what, "channel")?,
             recipients: recipients.0,
             subject: get(row, what, "subject")?,
             body: get(row, what, "body")?,
             dedupe_key: get(row, what, "dedupe_key")?,
-            state: parse_word(what, &state, NotificationState::parse)?,
+            state: word(row, "notifications", "state")?,
             attempts: get(row, what, "attempts")?,
             next_attempt_at: time(row, what, "next_attempt_at")?,
             last_error: get(row, what, "last_error")?,
