@@ -39,7 +39,7 @@ fn snapshot() -> TargetStatus {
         target: String::new(),
         policy: policy.path.clone(),
         sha256: policy.sha256.clone(),
-        mode: "acting",
+        mode: rollwatch::runtime::status::Mode::Acting,
         rules: engine.rule_status(),
         deployment: engine.deployment().cloned(),
         incident: engine.incident().cloned(),

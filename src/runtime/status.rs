@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::engine::decision::Decision;
 use crate::engine::{Deployment, Incident, RuleStatus};
 use crate::store::NotificationRecord;
+use crate::text_enum::text_enum;
 
 /// The source's health as the last poll saw it.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -22,13 +23,24 @@ pub struct SourceHealth {
     pub polls: u64,
 }
 
+text_enum! {
+    /// What a replica does with a target's decisions.
+    pub enum Mode ("mode") {
+        /// It owns the target and acts.
+        Acting => "acting",
+        /// It prints what it would do (`--dry-run`).
+        DryRun => "dry-run",
+        /// Another replica owns the target: it evaluates and acts on nothing.
+        Passive => "passive",
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct TargetStatus {
     pub target: String,
     pub policy: String,
     pub sha256: String,
-    /// `acting` or `dry-run`.
-    pub mode: &'static str,
+    pub mode: Mode,
     /// Every rule with its current reading against its threshold.
     pub rules: Vec<RuleStatus>,
     pub deployment: Option<Deployment>,

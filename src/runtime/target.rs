@@ -28,7 +28,7 @@ use crate::trace::TraceItem;
 use super::poll::{PollOutcome, Poller};
 use super::record::Recorder;
 use crate::act::actor::{Actor, Followup, IncidentEnd};
-use crate::runtime::status::{SourceHealth, StatusBoard, TargetStatus};
+use crate::runtime::status::{Mode, SourceHealth, StatusBoard, TargetStatus};
 
 /// Wall-clock time that never jumps: read once, then advanced by the monotonic
 /// clock. An NTP step can neither fire a page-then-rollback deadline early nor
@@ -407,9 +407,9 @@ pub async fn run_target(
                 policy: policy_path.clone(),
                 sha256: sha256.clone(),
                 mode: match (dry_run, leading) {
-                    (true, _) => "dry-run",
-                    (false, true) => "acting",
-                    (false, false) => "passive",
+                    (true, _) => Mode::DryRun,
+                    (false, true) => Mode::Acting,
+                    (false, false) => Mode::Passive,
                 },
                 rules,
                 deployment: engine.deployment().cloned(),

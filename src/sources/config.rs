@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::procedure::command::CommandSpec;
+use crate::text_enum::text_enum;
 
 use super::scrape::ScrapeMetrics;
 
@@ -43,21 +44,37 @@ pub struct Queries {
 
 impl Queries {
     /// (signal, query) for every configured numeric signal, `$interval` replaced.
-    pub fn numeric(&self, interval: &str) -> Vec<(&'static str, String)> {
+    pub fn numeric(&self, interval: &str) -> Vec<(PromSignal, String)> {
         [
-            ("requests", &self.requests),
-            ("errors", &self.errors),
-            ("latency_p50", &self.latency_p50),
-            ("latency_p90", &self.latency_p90),
-            ("latency_p95", &self.latency_p95),
-            ("latency_p99", &self.latency_p99),
-            ("users", &self.users),
-            ("users_affected", &self.users_affected),
-            ("up", &self.up),
+            (PromSignal::Requests, &self.requests),
+            (PromSignal::Errors, &self.errors),
+            (PromSignal::LatencyP50, &self.latency_p50),
+            (PromSignal::LatencyP90, &self.latency_p90),
+            (PromSignal::LatencyP95, &self.latency_p95),
+            (PromSignal::LatencyP99, &self.latency_p99),
+            (PromSignal::Users, &self.users),
+            (PromSignal::UsersAffected, &self.users_affected),
+            (PromSignal::Up, &self.up),
         ]
         .into_iter()
-        .filter_map(|(name, query)| Some((name, render(query.as_ref()?, interval))))
+        .filter_map(|(signal, query)| Some((signal, render(query.as_ref()?, interval))))
         .collect()
+    }
+}
+
+text_enum! {
+    /// What a numeric query measures: the observation field its value goes
+    /// into (`prometheus::set_signal`), named as the `[source.queries]` key.
+    pub enum PromSignal ("query signal") {
+        Requests => "requests",
+        Errors => "errors",
+        LatencyP50 => "latency_p50",
+        LatencyP90 => "latency_p90",
+        LatencyP95 => "latency_p95",
+        LatencyP99 => "latency_p99",
+        Users => "users",
+        UsersAffected => "users_affected",
+        Up => "up",
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Deserialize;
 
+use super::config::PromSignal;
 use super::http::{FetchError, get};
 use crate::engine::input::Observation;
 
@@ -212,18 +213,17 @@ pub fn single_value(series: &[Series]) -> Result<f64, String> {
 }
 
 /// Puts a query's value into the observation field its signal names.
-pub fn set_signal(observation: &mut Observation, signal: &str, value: f64) {
+pub fn set_signal(observation: &mut Observation, signal: &PromSignal, value: f64) {
     match signal {
-        "requests" => observation.requests = Some(value),
-        "errors" => observation.errors = Some(value),
-        "latency_p50" => observation.latency_ms.p50 = Some(value),
-        "latency_p90" => observation.latency_ms.p90 = Some(value),
-        "latency_p95" => observation.latency_ms.p95 = Some(value),
-        "latency_p99" => observation.latency_ms.p99 = Some(value),
-        "users" => observation.users = Some(value),
-        "users_affected" => observation.users_affected = Some(value),
-        "up" => observation.up = Some(value != 0.0),
-        other => tracing::warn!(signal = other, "unknown signal: value ignored"),
+        PromSignal::Requests => observation.requests = Some(value),
+        PromSignal::Errors => observation.errors = Some(value),
+        PromSignal::LatencyP50 => observation.latency_ms.p50 = Some(value),
+        PromSignal::LatencyP90 => observation.latency_ms.p90 = Some(value),
+        PromSignal::LatencyP95 => observation.latency_ms.p95 = Some(value),
+        PromSignal::LatencyP99 => observation.latency_ms.p99 = Some(value),
+        PromSignal::Users => observation.users = Some(value),
+        PromSignal::UsersAffected => observation.users_affected = Some(value),
+        PromSignal::Up => observation.up = Some(value != 0.0),
     }
 }
 
