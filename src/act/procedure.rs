@@ -420,7 +420,7 @@ async fn run_step(ctx: &Context, step: &Step) -> Result<(), String> {
     } else {
         Err(format!(
             "{} step {} failed: {detail}",
-            step.stage.name(),
+            step.stage.as_str(),
             step.name
         ))
     }

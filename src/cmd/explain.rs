@@ -238,7 +238,7 @@ pub fn explain_procedure(procedure: Option<&Procedure>) -> String {
     let mut out = String::from(
         "\nRollback procedure (full rollback; partial rollbacks run their component's steps):\n",
     );
-    for (_, stage) in Stage::ALL {
+    for &stage in Stage::ALL {
         let steps: Vec<String> = procedure
             .steps_for(stage, None)
             .map(|s| {
@@ -270,7 +270,7 @@ pub fn explain_procedure(procedure: Option<&Procedure>) -> String {
         } else {
             steps.join("; ")
         };
-        let _ = writeln!(out, "  {}: {listed}{note}", stage.name());
+        let _ = writeln!(out, "  {}: {listed}{note}", stage.as_str());
     }
     let components = procedure.components();
     if !components.is_empty() {

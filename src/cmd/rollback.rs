@@ -415,7 +415,7 @@ fn print_plan(ctx: &Context, name: &str) {
         }
         println!(
             "  {:<13} {:<24} {} (timeout {})",
-            step.stage.name(),
+            step.stage.as_str(),
             step.name,
             step.command.argv.join(" "),
             format_duration(TimeDelta::from_std(step.command.timeout).unwrap_or_default())

@@ -191,7 +191,7 @@ impl Engine {
         {
             return Some(LatencyBaseline {
                 ms,
-                source: "pre-deploy",
+                source: BaselineMode::PreDeploy,
             });
         }
         // Keep what is known when the new window is too thin: the previous
@@ -218,6 +218,6 @@ pub(super) fn history_capacity(policy: &Policy) -> usize {
 pub(super) fn fixed_baseline(policy: &Policy) -> Option<LatencyBaseline> {
     policy.baseline.fixed_ms.map(|ms| LatencyBaseline {
         ms,
-        source: "fixed",
+        source: BaselineMode::Fixed,
     })
 }

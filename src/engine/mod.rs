@@ -53,7 +53,7 @@ use deploy::{fixed_baseline, history_capacity};
 use explanation::version_text;
 use incident::ClearClock;
 use input::{Event, Observation};
-use policy::{Action, KnownIssue, Policy, Tier};
+use policy::{Action, BaselineMode, KnownIssue, Policy, Tier};
 use rules::RuleState;
 use signals::{History, LatencyBaseline, LatencyTrail, Reading, Sample};
 
@@ -378,7 +378,11 @@ impl Engine {
                 self.suppressions.push(issue.clone());
             }
         }
-        if self.baseline.as_ref().is_none_or(|b| b.source == "fixed") {
+        if self
+            .baseline
+            .as_ref()
+            .is_none_or(|b| b.source == BaselineMode::Fixed)
+        {
             self.baseline = fixed_baseline(&policy);
         }
         tracing::info!(

@@ -9,8 +9,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
 use super::input::Observation;
-use super::policy::{Policy, Quantile, Rule, Signal};
+use super::policy::{BaselineMode, Policy, Quantile, Rule, Signal};
 use super::stats::{median, wilson_lower_bound};
+use crate::text_enum::text_enum;
 use crate::units::{format_duration, format_percent};
 
 /// The parts of an observation the rules read, kept compactly (40 bytes): a
@@ -306,18 +307,19 @@ impl LatencyTrail {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LatencyBaseline {
     pub ms: f64,
-    /// "pre-deploy" (median over the window before the deployment) or "fixed".
-    pub source: &'static str,
+    /// Pre-deploy (median over the window before the deployment) or fixed.
+    pub source: BaselineMode,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Healthy,
-    /// Between `watch_above` and the threshold.
-    Watch,
-    Unhealthy,
-    Inconclusive,
+text_enum! {
+    /// What a reading says of its rule.
+    pub enum Verdict ("verdict") {
+        Healthy => "healthy",
+        /// Between `watch_above` and the threshold.
+        Watch => "watch",
+        Unhealthy => "unhealthy",
+        Inconclusive => "inconclusive",
+    }
 }
 
 /// What a rule read over its window: the value, the statistics behind it and
@@ -410,7 +412,7 @@ impl Reading {
                     self.current_ms.unwrap_or(0.0),
                     if value >= 0.0 { "+" } else { "" },
                     format_percent(value),
-                    baseline.map_or("unknown", |b| b.source),
+                    baseline.map_or("unknown", |b| b.source.as_str()),
                     baseline.map_or(0.0, |b| b.ms),
                     comparison(value, threshold),
                     format_percent(threshold),

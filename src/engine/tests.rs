@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use super::decision::{Cause, Decision, Guard};
 use super::input::{Event, LatencyQuantiles, Observation};
-use super::policy::{Action, Tier};
+use super::policy::{Action, BaselineMode, Tier};
 use super::signals::Verdict;
 use super::*;
 
@@ -348,7 +348,7 @@ fn latency_is_judged_against_the_pre_deploy_baseline() {
     let reading = sim.decisions[0].reading.as_ref().unwrap();
     assert_eq!(
         reading.baseline.as_ref().map(|b| (b.ms, b.source)),
-        Some((200.0, "pre-deploy"))
+        Some((200.0, BaselineMode::PreDeploy))
     );
     assert!((reading.value.unwrap() - 0.8).abs() < 1e-9);
 }
@@ -394,7 +394,7 @@ fn without_a_deploy_latency_uses_the_fixed_baseline() {
             .as_ref()
             .unwrap()
             .source,
-        "fixed"
+        BaselineMode::Fixed
     );
 }
 

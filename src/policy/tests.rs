@@ -494,11 +494,11 @@ fn the_readme_example_policy_with_a_procedure_compiles() {
     let compiled = compile_bytes("docs/policy.md", example.as_bytes(), no_env)
         .unwrap_or_else(|errors| panic!("the example policy in docs/policy.md: {errors}"));
     let procedure = compiled.procedure.expect("a procedure");
-    for (_, stage) in crate::procedure::config::Stage::ALL {
+    for &stage in crate::procedure::config::Stage::ALL {
         assert!(
             procedure.steps_for(stage, None).next().is_some(),
             "the example shows a {} step",
-            stage.name()
+            stage.as_str()
         );
     }
     assert_eq!(procedure.components(), ["frontend"]);

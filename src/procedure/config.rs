@@ -4,45 +4,25 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-
 use super::command::CommandSpec;
+use crate::text_enum::text_enum;
 
-/// The runbook's stages, in the order they run. `Recovery` runs only when a
-/// stage fails ("Failed Rollback Recovery").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stage {
-    /// "Create backup (if time permits)".
-    Backup,
-    /// "Application Rollback".
-    Application,
-    /// "Database Rollback (if needed)": only when the deployment carried
-    /// migrations and the policy allows it.
-    Database,
-    /// "Verification": health checks, error logs, smoke tests.
-    Verification,
-    /// "Failed Rollback Recovery": status, restart, restore the backup.
-    Recovery,
-}
-
-impl Stage {
-    pub const ALL: [(&'static str, Stage); 5] = [
-        ("backup", Stage::Backup),
-        ("application", Stage::Application),
-        ("database", Stage::Database),
-        ("verification", Stage::Verification),
-        ("recovery", Stage::Recovery),
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Backup => "backup",
-            Stage::Application => "application",
-            Stage::Database => "database",
-            Stage::Verification => "verification",
-            Stage::Recovery => "recovery",
-        }
+text_enum! {
+    /// The runbook's stages, in the order they run. `Recovery` runs only when a
+    /// stage fails ("Failed Rollback Recovery").
+    #[derive(PartialOrd, Ord)]
+    pub enum Stage ("stage") {
+        /// "Create backup (if time permits)".
+        Backup => "backup",
+        /// "Application Rollback".
+        Application => "application",
+        /// "Database Rollback (if needed)": only when the deployment carried
+        /// migrations and the policy allows it.
+        Database => "database",
+        /// "Verification": health checks, error logs, smoke tests.
+        Verification => "verification",
+        /// "Failed Rollback Recovery": status, restart, restore the backup.
+        Recovery => "recovery",
     }
 }
 

@@ -2,7 +2,7 @@
 
 use chrono::TimeDelta;
 
-use super::{Problems, env_names, lookup_name, non_empty, positive};
+use super::{Problems, env_names, lookup_word, non_empty, positive};
 use crate::policy::raw::RawProcedure;
 use crate::procedure::command::CommandSpec;
 use crate::procedure::config::{Procedure, Stage, Step};
@@ -29,7 +29,7 @@ pub(super) fn compile_procedure(problems: &mut Problems, raw: RawProcedure) -> P
                 format!("duplicate step \"{name}\", expected each step once"),
             );
         }
-        let stage = lookup_name(problems, &step.stage, "stage", &Stage::ALL);
+        let stage = lookup_word(problems, &step.stage, "stage", Stage::ALL);
         let command_span = step.command.span();
         let argv = step.command.into_inner();
         if argv.is_empty() || argv[0].trim().is_empty() {
