@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 mod reconcile;
 
@@ -43,6 +44,7 @@ use crate::runtime::record::Recorder;
 use crate::runtime::status::StatusBoard;
 use crate::runtime::target::{self, Input, Reload};
 use crate::server::Inboxes;
+use crate::server::ready::Readiness;
 use crate::store::Fence;
 use crate::store::Store;
 use crate::telemetry::{ReloadLabels, Telemetry};
@@ -75,6 +77,10 @@ pub struct Shared {
     pub recorder: Option<Recorder>,
     /// Cancelled on SIGTERM: every target stops.
     pub shutdown: CancellationToken,
+    /// Told when each target's loop has started.
+    pub readiness: Readiness,
+    /// The process's tasks: the loops, their procedures and drills.
+    pub tasks: TaskTracker,
 }
 
 /// A target loop that has ended, and how.
@@ -269,12 +275,16 @@ impl Fleet {
                 .with_delivery(Arc::clone(&shared.delivery))
                 .with_telemetry(Arc::clone(&shared.telemetry))
                 .with_owner(leadership.clone())
+                .with_tasks(shared.tasks.clone())
         });
+        let readiness = shared.readiness.clone();
+        let started = name.clone();
         let wiring = target::Wiring {
             status: Some(shared.status.clone()),
             inbox: Some(receiver),
             leadership,
             exit: Some(shared.shutdown.clone()),
+            started: Some(Box::new(move || readiness.loop_started(&started))),
         };
         let stop = shared.shutdown.child_token();
         self.running.insert(
@@ -292,7 +302,7 @@ impl Fleet {
         let (policy, notify) = (target.policy.clone(), target.notify.clone());
         let recorder = shared.recorder.clone();
         let telemetry = Arc::clone(&shared.telemetry);
-        self.tasks.spawn(async move {
+        let tracked = shared.tasks.track_future(async move {
             let result = target::run_target(
                 target,
                 recorder,
@@ -317,6 +327,7 @@ impl Fleet {
             .map(|_| ());
             Ended { name, id, result }
         });
+        self.tasks.spawn(tracked);
     }
 
     /// The next target loop to end (`None`: there are none).

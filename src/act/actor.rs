@@ -84,6 +84,9 @@ pub struct Actor {
     told_without_database: HashSet<String>,
     /// When to look at the drill schedule again.
     next_drill_check: Option<std::time::Instant>,
+    /// The process's tasks (its shutdown waits for them all); none: plain
+    /// tokio tasks.
+    tasks: Option<tokio_util::task::TaskTracker>,
 }
 
 /// How often `run` looks at the drill schedule.
@@ -134,6 +137,7 @@ impl Actor {
             owner: None,
             applied_answers: HashMap::new(),
             recorded_clear_since: None,
+            tasks: None,
         }
     }
 
@@ -147,6 +151,23 @@ impl Actor {
     pub fn with_owner(mut self, owner: Option<tokio::sync::watch::Receiver<bool>>) -> Actor {
         self.owner = owner;
         self
+    }
+
+    /// Procedures and drills are spawned on `tasks`.
+    pub fn with_tasks(mut self, tasks: tokio_util::task::TaskTracker) -> Actor {
+        self.tasks = Some(tasks);
+        self
+    }
+
+    /// Spawns `task` on the process's tracker, if any.
+    fn spawn<T: Send + 'static>(
+        &self,
+        task: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> JoinHandle<T> {
+        match &self.tasks {
+            Some(tasks) => tasks.spawn(task),
+            None => tokio::spawn(task),
+        }
     }
 
     /// Wakes `delivery` whenever a message is put in the outbox.
@@ -602,7 +623,7 @@ impl Actor {
             telemetry: self.telemetry.clone(),
             owner: self.owner.clone(),
         };
-        let handle = tokio::spawn(async move { procedure::execute(&ctx).await });
+        let handle = self.spawn(async move { procedure::execute(&ctx).await });
         self.running = Some(Running {
             engine_incident,
             handle,
@@ -776,7 +797,7 @@ impl Actor {
             Arc::clone(&self.target),
             Arc::clone(&self.say),
         );
-        self.drill = Some(tokio::spawn(async move {
+        self.drill = Some(self.spawn(async move {
             if let Err(error) = super::drill::run(&store, &target, say, "the drill schedule").await
             {
                 tracing::error!(%error, "the scheduled drill could not be recorded");

@@ -95,6 +95,7 @@ pub async fn run_target(
         mut inbox,
         mut leadership,
         exit,
+        started,
     } = wiring;
     let mut reload_error: Option<String> = None;
     let mut source = SourceHealth::default();
@@ -195,6 +196,9 @@ pub async fn run_target(
     // Spread many targets over the interval rather than polling them all at once.
     let mut next_poll = Instant::now() + jitter(interval, 0.5);
     let mut stopping = false;
+    if let Some(started) = started {
+        started();
+    }
     loop {
         if let Some(end) = actor.as_ref().and_then(Actor::done) {
             return Ok(Some(end));
@@ -464,6 +468,9 @@ pub struct Wiring {
     /// long it takes: its lock is released only after the loop ends, and a
     /// procedure must not run on unowned. On process exit the grace applies.
     pub exit: Option<CancellationToken>,
+    /// Called once the loop has set up and taken up what the store kept:
+    /// it has started (readiness).
+    pub started: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// What reaches a target loop from outside.
