@@ -1,4 +1,4 @@
-//! `--record FILE`: what was observed, written in the trace format of SPEC 9 as
+//! `--record FILE`: what was observed, written in the trace format (docs/trace-format.md) as
 //! it happens, so a live incident can be replayed with `backtest` later.
 
 use std::fs::File;
