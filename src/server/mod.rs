@@ -1,8 +1,8 @@
 //! The sidecar's HTTP side (docs/api.md): liveness, readiness, its own
 //! metrics, the status of every target, the stored incidents, and the write
 //! endpoints (deployments, answers, suppressions, declarations) behind a
-//! bearer token. Built by
-//! `app()` so tests can call it without a socket; `listen::serve` serves it
+//! bearer token. Built by `app()` so tests can call it without a socket;
+//! `listen::serve` serves it
 //! within limits on open connections and time.
 
 pub mod listen;
