@@ -2,8 +2,7 @@
 //! metrics, the status of every target, the stored incidents, and the write
 //! endpoints (deployments, answers, suppressions, declarations) behind a
 //! bearer token. Built by `app()` so tests can call it without a socket;
-//! `listen::serve` serves it
-//! within limits on open connections and time.
+//! `listen::serve` serves it within limits on open connections and time.
 
 pub mod listen;
 pub mod ready;
