@@ -81,6 +81,7 @@ fn main() {
             inputs: Default::default(),
             token: None,
             reads_need_token: false,
+            readiness: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let url = format!("http://{}/api/v1/status", listener.local_addr().expect("an address"));

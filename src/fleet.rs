@@ -1,5 +1,5 @@
-//! The targets `rollwatch run` watches, kept in step with the policy files
-//! (SPEC 4). `run` is given policy files and directories of them (each
+//! The targets `rollwatch run` watches, kept in step with the policy files.
+//! `run` is given policy files and directories of them (each
 //! `*.toml` in a directory is a target). Every `POLICY_CHECK`, and at once on
 //! SIGHUP, the files are looked at:
 //!
@@ -12,11 +12,15 @@
 //!   first, and an open incident stays stored, taken up again if the file
 //!   comes back. A file that now names another target is both.
 //!
+//! What a look at the files calls for is decided without IO by
+//! `reconcile::Ledger::reconcile`; this file lists and reads the files and
+//! carries its actions out (spawning and stopping loops, telling them).
+//!
 //! Only what a target's loop has ended gives up: its inbox, its status, its
 //! lock (another replica may act only once this one no longer can) and its
 //! gauges.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -24,6 +28,12 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+mod reconcile;
+
+pub use reconcile::target_name;
+use reconcile::{Action, Ledger, Look, Loop, Read, Scanned, Why};
 
 use crate::console::say;
 use crate::engine::time_text;
@@ -34,15 +44,13 @@ use crate::runtime::record::Recorder;
 use crate::runtime::status::StatusBoard;
 use crate::runtime::target::{self, Input, Reload};
 use crate::server::Inboxes;
+use crate::server::ready::Readiness;
 use crate::store::Fence;
 use crate::store::Store;
 use crate::telemetry::{ReloadLabels, Telemetry};
 
 /// How often policy files are looked at for edits.
 pub const POLICY_CHECK: Duration = Duration::from_secs(2);
-
-/// Checks in a row that must find a file gone before its target stops.
-const GONE_AFTER: u32 = 2;
 
 /// How long a policy edit may wait for room in a busy target's inbox.
 const HAND_OVER: Duration = Duration::from_secs(5);
@@ -69,6 +77,10 @@ pub struct Shared {
     pub recorder: Option<Recorder>,
     /// Cancelled on SIGTERM: every target stops.
     pub shutdown: CancellationToken,
+    /// Told when each target's loop has started.
+    pub readiness: Readiness,
+    /// The process's tasks: the loops, their procedures and drills.
+    pub tasks: TaskTracker,
 }
 
 /// A target loop that has ended, and how.
@@ -86,7 +98,7 @@ pub struct Fleet {
     directories: BTreeSet<PathBuf>,
     /// Directories that could not be listed at the last check (logged once).
     unlisted: BTreeSet<PathBuf>,
-    files: BTreeMap<PathBuf, PolicyFile>,
+    ledger: Ledger,
     running: HashMap<String, Running>,
     tasks: JoinSet<Ended>,
     next_id: u64,
@@ -134,27 +146,6 @@ fn scan(
     }
 }
 
-/// A policy file, as last looked at.
-#[derive(Default)]
-struct PolicyFile {
-    /// The target it defines (running, stopping, or waiting to start).
-    target: Option<String>,
-    /// The hash of its policy in force.
-    in_force: String,
-    /// The hash of the file as last read (a rejected edit is reported once).
-    last_seen: String,
-    /// Size and modification time when last read: unchanged, not read again.
-    stamp: Option<(u64, SystemTime)>,
-    /// Checks in a row that found it gone.
-    missing: u32,
-    /// Valid, waiting for the previous loop of its target to end.
-    waiting: Option<Box<Compiled>>,
-    /// Valid but refused: another file defines this target. Looked at again
-    /// once that file lets the target go (a renamed file: the new name is
-    /// seen while the old one is not yet counted gone).
-    wants: Option<String>,
-}
-
 struct Running {
     path: PathBuf,
     id: u64,
@@ -163,11 +154,6 @@ struct Running {
     /// Its file is gone or names another target: the loop is ending.
     stopping: bool,
     rules: Vec<String>,
-}
-
-/// The name a policy's target goes by: `service/environment`.
-pub fn target_name(target: &Compiled) -> String {
-    format!("{}/{}", target.policy.service, target.policy.environment)
 }
 
 /// The policy files of `given`: each file named, and each `*.toml` of each
@@ -215,14 +201,6 @@ fn file_stamp(path: &Path) -> Option<(u64, SystemTime)> {
     Some((metadata.len(), metadata.modified().ok()?))
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 impl Fleet {
     pub fn new(shared: Shared, given: Vec<PathBuf>) -> Fleet {
         let directories = given.iter().filter(|p| p.is_dir()).cloned().collect();
@@ -231,7 +209,7 @@ impl Fleet {
             given,
             directories,
             unlisted: BTreeSet::new(),
-            files: BTreeMap::new(),
+            ledger: Ledger::default(),
             running: HashMap::new(),
             tasks: JoinSet::new(),
             next_id: 0,
@@ -246,11 +224,7 @@ impl Fleet {
 
     /// Watches a target from a policy file read and validated at start.
     pub fn start(&mut self, path: &Path, target: Compiled) {
-        let file = self.files.entry(path.to_path_buf()).or_default();
-        file.target = Some(target_name(&target));
-        file.in_force = target.policy.sha256.clone();
-        file.last_seen = target.policy.sha256.clone();
-        file.stamp = file_stamp(path);
+        self.ledger.started(path, &target, file_stamp(path));
         self.spawn(path, target);
     }
 
@@ -301,12 +275,16 @@ impl Fleet {
                 .with_delivery(Arc::clone(&shared.delivery))
                 .with_telemetry(Arc::clone(&shared.telemetry))
                 .with_owner(leadership.clone())
+                .with_tasks(shared.tasks.clone())
         });
+        let readiness = shared.readiness.clone();
+        let started = name.clone();
         let wiring = target::Wiring {
             status: Some(shared.status.clone()),
             inbox: Some(receiver),
             leadership,
             exit: Some(shared.shutdown.clone()),
+            started: Some(Box::new(move || readiness.loop_started(&started))),
         };
         let stop = shared.shutdown.child_token();
         self.running.insert(
@@ -324,7 +302,7 @@ impl Fleet {
         let (policy, notify) = (target.policy.clone(), target.notify.clone());
         let recorder = shared.recorder.clone();
         let telemetry = Arc::clone(&shared.telemetry);
-        self.tasks.spawn(async move {
+        let tracked = shared.tasks.track_future(async move {
             let result = target::run_target(
                 target,
                 recorder,
@@ -349,6 +327,7 @@ impl Fleet {
             .map(|_| ());
             Ended { name, id, result }
         });
+        self.tasks.spawn(tracked);
     }
 
     /// The next target loop to end (`None`: there are none).
@@ -386,12 +365,7 @@ impl Fleet {
             "{} {name} is no longer watched",
             time_text(chrono::Utc::now())
         ));
-        let next = self.files.iter_mut().find_map(|(path, file)| {
-            (file.target.as_deref() == Some(name.as_str()))
-                .then(|| file.waiting.take().map(|t| (path.clone(), t)))
-                .flatten()
-        });
-        if let Some((path, target)) = next {
+        if let Some((path, target)) = self.ledger.handed_over(&name) {
             self.spawn(&path, *target);
         }
         Ok(())
@@ -433,17 +407,13 @@ impl Fleet {
             Some(ended) => ended,
             None => {
                 let (given, directories) = (self.given.clone(), self.directories.clone());
-                let known = self
-                    .files
-                    .iter()
-                    .map(|(path, file)| (path.clone(), file.stamp))
-                    .collect();
+                let known = self.ledger.stamps();
                 tokio::task::spawn_blocking(move || scan(&given, &directories, &known, forced))
             }
         };
         let Scan {
             unlisted,
-            mut seen,
+            seen,
             forced,
         } = match tokio::time::timeout(SCAN_TIMEOUT, &mut handle).await {
             Ok(Ok(scan)) => scan,
@@ -473,63 +443,117 @@ impl Fleet {
             }
             !back
         });
-        for path in seen.keys() {
-            if !self.files.contains_key(path) {
-                tracing::info!(policy = %path.display(), "new policy file");
-                self.files.insert(path.clone(), PolicyFile::default());
-            }
-        }
-        let known: Vec<PathBuf> = self.files.keys().cloned().collect();
-        for path in known {
-            let in_unlisted_dir = unlisted.iter().any(|(dir, _)| path.starts_with(dir));
-            if let Some(seen) = seen.remove(&path) {
-                self.look_at(&path, forced, seen).await;
-            } else if !in_unlisted_dir {
-                self.gone(&path);
-            }
+        let files = seen
+            .into_iter()
+            .map(|(path, Seen { stamp, read })| {
+                if !self.ledger.knows(&path) {
+                    tracing::info!(policy = %path.display(), "new policy file");
+                }
+                let read = match read {
+                    None => Read::Unchanged,
+                    Some(Ok(bytes)) => Read::Bytes(bytes),
+                    Some(Err(error)) if error.kind() == std::io::ErrorKind::NotFound => {
+                        Read::Missing
+                    }
+                    Some(Err(error)) => Read::Unreadable(error.to_string()),
+                };
+                (path, Look { stamp, read })
+            })
+            .collect();
+        let scanned = Scanned {
+            files,
+            unlisted: unlisted.into_iter().map(|(dir, _)| dir).collect(),
+            forced,
+        };
+        let loops = self
+            .running
+            .iter()
+            .map(|(name, r)| {
+                let (path, stopping) = (r.path.clone(), r.stopping);
+                (name.clone(), Loop { path, stopping })
+            })
+            .collect();
+        let actions = self.ledger.reconcile(&loops, scanned, |path, bytes| {
+            let file = path.display().to_string();
+            crate::policy::compile_bytes(&file, bytes, |name| std::env::var(name).ok())
+                .map_err(|errors| errors.to_string())
+        });
+        for action in actions {
+            self.carry_out(action).await;
         }
     }
 
-    /// The file is not there: on the `GONE_AFTER`th check in a row, its
-    /// target stops.
-    fn gone(&mut self, path: &Path) {
-        let Some(file) = self.files.get_mut(path) else {
-            return;
-        };
-        file.missing += 1;
-        if file.missing < GONE_AFTER {
-            return;
-        }
-        let Some(file) = self.files.remove(path) else {
-            return;
-        };
-        self.shared
-            .status
-            .set_rejected(&path.display().to_string(), None);
-        if let Some(name) = file.target {
-            self.released(&name);
-            let acting = if self.shared.dry_run {
-                ""
-            } else {
-                " (a running step finishes first; an open incident stays stored)"
-            };
-            say(&format!(
-                "{} {name}: policy file {} REMOVED: the target is no longer watched{acting}",
-                time_text(chrono::Utc::now()),
-                path.display()
-            ));
-            self.stop(&name, path);
-        }
-    }
-
-    /// No file defines `name` any more: a file refused because one did is
-    /// read again at the next check, and may take the target over.
-    fn released(&mut self, name: &str) {
-        for file in self.files.values_mut() {
-            if file.target.is_none() && file.wants.as_deref() == Some(name) {
-                file.wants = None;
-                file.stamp = None;
-                file.last_seen.clear();
+    /// Carries out one action of a reconciliation.
+    async fn carry_out(&mut self, action: Action) {
+        match action {
+            Action::Start { path, target } => self.spawn(&path, *target),
+            Action::Stop { name, path, why } => {
+                let now = time_text(chrono::Utc::now());
+                let shown = path.display();
+                match why {
+                    Why::Removed => {
+                        let acting = if self.shared.dry_run {
+                            ""
+                        } else {
+                            " (a running step finishes first; an open incident stays stored)"
+                        };
+                        say(&format!(
+                            "{now} {name}: policy file {shown} REMOVED: the target is no longer watched{acting}"
+                        ));
+                    }
+                    Why::Renamed(to) => say(&format!(
+                        "{now} {name}: policy file {shown} now names {to}: {name} is no longer watched from it"
+                    )),
+                }
+                self.stop(&name, &path);
+            }
+            Action::Reload { name, path, target } => self.reload(name, &path, *target).await,
+            Action::Restored { path, running } => {
+                self.shared
+                    .status
+                    .set_rejected(&path.display().to_string(), None);
+                if let Some(name) = running
+                    && let Some(running) = self.running.get(&name)
+                {
+                    let restored = Input::Reload(Reload::Restored);
+                    let _ = tokio::time::timeout(HAND_OVER, running.inbox.send(restored)).await;
+                    tracing::info!(target_name = %name, "the policy file is back to the policy in force");
+                }
+            }
+            Action::Clear { path } => self
+                .shared
+                .status
+                .set_rejected(&path.display().to_string(), None),
+            Action::Reject {
+                path,
+                target,
+                running,
+                reason,
+            } => {
+                let shown = path.display().to_string();
+                self.count(target.as_deref().unwrap_or(&shown), "failed");
+                let inbox = target
+                    .as_ref()
+                    .filter(|_| running)
+                    .and_then(|name| self.running.get(name))
+                    .map(|r| r.inbox.clone());
+                match (target, inbox) {
+                    (Some(name), Some(inbox)) => {
+                        say(&format!(
+                            "{} {name} POLICY EDIT REJECTED, the last good policy stays in force: {reason}",
+                            time_text(chrono::Utc::now()),
+                        ));
+                        let rejected = Input::Reload(Reload::Rejected(reason));
+                        let _ = tokio::time::timeout(HAND_OVER, inbox.send(rejected)).await;
+                    }
+                    _ => {
+                        say(&format!(
+                            "{} POLICY FILE REJECTED, it is not watched until it is valid: {reason}",
+                            time_text(chrono::Utc::now()),
+                        ));
+                        self.shared.status.set_rejected(&shown, Some(reason));
+                    }
+                }
             }
         }
     }
@@ -546,122 +570,9 @@ impl Fleet {
         }
     }
 
-    async fn look_at(&mut self, path: &Path, forced: bool, seen: Seen) {
-        let Seen { stamp, read } = seen;
-        let Some(file) = self.files.get_mut(path) else {
-            return;
-        };
-        let Some(read) = read else {
-            // Unchanged since it was last read.
-            file.missing = 0;
-            return;
-        };
-        let bytes = match read {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                self.gone(path);
-                return;
-            }
-            Err(error) => {
-                file.missing = 0;
-                file.stamp = stamp;
-                let seen = format!("unreadable: {error}");
-                if file.last_seen != seen || forced {
-                    file.last_seen = seen;
-                    let reason = format!("{}: cannot read the policy: {error}", path.display());
-                    self.reject(path, reason).await;
-                }
-                return;
-            }
-        };
-        file.missing = 0;
-        file.stamp = stamp;
-        let hash = sha256_hex(&bytes);
-        if !forced && hash == file.last_seen {
-            return;
-        }
-        file.last_seen = hash.clone();
-        if !forced && hash == file.in_force {
-            // A rejected edit undone: the policy in force is the file again.
-            self.restored(path).await;
-            return;
-        }
-        let file = path.display().to_string();
-        match crate::policy::compile_bytes(&file, &bytes, |name| std::env::var(name).ok()) {
-            Ok(compiled) => self.accept(path, compiled).await,
-            Err(errors) => self.reject(path, errors.to_string()).await,
-        }
-    }
-
-    /// A valid policy read from `path`: an edit of its target, or a target
-    /// to start.
-    async fn accept(&mut self, path: &Path, compiled: Compiled) {
-        let name = target_name(&compiled);
-        let shown = path.display().to_string();
-        let defined = self.files.get(path).and_then(|f| f.target.clone());
-        if let Some(current) = defined.as_deref()
-            && current != name
-        {
-            say(&format!(
-                "{} {current}: policy file {shown} now names {name}: {current} is no longer watched from it",
-                time_text(chrono::Utc::now())
-            ));
-            self.stop(current, path);
-            if let Some(file) = self.files.get_mut(path) {
-                file.target = None;
-                file.waiting = None;
-                file.in_force.clear();
-            }
-            self.released(current);
-        }
-        let Some(file) = self.files.get(path) else {
-            return;
-        };
-        if file.target.is_none() {
-            if let Some((other, _)) = self
-                .files
-                .iter()
-                .find(|(p, f)| *p != path && f.target.as_deref() == Some(name.as_str()))
-            {
-                let reason = format!(
-                    "{shown}: target {name} is already watched with {}; one policy file per target",
-                    other.display()
-                );
-                if let Some(file) = self.files.get_mut(path) {
-                    file.wants = Some(name.clone());
-                }
-                self.reject(path, reason).await;
-                return;
-            }
-            self.shared.status.set_rejected(&shown, None);
-            let sha256 = compiled.policy.sha256.clone();
-            let Some(file) = self.files.get_mut(path) else {
-                return;
-            };
-            file.wants = None;
-            file.target = Some(name.clone());
-            file.in_force = sha256;
-            if self.running.contains_key(&name) {
-                // Its previous loop is still ending: start once it has.
-                file.waiting = Some(Box::new(compiled));
-            } else {
-                self.spawn(path, compiled);
-            }
-            return;
-        }
-        if compiled.policy.sha256 == file.in_force {
-            return;
-        }
-        let Some(running) = self
-            .running
-            .get(&name)
-            .filter(|r| r.path == path && !r.stopping)
-        else {
-            // Waiting to start: the newest valid edit starts.
-            if let Some(file) = self.files.get_mut(path) {
-                file.in_force = compiled.policy.sha256.clone();
-                file.waiting = Some(Box::new(compiled));
-            }
+    /// Hands a valid edit to the loop of its target.
+    async fn reload(&mut self, name: String, path: &Path, compiled: Compiled) {
+        let Some(running) = self.running.get(&name) else {
             return;
         };
         let inbox = running.inbox.clone();
@@ -674,17 +585,13 @@ impl Fleet {
             inbox.send(Input::Reload(Reload::Apply(Box::new(compiled)))),
         )
         .await;
-        let Some(file) = self.files.get_mut(path) else {
-            return;
-        };
         if !matches!(handed, Ok(Ok(()))) {
             // Not taken: read it again at the next check.
             tracing::error!(target_name = %name, "the target did not take the policy edit; trying again at the next check");
-            file.stamp = None;
-            file.last_seen.clear();
+            self.ledger.retry(path);
             return;
         }
-        file.in_force = sha256.clone();
+        self.ledger.reloaded(path, &sha256);
         if let Some(routing) = &self.shared.routing {
             routing.update(&name, notify);
         }
@@ -695,57 +602,10 @@ impl Fleet {
         }
         self.count(&name, "ok");
         say(&format!(
-            "{} {name} policy {shown} reloaded: sha256:{short} is in force",
+            "{} {name} policy {} reloaded: sha256:{short} is in force",
             time_text(chrono::Utc::now()),
+            path.display()
         ));
-    }
-
-    /// The file holds the policy in force again: no rejection to show.
-    async fn restored(&mut self, path: &Path) {
-        self.shared
-            .status
-            .set_rejected(&path.display().to_string(), None);
-        let target = self.files.get(path).and_then(|f| f.target.clone());
-        if let Some(name) = target
-            && let Some(running) = self
-                .running
-                .get(&name)
-                .filter(|r| r.path == path && !r.stopping)
-        {
-            let restored = Input::Reload(Reload::Restored);
-            let _ = tokio::time::timeout(HAND_OVER, running.inbox.send(restored)).await;
-            tracing::info!(target_name = %name, "the policy file is back to the policy in force");
-        }
-    }
-
-    /// An edit (or a new file) that cannot be put in force.
-    async fn reject(&mut self, path: &Path, reason: String) {
-        let shown = path.display().to_string();
-        let target = self.files.get(path).and_then(|f| f.target.clone());
-        let running = target.as_ref().and_then(|name| {
-            self.running
-                .get(name)
-                .filter(|r| r.path == path && !r.stopping)
-                .map(|r| r.inbox.clone())
-        });
-        self.count(target.as_deref().unwrap_or(&shown), "failed");
-        match (target, running) {
-            (Some(name), Some(inbox)) => {
-                say(&format!(
-                    "{} {name} POLICY EDIT REJECTED, the last good policy stays in force: {reason}",
-                    time_text(chrono::Utc::now()),
-                ));
-                let rejected = Input::Reload(Reload::Rejected(reason));
-                let _ = tokio::time::timeout(HAND_OVER, inbox.send(rejected)).await;
-            }
-            _ => {
-                say(&format!(
-                    "{} POLICY FILE REJECTED, it is not watched until it is valid: {reason}",
-                    time_text(chrono::Utc::now()),
-                ));
-                self.shared.status.set_rejected(&shown, Some(reason));
-            }
-        }
     }
 
     fn count(&self, target: &str, result: &str) {

@@ -1348,3 +1348,93 @@ async fn wait_for_sidecars(world: &World, n: usize) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// GET `path` of the API at `base`: the status and the JSON body.
+async fn api_get(base: &str, path: &str) -> (u16, serde_json::Value) {
+    let response = rollwatch::sources::http::client()
+        .unwrap()
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// The first signal lets the held step finish: meanwhile `/readyz` is 503
+/// (shutting down), `/healthz` still answers and writes are refused. A
+/// second signal quits at once, with 128 + its number.
+async fn a_second_signal_quits_at_once_while_a_step_is_held(second: i32, code: i32) {
+    let world = World::new(None, "").await;
+    world.hold("rollback-app");
+    let mut rollwatch = world.start(&[]);
+    let base = common::process::wait_for_listen_address(&world.output);
+    world.bad_deploy().await;
+    world.wait_for_step("rollback-app").await;
+    assert_eq!(api_get(&base, "/readyz").await.0, 200, "{}", world.output());
+    let pid = rollwatch.0.as_ref().unwrap().id() as i32;
+    // SAFETY: a signal to the child this test started.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = api_get(&base, "/readyz").await;
+        if status == 503 {
+            assert_eq!(
+                body,
+                serde_json::json!({"ready": false, "reason": "shutting down"})
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body} {}", world.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let healthz = common::process::get_text(&format!("{base}/healthz")).await;
+    assert_eq!(healthz, "ok\n");
+    let write = rollwatch::sources::http::client()
+        .unwrap()
+        .post(format!("{base}/api/v1/deployments"))
+        .header("content-type", "application/json")
+        .body(r#"{"version": "v3"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status().as_u16(), 503, "writes are refused");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let child = rollwatch.0.as_mut().unwrap();
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal waits for the step: {}",
+        world.output()
+    );
+    // SAFETY: a signal to the child this test started.
+    unsafe {
+        libc::kill(pid, second);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a second signal quits at once: {}",
+            world.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(code), "{}", world.output());
+    rollwatch.0 = None;
+    world.release("rollback-app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_quits_at_once_with_143() {
+    a_second_signal_quits_at_once_while_a_step_is_held(libc::SIGTERM, 143).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigint_quits_at_once_with_130() {
+    a_second_signal_quits_at_once_while_a_step_is_held(libc::SIGINT, 130).await;
+}

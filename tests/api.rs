@@ -743,3 +743,30 @@ async fn a_policy_read_that_hangs_holds_nothing_up() {
     };
     assert!(exit.success(), "{exit:?}\n{}", sidecar.output());
 }
+
+/// `/readyz`: 503 with a reason until the policy is loaded, the store open
+/// and the target's loop started, then 200; `/healthz` stays the liveness
+/// probe. (503 while shutting down: tests/acting.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_ready_once_the_target_loop_has_started() {
+    let service = TestService::start().await;
+    let sidecar = Sidecar::start(&service.url(), None);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let ready = loop {
+        let (code, body) = sidecar.get("/readyz").await;
+        if code == 200 {
+            break body;
+        }
+        assert_eq!(code, 503, "{body}");
+        assert_eq!(body["ready"], false, "{body}");
+        assert!(body["reason"].is_string(), "{body}");
+        assert!(Instant::now() < deadline, "{body} {}", sidecar.output());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(ready, json!({"ready": true}));
+    // Ready it stays, polling.
+    common::process::wait_for_polls(&sidecar.base, 2, Duration::from_secs(30)).await;
+    assert_eq!(sidecar.get("/readyz").await, (200, json!({"ready": true})));
+    let healthz = common::process::get_text(&format!("{}/healthz", sidecar.base)).await;
+    assert_eq!(healthz, "ok\n");
+}

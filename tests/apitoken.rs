@@ -30,6 +30,7 @@ async fn start(token: Option<&str>, reads_need_token: bool) -> Server {
         inputs: Default::default(),
         token: token.map(str::to_string),
         reads_need_token,
+        readiness: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

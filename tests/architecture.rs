@@ -2,7 +2,9 @@
 //! `src/` uses only modules of its own layer or below, and no two of them
 //! depend on each other, directly or around a cycle. Test code (`tests.rs`
 //! files and `#[cfg(test)] mod tests`) may reach anywhere and is not read.
-//! Also: the engine does no IO (ARCHITECTURE.md).
+//! Also: no source file other than tests grows past 1,000 lines, the engine
+//! does no IO, and failpoints are compiled out of release builds
+//! (ARCHITECTURE.md).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -315,4 +317,21 @@ fn failpoints_are_compiled_out_of_release_builds() {
         !release.contains("debug-assertions"),
         "the release profile must not turn debug assertions on: {release}"
     );
+}
+
+#[test]
+fn no_source_file_other_than_tests_is_over_1000_lines() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut long: Vec<_> = files
+        .iter()
+        .filter(|f| !is_test_file(f))
+        .map(|f| {
+            let lines = std::fs::read_to_string(f).unwrap().lines().count();
+            (f.strip_prefix(src()).unwrap().display().to_string(), lines)
+        })
+        .filter(|(_, lines)| *lines > 1000)
+        .collect();
+    long.sort();
+    assert!(long.is_empty(), "split these files: {long:?}");
 }

@@ -48,6 +48,7 @@ async fn start(limits: Limits) -> Server {
         inputs: Default::default(),
         token: None,
         reads_need_token: false,
+        readiness: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();

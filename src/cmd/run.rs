@@ -1,7 +1,10 @@
 //! `rollwatch run`: the sidecar. Loads the policies (files or directories),
 //! opens the store, starts the fleet of target loops, leadership, the outbox
-//! and the API, and stops them in order on SIGTERM or SIGINT. `--dry-run`
-//! only prints what it would do.
+//! and the API, and stops them in order on SIGTERM or SIGINT: the target
+//! loops first (a running procedure step finishes), then leadership, the
+//! API (which answers `/readyz` 503 meanwhile) and the outbox; every task of
+//! the process is tracked and waited for. A second SIGTERM or SIGINT quits
+//! at once (exit code 143 or 130). `--dry-run` only prints what it would do.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,9 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{Failure, load_target, open_recorder};
 use crate::fleet::{self, Fleet};
+use crate::server::ready::Readiness;
 use crate::telemetry::Telemetry;
 
 pub async fn run(
@@ -21,6 +26,8 @@ pub async fn run(
     listen: SocketAddr,
     db: &str,
 ) -> Result<(), Failure> {
+    let readiness = Readiness::default();
+    let tasks = TaskTracker::new();
     // Every policy is read and validated before anything starts.
     let (files, unlisted) = fleet::policy_files(paths, &Default::default());
     if let Some((dir, error)) = unlisted.first() {
@@ -51,6 +58,7 @@ pub async fn run(
     if targets.is_empty() {
         eprintln!("warning: no policy files yet: nothing is watched until one appears");
     }
+    readiness.policies_loaded();
     let store = if dry_run {
         None
     } else {
@@ -68,6 +76,7 @@ pub async fn run(
         eprintln!("incidents are stored in {}", store.database());
         Some(store)
     };
+    readiness.store_open();
     let recorder = open_recorder(record)?;
     let shutdown = CancellationToken::new();
     let telemetry = Telemetry::new();
@@ -77,7 +86,7 @@ pub async fn run(
     let local = listener
         .local_addr()
         .map_err(|e| Failure::Runtime(e.into()))?;
-    eprintln!("serving /healthz, /metrics and /api/v1 on http://{local}");
+    eprintln!("serving /healthz, /readyz, /metrics and /api/v1 on http://{local}");
     let status = crate::runtime::status::StatusBoard::default();
     let inboxes = crate::server::Inboxes::default();
     let token = std::env::var("ROLLWATCH_API_TOKEN")
@@ -99,14 +108,16 @@ pub async fn run(
         inputs: inboxes.clone(),
         token,
         reads_need_token,
+        readiness: readiness.clone(),
     });
-    let server_shutdown = shutdown.clone();
-    let server = tokio::spawn(crate::server::listen::serve(
+    // The API answers until the target loops have stopped (`/readyz`: 503).
+    let serving = CancellationToken::new();
+    tasks.spawn(crate::server::listen::serve(
         listener,
         app,
         crate::server::listen::Limits::default(),
         Arc::clone(&telemetry),
-        server_shutdown,
+        serving.clone(),
     ));
     // Several replicas on one PostgreSQL: each target is acted on by the
     // replica holding its advisory lock; the others stay passive. The locks
@@ -120,11 +131,12 @@ pub async fn run(
                 .filter_map(|(_, t)| t.policy.evaluation.interval.to_std().ok())
                 .min()
                 .unwrap_or(Duration::from_secs(15));
-            Some(crate::ha::Leader::start(
-                store.clone(),
-                interval,
-                leadership.clone(),
-            ))
+            let leader = crate::ha::Leader::start(store.clone(), interval, leadership.clone());
+            if !targets.is_empty() {
+                let contended = leader.clone();
+                readiness.leadership(Arc::new(move || contended.rounds() > 0));
+            }
+            Some(leader)
         }
         _ => None,
     };
@@ -133,18 +145,15 @@ pub async fn run(
     let routing = store
         .as_ref()
         .map(|_| crate::notify::deliver::Routing::default());
-    let worker = match (&store, &routing) {
-        (Some(store), Some(routing)) => {
-            let worker = crate::notify::deliver::Worker::new(
-                store.clone(),
-                routing.clone(),
-                Arc::clone(&delivery),
-            )
-            .with_telemetry(Arc::clone(&telemetry));
-            Some(tokio::spawn(worker.run(shutdown.clone())))
-        }
-        _ => None,
-    };
+    if let (Some(store), Some(routing)) = (&store, &routing) {
+        let worker = crate::notify::deliver::Worker::new(
+            store.clone(),
+            routing.clone(),
+            Arc::clone(&delivery),
+        )
+        .with_telemetry(Arc::clone(&telemetry));
+        tasks.spawn(worker.run(shutdown.clone()));
+    }
     let mut fleet = Fleet::new(
         fleet::Shared {
             dry_run,
@@ -157,17 +166,19 @@ pub async fn run(
             delivery,
             recorder,
             shutdown: shutdown.clone(),
+            readiness: readiness.clone(),
+            tasks: tasks.clone(),
         },
         paths.to_vec(),
     );
+    readiness.expect_loops(targets.iter().map(|(_, t)| fleet::target_name(t)));
     for (path, target) in targets {
         fleet.start(&path, target);
     }
     // A target that stops is a target nobody watches: stop loudly, so the
     // supervisor (systemd, Kubernetes) restarts rollwatch.
     let mut failure: Option<anyhow::Error> = None;
-    let stop = wait_for_signal();
-    tokio::pin!(stop);
+    let mut signals = Signals::new();
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(fleet::POLICY_CHECK);
@@ -184,7 +195,7 @@ pub async fn run(
         #[cfg(not(unix))]
         let hup = std::future::pending::<Option<()>>();
         tokio::select! {
-            _ = &mut stop => {
+            _ = signals.next() => {
                 eprintln!("stopping");
                 break;
             }
@@ -203,14 +214,26 @@ pub async fn run(
             }
         }
     }
+    readiness.stopping();
     shutdown.cancel();
-    if let Some(error) = fleet.stop_all().await {
-        failure.get_or_insert(error);
-    }
-    leadership.cancel();
-    let _ = server.await;
-    if let Some(worker) = worker {
-        let _ = worker.await;
+    let drain = async {
+        let stopped = fleet.stop_all().await;
+        leadership.cancel();
+        serving.cancel();
+        tasks.close();
+        tasks.wait().await;
+        stopped
+    };
+    tokio::select! {
+        stopped = drain => {
+            if let Some(error) = stopped {
+                failure.get_or_insert(error);
+            }
+        }
+        signal = signals.next() => {
+            eprintln!("{} again: quitting at once", signal.name());
+            std::process::exit(signal.exit_code());
+        }
     }
     match failure {
         Some(error) => Err(Failure::Runtime(error)),
@@ -218,24 +241,81 @@ pub async fn run(
     }
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for SIGTERM; stopping on SIGINT only");
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+/// A signal that stops rollwatch.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    Interrupt,
+    Terminate,
+}
+
+impl Stop {
+    fn name(self) -> &'static str {
+        match self {
+            Stop::Interrupt => "SIGINT",
+            Stop::Terminate => "SIGTERM",
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    /// The exit code of a process ended by the signal: 128 + its number.
+    fn exit_code(self) -> i32 {
+        match self {
+            Stop::Interrupt => 130,
+            Stop::Terminate => 143,
+        }
+    }
+}
+
+/// SIGTERM and SIGINT, listened for once everything has started, until the
+/// process ends (a second one must not be missed).
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let term = signal(SignalKind::terminate())
+                .inspect_err(|error| {
+                    tracing::error!(%error, "cannot listen for SIGTERM; stopping on SIGINT only");
+                })
+                .ok();
+            let int = signal(SignalKind::interrupt())
+                .inspect_err(|error| tracing::error!(%error, "cannot listen for SIGINT"))
+                .ok();
+            Signals { term, int }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) -> Stop {
+        #[cfg(unix)]
+        {
+            async fn recv(signal: Option<&mut tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        if signal.recv().await.is_none() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = recv(self.int.as_mut()) => Stop::Interrupt,
+                () = recv(self.term.as_mut()) => Stop::Terminate,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Stop::Interrupt
+        }
+    }
 }

@@ -4,3 +4,4 @@ pub mod poll;
 pub mod record;
 pub mod status;
 pub mod target;
+pub mod target_loop;

@@ -1,10 +1,11 @@
-//! The sidecar's HTTP side (SPEC 8): liveness, its own metrics, the status of
-//! every target, the stored incidents, and the write endpoints (deployments,
-//! answers, suppressions, declarations) behind a bearer token. Built by
-//! `app()` so tests can call it without a socket; `listen::serve` serves it
-//! within limits on open connections and time.
+//! The sidecar's HTTP side (docs/api.md): liveness, readiness, its own
+//! metrics, the status of every target, the stored incidents, and the write
+//! endpoints (deployments, answers, suppressions, declarations) behind a
+//! bearer token. Built by `app()` so tests can call it without a socket;
+//! `listen::serve` serves it within limits on open connections and time.
 
 pub mod listen;
+pub mod ready;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -97,6 +98,8 @@ pub struct Api {
     /// loopback (`reads_need_token(address)`). `/healthz` and `/metrics`
     /// stay open for probes and Prometheus.
     pub reads_need_token: bool,
+    /// What `GET /readyz` answers; while shutting down, writes are refused.
+    pub readiness: ready::Readiness,
 }
 
 /// Whether the API's reads need the token on `address`, the bound one: they
@@ -109,6 +112,7 @@ pub fn reads_need_token(address: std::net::SocketAddr) -> bool {
 pub fn app(api: Api) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status))
         .route("/api/v1/incidents", get(incidents))
@@ -119,7 +123,28 @@ pub fn app(api: Api) -> Router {
         .route("/api/v1/declare", post(declare))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(close_after_refused_body))
+        .layer(axum::middleware::from_fn_with_state(
+            api.readiness.clone(),
+            refuse_writes_when_stopping,
+        ))
         .with_state(Arc::new(api))
+}
+
+/// Once shutting down, the target loops take no more events: a write would
+/// be accepted and then lost, so it is refused (503) instead.
+async fn refuse_writes_when_stopping(
+    State(readiness): State<ready::Readiness>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.method() == axum::http::Method::POST && readiness.is_stopping() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rollwatch is shutting down",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// A body refused as too large is not read to its end, so the connection
@@ -142,6 +167,18 @@ type Shared = State<Arc<Api>>;
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// 200 `{"ready": true}`, or 503 `{"ready": false, "reason": ...}`.
+async fn readyz(State(api): Shared) -> Response {
+    match api.readiness.check() {
+        Ok(()) => axum::Json(serde_json::json!({"ready": true})).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"ready": false, "reason": reason})),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(api): Shared) -> impl IntoResponse {
