@@ -30,7 +30,7 @@ pub trait TextEnum: Copy + Sized + 'static {
 
 /// Defines an enum whose variants are written as the given words:
 ///
-/// ```ignore
+/// ```text
 /// text_enum! {
 ///     /// What a notification is for.
 ///     #[derive(PartialOrd, Ord)]   // more derives, if wanted

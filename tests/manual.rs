@@ -987,7 +987,7 @@ async fn a_manual_rollback_of_an_open_incident_does_what_the_human_asked() {
         .await;
     // An open incident is a page waiting for its answer, not a rollback that
     // runs: the human's rollback is that answer, and it runs (README: refused
-    // only while another rollback runs). Exit codes (SPEC 10): 0 stable; a
+    // only while another rollback runs). Exit codes (README.md#commands): 0 stable; a
     // refusal would be 1 and a panic 101, neither of which is what was asked.
     assert!(!ran.stderr.contains("panicked"), "{}", ran.both());
     assert_eq!(ran.code, Some(0), "{}", ran.both());

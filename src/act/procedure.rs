@@ -287,13 +287,16 @@ async fn start_verification(ctx: &Context, probe_stored: bool) -> Result<(), Str
     let id = started(ctx, &new).await?;
     let began = Instant::now();
     let client = http::client().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    let (outcome, detail) = match http::status(&client, &health.url, health.timeout).await {
-        Ok(status) if status == health.expect_status => {
-            (StepOutcome::Succeeded, format!("status {status}"))
+    let (outcome, detail) = match health.probe(&client, None).await {
+        Ok(probed) if probed.healthy => {
+            (StepOutcome::Succeeded, format!("status {}", probed.status))
         }
-        Ok(status) => (
+        Ok(probed) => (
             StepOutcome::Failed,
-            format!("status {status}, expected {}", health.expect_status),
+            format!(
+                "status {}, expected {}",
+                probed.status, health.expect_status
+            ),
         ),
         Err(error) => (StepOutcome::Failed, format!("{error}")),
     };

@@ -1,4 +1,4 @@
-//! What rollwatch says (SPEC 7), built once per decision and stored in the
+//! What rollwatch says (docs/operations.md#telling-people), built once per decision and stored in the
 //! outbox per channel: a subject, a plain-text body, and structured details
 //! (labels for Alertmanager, fields for webhooks, the HTML of an email is
 //! rendered from the text).

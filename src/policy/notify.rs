@@ -1,4 +1,4 @@
-//! Where messages go (SPEC 7): the policy's channels and which kinds of
+//! Where messages go (docs/operations.md#telling-people): the policy's channels and which kinds of
 //! message each receives. Compiled and validated by `crate::policy`.
 
 use std::time::Duration;

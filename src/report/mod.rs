@@ -1,4 +1,4 @@
-//! The post-mortem report of one stored incident (`incidents report ID`, SPEC 1):
+//! The post-mortem report of one stored incident (`incidents report ID`, docs/operations.md):
 //! Markdown a person can paste into a post-mortem (summary, what fired with
 //! values against thresholds, the timeline, the steps and their output, the
 //! stabilization watch, the policy) and an SVG chart of error rate and latency

@@ -201,16 +201,12 @@ async fn probe_health(
     parsed_url: Option<&reqwest::Url>,
 ) -> Option<Result<bool, String>> {
     let health = health?;
-    let status = match parsed_url {
-        Some(url) => http::status(client, url.clone(), health.timeout).await,
-        None => http::status(client, &health.url, health.timeout).await,
-    };
-    Some(match status {
-        Ok(status) => {
-            if status != health.expect_status {
-                tracing::debug!(url = %health.url, status, "health probe failed");
+    Some(match health.probe(client, parsed_url).await {
+        Ok(probed) => {
+            if !probed.healthy {
+                tracing::debug!(url = %health.url, status = probed.status, "health probe failed");
             }
-            Ok(status == health.expect_status)
+            Ok(probed.healthy)
         }
         Err(error) if error.target_unreachable() => Ok(false),
         Err(error) => Err(format!("health probe {}: {error}", health.url)),

@@ -118,6 +118,33 @@ pub struct HealthConfig {
     pub timeout: Duration,
 }
 
+/// What one health probe found: the status and whether it is the expected one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probed {
+    pub status: u16,
+    pub healthy: bool,
+}
+
+impl HealthConfig {
+    /// One probe, within the probe's timeout, the one way both the poll and a
+    /// rollback's verification ask (`parsed` is the URL already parsed, if the
+    /// caller keeps it).
+    pub async fn probe(
+        &self,
+        client: &reqwest::Client,
+        parsed: Option<&reqwest::Url>,
+    ) -> Result<Probed, super::http::FetchError> {
+        let status = match parsed {
+            Some(url) => super::http::status(client, url.clone(), self.timeout).await,
+            None => super::http::status(client, &self.url, self.timeout).await,
+        }?;
+        Ok(Probed {
+            status,
+            healthy: status == self.expect_status,
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct CheckConfig {
     pub name: String,
