@@ -26,7 +26,9 @@
 //! evaluation and firing, the watch band, known issues, watchdog blind),
 //! `incident` (an incident's lifecycle: opening, answers, declarations,
 //! deadlines, the stabilization watch, escalation, resolution, resuming),
-//! `guards` (what stands between a tier's action and a rollback),
+//! `recent` (each windowed rule's short window: the most recent evidence a
+//! rule must still show before it pages or rolls back, and the shape of a
+//! burst that ended), `guards` (what stands between a tier's action and a rollback),
 //! `explanation` (the prose decisions are explained in) and `deploy`
 //! (deployments, versions, epochs and baselines). This file holds the
 //! `Engine` and its public API.
@@ -38,6 +40,7 @@ mod guards;
 mod incident;
 pub mod input;
 pub mod policy;
+mod recent;
 mod rules;
 pub mod signals;
 pub mod stats;
