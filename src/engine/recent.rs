@@ -177,8 +177,9 @@ impl Reading {
     }
 }
 
-/// A burst seen in a rule's window: its first and last unhealthy interval and
-/// its worst value.
+/// The latest burst in what is kept of `rule`'s signal since `epoch`: the
+/// latest unbroken run of intervals past the threshold on their own, its
+/// first and last interval and its worst value. `None` when there is none.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Burst {
     pub from: DateTime<Utc>,
@@ -186,12 +187,9 @@ pub struct Burst {
     pub peak: f64,
 }
 
-/// The intervals of `rule`'s window (since `epoch`) that were past its
-/// threshold on their own; `None` when none was.
 pub fn burst(
     rule: &Rule,
     history: &History,
-    now: DateTime<Utc>,
     epoch: Option<DateTime<Utc>>,
     baseline: Option<&LatencyBaseline>,
 ) -> Option<Burst> {
@@ -209,24 +207,28 @@ pub fn burst(
         }
     };
     let mut found: Option<Burst> = None;
-    for sample in history.window(now, rule.window, epoch) {
-        let Some(v) = value(sample).filter(|v| *v > threshold) else {
-            continue;
-        };
+    // Newest first, back to the epoch; samples without the value are skipped.
+    for sample in history.iter().rev() {
         let at = sample.at();
-        // The window is walked newest first.
-        found = Some(match found {
-            None => Burst {
-                from: at,
-                to: at,
-                peak: v,
-            },
-            Some(b) => Burst {
-                from: at,
-                peak: b.peak.max(v),
-                ..b
-            },
-        });
+        if epoch.is_some_and(|e| at <= e) {
+            break;
+        }
+        match (value(sample), &mut found) {
+            (None, _) => {}
+            (Some(v), None) if v > threshold => {
+                found = Some(Burst {
+                    from: at,
+                    to: at,
+                    peak: v,
+                });
+            }
+            (Some(v), Some(b)) if v > threshold => {
+                b.from = at;
+                b.peak = b.peak.max(v);
+            }
+            (Some(_), Some(_)) => break,
+            (Some(_), None) => {}
+        }
     }
     found
 }

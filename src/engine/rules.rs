@@ -241,7 +241,7 @@ impl Engine {
     pub(super) fn told_burst_ended(&mut self, now: DateTime<Utc>, index: usize) {
         let rule = &self.policy.rules[index];
         let (tier, name) = (rule.tier, rule.name.clone());
-        let burst = recent::burst(rule, &self.history, now, self.epoch, self.baseline.as_ref());
+        let burst = recent::burst(rule, &self.history, self.epoch, self.baseline.as_ref());
         let what = match (&rule.signal, &burst) {
             (_, None) => format!("{} over its threshold", rule.signal.name()),
             (Signal::ErrorRate { .. }, Some(b)) => format!("{} errors", format_percent(b.peak)),
@@ -251,8 +251,18 @@ impl Engine {
             (_, Some(b)) => format!("latency +{} over the baseline", format_percent(b.peak)),
         };
         let interval = self.policy.evaluation.interval;
+        // A burst reaching back to the oldest sample kept may have begun earlier.
+        let oldest = self.history.iter().next().map(|s| s.at());
         let span = burst.as_ref().map_or_else(String::new, |b| {
-            format!(" for {}", format_duration(b.to - b.from + interval))
+            let at_least = if oldest == Some(b.from) {
+                "at least "
+            } else {
+                ""
+            };
+            format!(
+                " for {at_least}{}",
+                format_duration(b.to - b.from + interval)
+            )
         });
         let when = match (&self.deployment, &burst) {
             (Some(d), Some(b)) if b.from > d.at => format!(

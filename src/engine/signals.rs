@@ -234,7 +234,7 @@ impl History {
     }
 
     /// Every sample kept, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &Sample> {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Sample> {
         self.samples.iter()
     }
 
