@@ -528,7 +528,8 @@ impl Engine {
 
     /// The end of a short sampling (`evaluate`): a rule that has read unhealthy
     /// at every conclusive reading since the sampling began, at least twice,
-    /// counts as confirmed even when its `for` is longer than the sampling.
+    /// counts as confirmed even when its `for` is longer than the sampling,
+    /// unless its short window says the burst has ended.
     pub fn handle_sampling_end(&mut self, now: DateTime<Utc>) -> Result<(), InputError> {
         self.advance(now)?;
         let held_throughout: Vec<usize> = self
@@ -544,6 +545,19 @@ impl Engine {
             .map(|(i, _)| i)
             .collect();
         for index in held_throughout {
+            // As at any firing, a burst whose most recent evidence is
+            // confidently healthy is told, not acted on.
+            let rule = &self.policy.rules[index];
+            let judged_now =
+                rule.tier >= Tier::Consider && self.active_suppression(&rule.name, now).is_none();
+            let state = &mut self.rules[index];
+            if judged_now && state.recovered_now() {
+                if !state.burst_told {
+                    state.burst_told = true;
+                    self.told_burst_ended(now, index);
+                }
+                continue;
+            }
             self.rules[index].firing = true;
             self.rules[index].last_fired_at = Some(now);
             self.rule_fired(now, index);

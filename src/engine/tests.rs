@@ -1812,3 +1812,17 @@ fn instant_signals_have_no_short_window() {
     assert!(sim.engine.rules[0].recent.is_none());
     assert!(sim.engine.rules[3].recent.is_some());
 }
+
+#[test]
+fn a_short_sampling_that_ends_after_the_burst_tells_it() {
+    let mut sim = deployed(STAGING);
+    // 1815 and 1830 fail, 1845 is healthy: the window breaches at every
+    // reading, but the last 15s do not.
+    sim.polls(3, all_errors);
+    sim.healthy(1);
+    let end = sim.now;
+    sim.engine.handle_sampling_end(end).unwrap();
+    sim.drain();
+    assert_eq!(sim.actions(), [(1860, Action::Notify)], "{:?}", sim.log());
+    assert_eq!(sim.decisions[0].cause, Cause::BurstEnded);
+}
