@@ -784,6 +784,148 @@ fn a_second_bad_deploy_inside_the_cooldown_pages_instead_of_rolling_back() {
     );
 }
 
+// --- A burst that ended (docs/decisions.md) ----------------------------------------
+
+#[test]
+fn a_cold_start_that_recovered_before_for_elapsed_is_told_not_paged() {
+    // Every request fails 09:30:15-09:30:45, then 0.4 %. The 2m window breaches
+    // from 09:30:15 and still does at 09:32:15 (`for` met on history alone),
+    // but the 15s short window holds only the healthy 09:32:15: one notify,
+    // no page, no rollback, no incident; nothing more when the window clears.
+    check_each(
+        &["production", "staging", "dev"],
+        "cold-start",
+        "
+        09:32:15 notify consider error-rate (recovered)
+        summary observations=181 rollbacks=0 first_rollback_at=null pages=0 first_page_at=null
+        ",
+    );
+}
+
+#[test]
+fn a_burst_that_resumes_while_the_window_still_breaches_acts_then() {
+    // As cold-start, told at 09:32:15; every request fails again from 09:32:30
+    // while the 2m window still breaches: the rule fires at 09:32:30 and acts
+    // as any breach does (deadline 09:42:30, stable 15m after the rollback).
+    check(
+        "production",
+        "cold-start-resumes",
+        "
+        09:32:15 notify             consider error-rate (recovered)
+        09:32:30 page-then-rollback consider error-rate deadline=09:42:30
+        09:42:30 rollback           consider error-rate
+        09:42:30 none               consider error-rate
+        09:57:30 notify             consider error-rate
+        summary observations=233 rollbacks=1 first_rollback_at=09:42:30 pages=1 first_page_at=09:32:30
+        ",
+    );
+    // Staging rolls back at 09:32:30; the recorded errors go on to 09:42:30:
+    // breaching again from 09:32:45, the watch escalates 2m later.
+    check(
+        "staging",
+        "cold-start-resumes",
+        "
+        09:32:15 notify   consider error-rate (recovered)
+        09:32:30 rollback consider error-rate
+        09:32:30 none     consider error-rate
+        09:34:45 page     consider error-rate (rollback-of-rollback)
+        09:49:30 notify   consider error-rate (recovered)
+        summary observations=233 rollbacks=1 first_rollback_at=09:32:30 pages=1 first_page_at=09:34:45
+        ",
+    );
+}
+
+#[test]
+fn errors_that_end_after_the_page_clear_before_the_deadline_and_never_roll_back() {
+    // 15 % errors 09:30:15-09:33:00: paged at 09:32:15 as in error-rate-15pct
+    // (the short window still breaches); clear from 09:34:30, resolved at
+    // 09:39:30, before the 09:42:15 deadline. As before issue 18.
+    check(
+        "production",
+        "errors-end-after-page",
+        "
+        09:32:15 page-then-rollback consider error-rate deadline=09:42:15
+        09:39:30 notify             consider error-rate (recovered)
+        summary observations=201 rollbacks=0 first_rollback_at=null pages=1 first_page_at=09:32:15
+        ",
+    );
+}
+
+#[test]
+fn errors_that_end_just_before_the_deadline_do_not_roll_back() {
+    // 15 % errors until 09:41:30. At the 09:42:15 deadline the 2m window still
+    // breaches (5 bad intervals of 8) but its short window has been healthy
+    // since 09:41:45: the breach has ended, no rollback (recovered); the page
+    // stands, nobody answered it, so it escalates at 09:47:15, and the
+    // incident resolves at 09:48:00, 5m after the window cleared.
+    check(
+        "production",
+        "errors-end-before-deadline",
+        "
+        09:32:15 page-then-rollback consider error-rate deadline=09:42:15
+        09:42:15 none               consider error-rate (recovered)
+        09:47:15 page               consider error-rate [unanswered]
+        09:48:00 notify             consider error-rate (recovered)
+        summary observations=201 rollbacks=0 first_rollback_at=null pages=1 first_page_at=09:32:15
+        ",
+    );
+}
+
+#[test]
+fn at_low_traffic_an_inconclusive_short_window_does_not_veto() {
+    // 15 requests per interval, all failing 09:30:15-09:32:30. The 2m window
+    // is conclusive from 09:31:45 (105 requests), so `for` is met at 09:33:45,
+    // when the errors have stopped; but 15 requests without an error cannot
+    // tell 0 % from 15 %: inconclusive, and the rule acts as before.
+    check(
+        "production",
+        "low-traffic-cold-start",
+        "
+        09:33:45 page-then-rollback consider error-rate deadline=09:43:45
+        09:39:30 notify             consider error-rate (recovered)
+        summary observations=181 rollbacks=0 first_rollback_at=null pages=1 first_page_at=09:33:45
+        ",
+    );
+    check(
+        "staging",
+        "low-traffic-cold-start",
+        "
+        09:33:45 rollback consider error-rate
+        09:33:45 none     consider error-rate
+        summary observations=181 rollbacks=1 first_rollback_at=09:33:45 pages=0 first_page_at=null
+        ",
+    );
+}
+
+#[test]
+fn a_latency_burst_that_ended_is_told_not_paged() {
+    // p95 1000 ms 09:30:15-09:34:00. The 5m median breaches from 09:31:00 (4
+    // samples) and still does at 09:36:00 (12 slow samples of 20), but the
+    // 25s short window (1/12 of 5m) holds two 200 ms samples.
+    check_each(
+        &["production", "staging", "dev"],
+        "latency-cold-start",
+        "
+        09:36:00 notify consider latency-degradation (recovered)
+        summary observations=181 rollbacks=0 first_rollback_at=null pages=0 first_page_at=null
+        ",
+    );
+}
+
+#[test]
+fn a_burst_of_affected_users_that_ended_is_told_not_paged() {
+    // Every user affected 09:30:15-09:30:45: the 2m window breaches until
+    // 09:32:30, `for` is met at 09:32:15 with a healthy short window.
+    check_each(
+        &["production", "staging", "dev"],
+        "users-cold-start",
+        "
+        09:32:15 notify consider users-affected (recovered)
+        summary observations=181 rollbacks=0 first_rollback_at=null pages=0 first_page_at=null
+        ",
+    );
+}
+
 // --- The command's contract (docs/trace-format.md, README.md#commands) ---------------------------------------------
 
 const GOOD_LINE_1: &str = r#"{"at":"2026-11-24T09:00:00Z","up":true,"requests":1000,"errors":2}"#;

@@ -154,6 +154,32 @@ fn explain_gives_each_rule_its_time_from_fault_to_decision() {
         text.contains("latency-degradation between 20% and 50%"),
         "{text}"
     );
+    // Issue 18: each windowed rule's short window, and the longest burst told
+    // rather than paged; instant signals have none.
+    for (rule, recent) in [
+        (
+            "error-rate",
+            "short window 15s: pages or rolls back only if the last 15s is not confidently healthy",
+        ),
+        (
+            "error-rate",
+            "a burst of up to about 2m that has ended by then is told (notify), not paged",
+        ),
+        (
+            "latency-degradation",
+            "short window 25s: pages or rolls back only if the last 25s",
+        ),
+        (
+            "latency-degradation",
+            "a burst of up to about 5m30s that has ended",
+        ),
+    ] {
+        let at = text.find(&format!("- {rule}:")).unwrap();
+        let third_line = text[at..].lines().nth(2).unwrap();
+        assert!(third_line.contains(recent), "{rule}: {third_line}");
+    }
+    let at = text.find("- system-down:").unwrap();
+    assert!(!text[at..].lines().nth(2).unwrap().contains("short window"));
 }
 
 #[test]

@@ -1097,6 +1097,54 @@ async fn a_page_upgraded_to_page_then_rollback_is_a_new_message_and_a_repeated_p
     );
 }
 
+/// A burst that ended by itself opens no incident and acts on nothing, but
+/// the team is told, once: the notice goes to the outbox without an incident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_that_ended_with_no_incident_is_told_to_the_team_once() {
+    use rollwatch::engine::decision::{Cause, Decision, Guard};
+    use rollwatch::engine::policy::{Action, Tier};
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let target = rollwatch::policy::load_target(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/production.toml"),
+    )
+    .unwrap();
+    let engine = rollwatch::engine::Engine::new(Arc::new(target.policy.clone()));
+    let mut actor =
+        rollwatch::act::actor::Actor::new(store.clone(), Arc::new(target), Arc::new(|_: &str| {}));
+    let told = Decision {
+        at: Utc::now(),
+        action: Action::Notify,
+        tier: Tier::Consider,
+        rule: "error-rate".into(),
+        explanation: "v1.1.0: 100% errors for 45s after its deploy, recovered by itself; no action"
+            .into(),
+        cause: Cause::BurstEnded,
+        incident: None,
+        guard: Some(Guard::Recovered),
+        reading: None,
+        deadline: None,
+        component: None,
+        from_version: Some("v1.0.0".into()),
+        to_version: None,
+        migrations: vec![],
+    };
+    actor.handle(&told, &engine).await;
+    actor.handle(&told, &engine).await;
+    let rows = store.channel_heads().await.unwrap();
+    let burst: Vec<_> = rows
+        .iter()
+        .filter(|r| r.dedupe_key.contains(":burst-ended:"))
+        .collect();
+    assert_eq!(burst.len(), 1, "told once: {rows:#?}");
+    assert_eq!(burst[0].kind, NotificationKind::Notice, "{:#?}", burst[0]);
+    assert!(burst[0].incident.is_none(), "{:#?}", burst[0]);
+    assert!(
+        store.list_incidents(5).await.unwrap().is_empty(),
+        "no incident is opened for a burst that ended"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_email_sent_again_after_a_crash_before_it_was_recorded_has_the_same_message_id() {
     let Some(smtp) = SmtpServer::start() else {

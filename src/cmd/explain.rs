@@ -29,6 +29,9 @@ pub fn explain(policy: &Policy) -> String {
         for rule in rules {
             let _ = writeln!(out, "  - {}: {}.", rule.name, condition(policy, rule));
             let _ = writeln!(out, "      {}", timing(policy, rule));
+            if let Some(recent) = short_window(policy, rule) {
+                let _ = writeln!(out, "      {recent}");
+            }
         }
     }
     let watched: Vec<String> = policy
@@ -228,6 +231,44 @@ fn timing(policy: &Policy, rule: &Rule) -> String {
         return text.replace("fault to decision", "fault to log line");
     }
     text
+}
+
+/// "short window 15s: ..." for a windowed rule that pages or rolls back
+/// (docs/decisions.md, "A burst that ended is told, not paged"); `None` for
+/// instant signals, whose reading is already current, and for rules that
+/// do neither.
+fn short_window(policy: &Policy, rule: &Rule) -> Option<String> {
+    let action = policy.actions.for_tier(rule.tier);
+    if !rule.signal.is_windowed() || rule.tier < Tier::Consider || action == Action::None {
+        return None;
+    }
+    let interval = policy.evaluation.interval;
+    let warmup = match rule.signal {
+        Signal::LatencyDegradation { min_samples, .. } if min_samples > 1 => {
+            interval * (min_samples as i32 - 1)
+        }
+        _ => TimeDelta::zero(),
+    };
+    // The rule fires `for` after its first conclusive breaching poll; a burst
+    // whose last bad poll is a short window before that is told instead.
+    let room = warmup + rule.hold_for + interval - rule.short_window;
+    let polls = room.num_milliseconds() / interval.num_milliseconds().max(1);
+    let short = format_duration(rule.short_window);
+    let what = if action.may_roll_back() {
+        "pages or rolls back"
+    } else {
+        "acts"
+    };
+    let mut text = format!(
+        "short window {short}: {what} only if the last {short} is not confidently healthy (too little traffic to tell does not hold it back)"
+    );
+    if polls > 0 {
+        text.push_str(&format!(
+            "; a burst of up to about {} that has ended by then is told (notify), not paged",
+            format_duration(interval * polls as i32)
+        ));
+    }
+    Some(text)
 }
 
 /// The rollback procedure in plain words, stage by stage.

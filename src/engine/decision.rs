@@ -44,6 +44,9 @@ text_enum! {
     pub enum Cause ("cause") {
         /// A rule held for its `for` time.
         RuleFired => "rule-fired",
+        /// A rule held for its `for` time on a burst that has ended: its
+        /// short window is confidently healthy, so it is told, not paged.
+        BurstEnded => "burst-ended",
         /// A rule entered its watch band.
         WatchBand => "watch-band",
         /// A human declared an incident.

@@ -15,6 +15,13 @@ impl Engine {
             || "no reading".to_string(),
             |r| r.describe(rule, self.policy.evaluation.confidence),
         );
+        // Both readings: the window the rule is judged on, and its most recent part.
+        let reading = match &state.recent {
+            Some(recent) if state.reading.as_ref().is_some_and(|r| r.reason.is_none()) => {
+                format!("{reading}, {}", recent.describe_recent())
+            }
+            _ => reading,
+        };
         let held = state
             .breach_since
             .or(state.band_since)

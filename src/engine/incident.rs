@@ -394,20 +394,41 @@ impl Engine {
                 self.rules[i].evidence_is_current(now, rule.window.max(rule.hold_for))
             })
             .collect();
-        let refusal = match (declared, firing.is_empty(), current.is_empty()) {
-            (true, _, _) | (false, false, false) => None,
-            (false, true, _) => Some((
+        // The same test as a firing: a breach whose most recent evidence is
+        // confidently healthy has ended, and a rollback would answer nothing.
+        let still: Vec<usize> = current
+            .iter()
+            .copied()
+            .filter(|&i| !self.rules[i].recovered_now())
+            .collect();
+        let refusal = match (
+            declared,
+            firing.is_empty(),
+            current.is_empty(),
+            still.is_empty(),
+        ) {
+            (true, ..) | (false, false, false, false) => None,
+            (false, true, ..) => Some((
                 Guard::Recovered,
                 format!(
                     "page-then-rollback deadline passed unanswered{postponed}, but {rule_name} is no longer breaching (or is a known issue): not rolling back"
                 ),
             )),
-            (false, false, true) => Some((
+            (false, false, true, _) => Some((
                 Guard::NoData,
                 format!(
                     "page-then-rollback deadline passed unanswered{postponed}, but there is no current data to confirm {rule_name}: not rolling back on stale evidence; the page stands"
                 ),
             )),
+            (false, false, false, true) => {
+                let described = self.describe_rule(current[0], now);
+                Some((
+                    Guard::Recovered,
+                    format!(
+                        "page-then-rollback deadline passed unanswered{postponed}; {described}: the burst has ended (its most recent evidence is healthy), not rolling back; the incident stays open until every rule is clear"
+                    ),
+                ))
+            }
         };
         if let Some((guard, core)) = refusal {
             self.emit_for_incident(
@@ -423,9 +444,9 @@ impl Engine {
             );
             return;
         }
-        let preexisting = current.iter().any(|&i| self.rules[i].preexisting);
+        let preexisting = still.iter().any(|&i| self.rules[i].preexisting);
         let (action, guard) = self.effective_action(now, Action::Rollback, preexisting, false);
-        let (reading, described) = match current.first() {
+        let (reading, described) = match still.first() {
             Some(&first) => (
                 self.rules[first].reading.clone(),
                 self.describe_rule(first, now),

@@ -26,7 +26,9 @@
 //! evaluation and firing, the watch band, known issues, watchdog blind),
 //! `incident` (an incident's lifecycle: opening, answers, declarations,
 //! deadlines, the stabilization watch, escalation, resolution, resuming),
-//! `guards` (what stands between a tier's action and a rollback),
+//! `recent` (each windowed rule's short window: the most recent evidence a
+//! rule must still show before it pages or rolls back, and the shape of a
+//! burst that ended), `guards` (what stands between a tier's action and a rollback),
 //! `explanation` (the prose decisions are explained in) and `deploy`
 //! (deployments, versions, epochs and baselines). This file holds the
 //! `Engine` and its public API.
@@ -38,6 +40,7 @@ mod guards;
 mod incident;
 pub mod input;
 pub mod policy;
+mod recent;
 mod rules;
 pub mod signals;
 pub mod stats;
@@ -525,7 +528,8 @@ impl Engine {
 
     /// The end of a short sampling (`evaluate`): a rule that has read unhealthy
     /// at every conclusive reading since the sampling began, at least twice,
-    /// counts as confirmed even when its `for` is longer than the sampling.
+    /// counts as confirmed even when its `for` is longer than the sampling,
+    /// unless its short window says the burst has ended.
     pub fn handle_sampling_end(&mut self, now: DateTime<Utc>) -> Result<(), InputError> {
         self.advance(now)?;
         let held_throughout: Vec<usize> = self
@@ -541,6 +545,19 @@ impl Engine {
             .map(|(i, _)| i)
             .collect();
         for index in held_throughout {
+            // As at any firing, a burst whose most recent evidence is
+            // confidently healthy is told, not acted on.
+            let rule = &self.policy.rules[index];
+            let judged_now =
+                rule.tier >= Tier::Consider && self.active_suppression(&rule.name, now).is_none();
+            let state = &mut self.rules[index];
+            if judged_now && state.recovered_now() {
+                if !state.burst_told {
+                    state.burst_told = true;
+                    self.told_burst_ended(now, index);
+                }
+                continue;
+            }
             self.rules[index].firing = true;
             self.rules[index].last_fired_at = Some(now);
             self.rule_fired(now, index);

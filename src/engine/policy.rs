@@ -157,6 +157,11 @@ pub struct Rule {
     pub hold_for: TimeDelta,
     /// The window a windowed signal is computed over.
     pub window: TimeDelta,
+    /// The most recent evidence a windowed signal is judged on before it acts
+    /// (docs/decisions.md, "A burst that ended is told, not paged"): a rule
+    /// that held for `for` pages or rolls back only when this short window is
+    /// not confidently healthy. Equal to `window` for instant signals.
+    pub short_window: TimeDelta,
     /// Values between this and the threshold put the rule in the watch band:
     /// logged and shown, never paged.
     pub watch_above: Option<f64>,

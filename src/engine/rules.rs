@@ -10,10 +10,11 @@ use serde::Serialize;
 use super::decision::{Cause, Guard};
 use super::explanation::version_text;
 use super::incident::{Incident, Phase};
-use super::policy::{Action, KnownIssue, Tier};
+use super::policy::{Action, KnownIssue, Signal, Tier};
+use super::recent;
 use super::signals::{self, Reading, Verdict};
 use super::{Draft, Engine, time_text};
-use crate::units::format_duration;
+use crate::units::{format_duration, format_percent};
 
 /// A rule's place in Inactive → Pending → Firing, as in Prometheus alerting,
 /// plus the same for its watch band.
@@ -41,23 +42,44 @@ pub(super) struct RuleState {
     /// or was breaching as it happened.
     pub(super) preexisting: bool,
     pub(super) reading: Option<Reading>,
+    /// The same signal over the rule's short window: the most recent
+    /// evidence (`None` for instant signals).
+    pub(super) recent: Option<Reading>,
+    /// The current breach held for `for` on a burst that had ended, and
+    /// that was told (once per breach).
+    pub(super) burst_told: bool,
+}
+
+/// What one verdict did to a rule's state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Update {
+    /// Held for `for` on current evidence: the rule acts.
+    pub(super) fired: bool,
+    pub(super) entered_watch: bool,
+    /// Held for `for`, but the most recent evidence is confidently healthy:
+    /// a burst that ended, told once per breach.
+    pub(super) burst_ended: bool,
 }
 
 impl RuleState {
-    /// Applies a verdict; returns (fired, entered watch band). A breach
-    /// interrupted by inconclusive readings for longer than `max_gap` starts over:
-    /// two failed probes an hour apart are not one minute of "down".
+    /// Applies a verdict. A breach interrupted by inconclusive readings for
+    /// longer than `max_gap` starts over: two failed probes an hour apart are
+    /// not one minute of "down". A breach that held for `for` fires only when
+    /// `recovered_now` is false (`RuleState::recovered_now`); otherwise it
+    /// stays unfired, so it fires when the burst resumes while the window
+    /// still breaches.
     pub(super) fn update(
         &mut self,
         verdict: Verdict,
         now: DateTime<Utc>,
         hold_for: TimeDelta,
         max_gap: TimeDelta,
-    ) -> (bool, bool) {
+        recovered_now: bool,
+    ) -> Update {
         // An inconclusive reading keeps the state as it is: no data neither
         // confirms a rule (it must be seen breaching to fire) nor clears it.
         if verdict == Verdict::Inconclusive {
-            return (false, false);
+            return Update::default();
         }
         let stale = |last: Option<DateTime<Utc>>| last.is_some_and(|t| now - t > max_gap);
         if stale(self.last_unhealthy_at) {
@@ -90,8 +112,10 @@ impl RuleState {
         self.first_conclusive_at.get_or_insert(now);
         self.last_conclusive_at = Some(now);
         let held = |since: Option<DateTime<Utc>>| since.is_some_and(|s| now - s >= hold_for);
-        let firing = held(self.breach_since);
-        let watching = !firing && held(self.band_since);
+        let breach_held = held(self.breach_since);
+        let vetoed = breach_held && !self.firing && recovered_now;
+        let firing = breach_held && !vetoed;
+        let watching = !breach_held && held(self.band_since);
         let fired = firing && !self.firing;
         let entered_watch = watching && !self.watching;
         self.firing = firing;
@@ -102,7 +126,18 @@ impl RuleState {
         if !firing {
             self.suppressed = false;
         }
-        (fired, entered_watch)
+        if self.breach_since.is_none() {
+            self.burst_told = false;
+        }
+        let burst_ended = vetoed && !self.burst_told;
+        if burst_ended {
+            self.burst_told = true;
+        }
+        Update {
+            fired,
+            entered_watch,
+            burst_ended,
+        }
     }
 
     /// Restarts the state machine at a new epoch.
@@ -118,6 +153,17 @@ impl RuleState {
     /// current evidence, not on what was seen before the data stopped.
     pub(super) fn evidence_is_current(&self, now: DateTime<Utc>, window: TimeDelta) -> bool {
         self.last_conclusive_at.is_some_and(|t| now - t <= window)
+    }
+
+    /// The most recent evidence says the breach is over: the rule's short
+    /// window is confidently healthy. The one definition behind both a
+    /// firing told instead of paged and a page-then-rollback deadline that
+    /// does not roll back. Inconclusive (too little traffic to tell) is not
+    /// recovered, and instant signals have no short window.
+    pub(super) fn recovered_now(&self) -> bool {
+        self.recent
+            .as_ref()
+            .is_some_and(|r| r.verdict == Verdict::Healthy)
     }
 }
 
@@ -137,21 +183,26 @@ impl Engine {
     pub(super) fn evaluate_rules(&mut self, now: DateTime<Utc>) {
         let mut fired = Vec::new();
         let mut entered_watch = Vec::new();
+        let mut burst_ended = Vec::new();
         let mut any_conclusive = false;
         for (index, rule) in self.policy.rules.iter().enumerate() {
-            let reading = signals::read(
-                rule,
-                &self.history,
-                now,
-                self.epoch,
-                self.baseline.as_ref(),
-                self.policy.evaluation.z,
-            );
+            let (z, baseline) = (self.policy.evaluation.z, self.baseline.as_ref());
+            let reading = signals::read(rule, &self.history, now, self.epoch, baseline, z);
+            let recent = recent::read_recent(rule, &self.history, now, self.epoch, baseline, z);
+            // Only a rule that would page or roll back is held to its most
+            // recent evidence; a known issue's log line stays as it was.
+            let judged_now =
+                rule.tier >= Tier::Consider && self.active_suppression(&rule.name, now).is_none();
             let state = &mut self.rules[index];
             any_conclusive |= reading.verdict != Verdict::Inconclusive;
             let max_gap = rule.hold_for + self.policy.evaluation.interval;
-            let (did_fire, did_enter_watch) =
-                state.update(reading.verdict, now, rule.hold_for, max_gap);
+            state.recent = recent;
+            let recovered_now = judged_now && state.recovered_now();
+            let update = state.update(reading.verdict, now, rule.hold_for, max_gap, recovered_now);
+            let (did_fire, did_enter_watch) = (update.fired, update.entered_watch);
+            if update.burst_ended {
+                burst_ended.push(index);
+            }
             state.reading = Some(reading);
             let suppression_lapsed = state.firing
                 && state.suppressed
@@ -179,6 +230,71 @@ impl Engine {
         for index in entered_watch {
             self.entered_watch_band(now, index);
         }
+        for index in burst_ended {
+            self.told_burst_ended(now, index);
+        }
+    }
+
+    /// A rule held for its `for` on a burst that has ended: told to the
+    /// team's notice channels (in the open incident, if any), never paged
+    /// and never rolled back.
+    pub(super) fn told_burst_ended(&mut self, now: DateTime<Utc>, index: usize) {
+        let rule = &self.policy.rules[index];
+        let (tier, name) = (rule.tier, rule.name.clone());
+        let burst = recent::burst(rule, &self.history, self.epoch, self.baseline.as_ref());
+        let what = match (&rule.signal, &burst) {
+            (_, None) => format!("{} over its threshold", rule.signal.name()),
+            (Signal::ErrorRate { .. }, Some(b)) => format!("{} errors", format_percent(b.peak)),
+            (Signal::UsersAffected { .. }, Some(b)) => {
+                format!("{} of users affected", format_percent(b.peak))
+            }
+            (_, Some(b)) => format!("latency +{} over the baseline", format_percent(b.peak)),
+        };
+        let interval = self.policy.evaluation.interval;
+        // A burst reaching back to the oldest sample kept may have begun earlier.
+        let oldest = self.history.iter().next().map(|s| s.at());
+        let span = burst.as_ref().map_or_else(String::new, |b| {
+            let at_least = if oldest == Some(b.from) {
+                "at least "
+            } else {
+                ""
+            };
+            format!(
+                " for {at_least}{}",
+                format_duration(b.to - b.from + interval)
+            )
+        });
+        let when = match (&self.deployment, &burst) {
+            (Some(d), Some(b)) if b.from > d.at => format!(
+                " after its {} at {}",
+                if d.rollback { "rollback" } else { "deploy" },
+                time_text(d.at)
+            ),
+            (_, Some(b)) => format!(" from {}", time_text(b.from - interval)),
+            _ => String::new(),
+        };
+        let version = self
+            .deployment
+            .as_ref()
+            .map_or("the service", |d| version_text(d.version.as_deref()));
+        let core = format!(
+            "{version}: {what}{span}{when}, recovered by itself; no action ({}; a burst that has ended is told, not paged)",
+            self.describe_rule(index, now)
+        );
+        let reading = self.rules[index].reading.clone();
+        self.emit(
+            now,
+            tier,
+            &name,
+            Draft {
+                action: Action::Notify,
+                cause: Cause::BurstEnded,
+                guard: Some(Guard::Recovered),
+                reading,
+                core,
+                deadline: None,
+            },
+        );
     }
 
     pub(super) fn active_suppression(&self, rule: &str, now: DateTime<Utc>) -> Option<&KnownIssue> {

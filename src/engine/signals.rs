@@ -234,7 +234,7 @@ impl History {
     }
 
     /// Every sample kept, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &Sample> {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Sample> {
         self.samples.iter()
     }
 
@@ -352,7 +352,7 @@ pub struct Reading {
 }
 
 impl Reading {
-    fn new(signal: &'static str, verdict: Verdict) -> Self {
+    pub(super) fn new(signal: &'static str, verdict: Verdict) -> Self {
         Reading {
             signal,
             verdict,
@@ -367,7 +367,7 @@ impl Reading {
         }
     }
 
-    fn inconclusive(signal: &'static str, reason: impl Into<String>) -> Self {
+    pub(super) fn inconclusive(signal: &'static str, reason: impl Into<String>) -> Self {
         Reading {
             reason: Some(reason.into()),
             ..Reading::new(signal, Verdict::Inconclusive)

@@ -15,6 +15,15 @@ pub fn wilson_lower_bound(successes: f64, trials: f64, z: f64) -> f64 {
     ((centre - margin) / (1.0 + z2 / trials)).clamp(0.0, 1.0)
 }
 
+/// Upper bound of the same interval: the lower bound of the complement. With
+/// no trials the bound is 1: nothing can be claimed either.
+pub fn wilson_upper_bound(successes: f64, trials: f64, z: f64) -> f64 {
+    if trials <= 0.0 {
+        return 1.0;
+    }
+    1.0 - wilson_lower_bound(trials - successes.clamp(0.0, trials), trials, z)
+}
+
 /// Median of the values (mean of the middle two for an even count). Sorts in place.
 pub fn median(values: &mut [f64]) -> Option<f64> {
     if values.is_empty() {

@@ -1685,3 +1685,144 @@ fn a_manual_rollback_after_an_escalation_is_a_new_attempt() {
     assert_eq!(decision.incident, Some(incident.id));
     assert_eq!(incident.phase, Phase::RollingBack);
 }
+
+// --- A burst that ended (docs/decisions.md, issue 18) --------------------------------
+
+fn all_errors(o: &mut Observation) {
+    o.errors = o.requests;
+}
+
+#[test]
+fn a_burst_that_ended_before_for_is_told_once_and_never_paged() {
+    let mut sim = deployed(PRODUCTION);
+    // 1800 is stamped at the deploy (left out); 1815-1845 fail, then 0.5 %.
+    sim.polls(4, all_errors);
+    sim.healthy(30);
+    assert_eq!(sim.actions(), [(1935, Action::Notify)], "{:?}", sim.log());
+    let told = &sim.decisions[0];
+    assert_eq!(
+        (told.cause, told.guard, told.incident),
+        (Cause::BurstEnded, Some(Guard::Recovered), None)
+    );
+    for words in [
+        "v2: 100% errors for 45s after its deploy",
+        "recovered by itself; no action",
+        "over 2m of 9600 requests, 0.50% over the last 15s",
+    ] {
+        assert!(told.explanation.contains(words), "{}", told.explanation);
+    }
+    assert!(sim.engine.incident().is_none());
+    assert_eq!((sim.pages(), sim.rollbacks()), (0, 0));
+}
+
+#[test]
+fn a_burst_that_resumes_while_the_window_breaches_acts_then() {
+    let mut sim = deployed(PRODUCTION);
+    sim.polls(4, all_errors);
+    sim.healthy(6); // 1860-1935: told at 1935
+    sim.polls(2, all_errors); // 1950: the long window still breaches
+    assert_eq!(
+        sim.actions(),
+        [(1935, Action::Notify), (1950, Action::PageThenRollback)],
+        "{:?}",
+        sim.log()
+    );
+    assert!(
+        sim.decisions[1]
+            .explanation
+            .contains("100% over the last 15s"),
+        "{}",
+        sim.decisions[1].explanation
+    );
+}
+
+#[test]
+fn a_burst_told_in_an_open_incident_is_recorded_in_it() {
+    let mut sim = deployed(PRODUCTION);
+    // Users affected for good: paged at 1935. Errors for 45s only: the
+    // error-rate rule holds its `for` at the same instant on history alone.
+    sim.polls(4, |o| {
+        all_errors(o);
+        o.users_affected = Some(450.0);
+    });
+    sim.polls(6, |o| o.users_affected = Some(450.0));
+    assert_eq!(
+        sim.log(),
+        [
+            (1935, Action::PageThenRollback, "users-affected".into()),
+            (1935, Action::Notify, "error-rate".into()),
+        ]
+    );
+    assert_eq!(sim.decisions[1].incident, sim.decisions[0].incident);
+    assert!(sim.decisions[1].incident.is_some());
+}
+
+#[test]
+fn at_low_traffic_an_inconclusive_short_window_does_not_veto() {
+    let mut sim = deployed(PRODUCTION);
+    // 15 requests a poll: the 2m window is conclusive from its 7th poll, the
+    // 15s window's 15 requests without an error cannot tell 0 % from 15 %.
+    let quiet = |o: &mut Observation| {
+        o.requests = Some(15.0);
+        o.errors = Some(0.0);
+    };
+    sim.polls(10, |o| {
+        quiet(o);
+        all_errors(o);
+    });
+    sim.polls(10, quiet);
+    let recent = sim.engine.rules[3].recent.clone().unwrap();
+    assert_eq!(recent.verdict, Verdict::Inconclusive, "{recent:?}");
+    assert_eq!(
+        sim.actions(),
+        [(2025, Action::PageThenRollback)],
+        "{:?}",
+        sim.log()
+    );
+}
+
+#[test]
+fn a_deadline_whose_breach_has_ended_does_not_roll_back() {
+    let mut sim = deployed(PRODUCTION);
+    // 15 % from 1815 to 2505, paged at 1935 with the deadline at 2535; at the
+    // deadline the 2m window still breaches but its last 15s are healthy.
+    sim.polls(48, errors(0.15));
+    sim.healthy(30);
+    assert_eq!(
+        sim.actions()[..2],
+        [(1935, Action::PageThenRollback), (2535, Action::None)]
+    );
+    let refused = &sim.decisions[1];
+    assert_eq!(
+        (refused.cause, refused.guard),
+        (Cause::DeadlinePassed, Some(Guard::Recovered))
+    );
+    assert!(
+        refused.explanation.contains("the burst has ended"),
+        "{}",
+        refused.explanation
+    );
+    assert_eq!(sim.rollbacks(), 0, "{:?}", sim.log());
+}
+
+#[test]
+fn instant_signals_have_no_short_window() {
+    let mut sim = deployed(PRODUCTION);
+    sim.healthy(2);
+    assert!(sim.engine.rules[0].recent.is_none());
+    assert!(sim.engine.rules[3].recent.is_some());
+}
+
+#[test]
+fn a_short_sampling_that_ends_after_the_burst_tells_it() {
+    let mut sim = deployed(STAGING);
+    // 1815 and 1830 fail, 1845 is healthy: the window breaches at every
+    // reading, but the last 15s do not.
+    sim.polls(3, all_errors);
+    sim.healthy(1);
+    let end = sim.now;
+    sim.engine.handle_sampling_end(end).unwrap();
+    sim.drain();
+    assert_eq!(sim.actions(), [(1860, Action::Notify)], "{:?}", sim.log());
+    assert_eq!(sim.decisions[0].cause, Cause::BurstEnded);
+}

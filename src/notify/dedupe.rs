@@ -19,6 +19,9 @@ pub enum DedupeKey {
     Page { incident: i64, action: Action },
     /// A page without a stored incident (the store refused it).
     PageWithoutIncident { target: String, at: DateTime<Utc> },
+    /// A burst that ended by itself before anything was done, with no
+    /// incident open: told once, at the decision's instant.
+    BurstEnded { target: String, at: DateTime<Utc> },
     /// "Notify team" before an automatic rollback's first step.
     RollbackNotice { incident: i64, at: DateTime<Utc> },
     /// The notice before a human's rollback (`rollwatch rollback`).
@@ -56,6 +59,9 @@ impl fmt::Display for DedupeKey {
             DedupeKey::Page { incident, action } => write!(f, "incident:{incident}:{action}"),
             DedupeKey::PageWithoutIncident { target, at } => {
                 write!(f, "{target}:page:{}", micros(at))
+            }
+            DedupeKey::BurstEnded { target, at } => {
+                write!(f, "{target}:burst-ended:{}", micros(at))
             }
             DedupeKey::RollbackNotice { incident, at } => {
                 write!(f, "incident:{incident}:rollback-notice:{}", micros(at))
@@ -104,6 +110,13 @@ mod tests {
                     at,
                 },
                 "web/prod:page:1777000000123456:email",
+            ),
+            (
+                DedupeKey::BurstEnded {
+                    target: "web/prod".into(),
+                    at,
+                },
+                "web/prod:burst-ended:1777000000123456:email",
             ),
             (
                 DedupeKey::RollbackNotice { incident: 17, at },

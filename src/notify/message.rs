@@ -154,6 +154,12 @@ pub fn for_decision(
             "nothing to do yet: the stabilization watch decides".to_string(),
             false,
         ),
+        (_, Cause::BurstEnded) => (
+            NotificationKind::Notice,
+            format!("{place}: a burst that ended by itself, no action: {fired}"),
+            "nothing to do: the rule held for its `for` on a burst that is over (docs/decisions.md); look into it if it recurs".to_string(),
+            false,
+        ),
         (Action::Notify, _) => (
             NotificationKind::Notice,
             format!("{place}: {fired}"),
@@ -433,4 +439,42 @@ pub fn dry_run_lines(
         ));
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_that_ended_is_a_notice_that_says_so() {
+        let text = include_str!("../../policies/production.toml");
+        let policy = crate::policy::from_bytes("p.toml", text.as_bytes(), |_| None).unwrap();
+        let decision = Decision {
+            at: chrono::Utc::now(),
+            action: Action::Notify,
+            tier: crate::engine::policy::Tier::Consider,
+            rule: "error-rate".into(),
+            explanation: "v2: 100% errors for 45s after its deploy, recovered by itself; no action"
+                .into(),
+            cause: Cause::BurstEnded,
+            incident: None,
+            guard: Some(crate::engine::decision::Guard::Recovered),
+            reading: None,
+            deadline: None,
+            component: None,
+            from_version: None,
+            to_version: None,
+            migrations: Vec::new(),
+        };
+        let message = for_decision(&policy, &decision, None, "rollwatch.db").unwrap();
+        assert_eq!(message.kind, NotificationKind::Notice);
+        assert!(
+            message
+                .subject
+                .contains("a burst that ended by itself, no action"),
+            "{}",
+            message.subject
+        );
+        assert!(message.details.commands.is_empty());
+    }
 }

@@ -100,6 +100,7 @@ pub struct RawRule {
     pub threshold: Option<S<Ratio>>,
     pub watch_above: Option<S<Ratio>>,
     pub window: Option<S<HumanDuration>>,
+    pub short_window: Option<S<HumanDuration>>,
     pub check: Option<S<String>>,
     pub min_requests: Option<S<u64>>,
     pub min_users: Option<S<u64>>,

@@ -817,3 +817,39 @@ fn a_quote_in_a_selector_variable_stays_in_its_label_value() {
     assert_eq!(selector.matchers.len(), 1, "{selector:?}");
     assert_eq!(selector.matchers[0].value, "a\",code=\"500");
 }
+
+#[test]
+fn short_window_defaults_to_a_twelfth_of_the_window_or_one_interval() {
+    let production = compile(PRODUCTION).unwrap();
+    let short = |name: &str| production.rule(name).unwrap().short_window.num_seconds();
+    // 2m / 12 = 10s < the 15s interval; 5m / 12 = 25s.
+    assert_eq!(short("error-rate"), 15);
+    assert_eq!(short("latency-degradation"), 25);
+    assert_eq!(short("users-affected"), 15);
+    let text = format!("{MINIMAL}window = \"1h\"\nfor = \"1h\"\n");
+    let policy = compile(&text).unwrap();
+    assert_eq!(policy.rules[0].short_window.num_seconds(), 300);
+    let text = format!("{MINIMAL}for = \"2m\"\nshort_window = \"45s\"\n");
+    let policy = compile(&text).unwrap();
+    assert_eq!(policy.rules[0].short_window.num_seconds(), 45);
+}
+
+#[test]
+fn a_short_window_must_fit_between_the_interval_and_the_window() {
+    check_errors(
+        &format!("{MINIMAL}for = \"2m\"\nshort_window = \"3m\"\n"),
+        &[(11, 16, "short_window \"3m\" is longer than window = \"2m\"")],
+    );
+    check_errors(
+        &format!("{MINIMAL}for = \"2m\"\nshort_window = \"5s\"\n"),
+        &[(
+            11,
+            16,
+            "short_window \"5s\" is shorter than the poll interval",
+        )],
+    );
+    check_errors(
+        "[target]\nservice = \"web\"\nenvironment = \"p\"\n[[rule]]\nname = \"down\"\ntier = \"immediate\"\nsignal = \"down\"\nshort_window = \"15s\"\n",
+        &[(8, 16, "short_window has no meaning for signal \"down\"")],
+    );
+}

@@ -560,7 +560,7 @@ mod tests {
         );
         assert_eq!(
             words(&Cause::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>()),
-            "rule-fired watch-band declared approved acknowledged held deadline-passed \
+            "rule-fired burst-ended watch-band declared approved acknowledged held deadline-passed \
              rollback-finished rollback-failed watch-failed stable recovered blind unanswered"
         );
         assert_eq!(

@@ -368,6 +368,74 @@ def cooldown():
     return trace.observe("09:50:15", "10:00:00", ERRORS_15_PERCENT, version="v1.2.0")
 
 
+# --- A burst that ended (docs/decisions.md) -------------------------------------
+
+ALL_ERRORS = with_errors(1000)
+AFTER_COLD_START = with_errors(4)
+
+
+def cold_start():
+    """A cold start: the new version answers every request with an error for
+    45 s (09:30:15-09:30:45), then 0.4 % errors (4 in 1000) for good, to
+    09:45:00. The 2 m window stays above 5 % until 09:32:30, long enough to
+    meet `for` on history alone."""
+    trace = deployed().observe("09:30:15", "09:30:45", ALL_ERRORS)
+    return trace.observe("09:31:00", "09:45:00", AFTER_COLD_START)
+
+
+def cold_start_resumes():
+    """As cold-start, but every request fails again from 09:32:30 to 09:42:30,
+    while the 2 m window still breaches; healthy from 09:42:45 to 09:58:00."""
+    trace = deployed().observe("09:30:15", "09:30:45", ALL_ERRORS)
+    trace.observe("09:31:00", "09:32:15", AFTER_COLD_START)
+    return trace.observe("09:32:30", "09:42:30", ALL_ERRORS).observe("09:42:45", "09:58:00")
+
+
+def errors_end_before_deadline():
+    """15 % errors 09:30:15-09:41:30, then healthy to 09:50:00: the errors end
+    after the page but 45 s before its deadline, while the 2 m window still
+    breaches."""
+    trace = deployed().observe("09:30:15", "09:41:30", ERRORS_15_PERCENT)
+    return trace.observe("09:41:45", "09:50:00")
+
+
+def errors_end_after_page():
+    """15 % errors 09:30:15-09:33:00, then healthy to 09:50:00: the errors end
+    soon after the page; the window clears long before the deadline."""
+    trace = deployed().observe("09:30:15", "09:33:00", ERRORS_15_PERCENT)
+    return trace.observe("09:33:15", "09:50:00")
+
+
+def low_traffic_cold_start():
+    """15 requests per interval all along. After the deploy every request
+    fails until 09:32:30, then none does, to 09:45:00. The 2 m window (120
+    requests) is conclusive; the short window's 15 requests without an error
+    cannot tell 0 % from 15 %: inconclusive, so the rule acts as before."""
+
+    def quiet(line):
+        line.update(requests=15, errors=0)
+
+    def quiet_and_failing(line):
+        line.update(requests=15, errors=15)
+
+    trace = deployed(quiet).observe("09:30:15", "09:32:30", quiet_and_failing)
+    return trace.observe("09:32:45", "09:45:00", quiet)
+
+
+def latency_cold_start():
+    """p95 1000 ms (5x the baseline) 09:30:15-09:34:00 while caches warm,
+    then 200 ms again, to 09:45:00."""
+    trace = deployed().observe("09:30:15", "09:34:00", with_p95(1000))
+    return trace.observe("09:34:15", "09:45:00")
+
+
+def users_cold_start():
+    """Every one of the 500 users affected 09:30:15-09:30:45 (errors as
+    usual), then 1 % again, to 09:45:00."""
+    trace = deployed().observe("09:30:15", "09:30:45", with_users_affected(500))
+    return trace.observe("09:31:00", "09:45:00")
+
+
 SCENARIOS = {
     "system-down": system_down,
     "data-corruption": data_corruption,
@@ -396,6 +464,13 @@ SCENARIOS = {
     "preexisting": preexisting,
     "preexisting-in-baseline-window": preexisting_in_baseline_window,
     "cooldown": cooldown,
+    "cold-start": cold_start,
+    "cold-start-resumes": cold_start_resumes,
+    "errors-end-before-deadline": errors_end_before_deadline,
+    "errors-end-after-page": errors_end_after_page,
+    "low-traffic-cold-start": low_traffic_cold_start,
+    "latency-cold-start": latency_cold_start,
+    "users-cold-start": users_cold_start,
 }
 
 

@@ -62,6 +62,18 @@ impl Actor {
                     },
                 )
                 .await;
+            } else if decision.cause == Cause::BurstEnded {
+                // A burst that ended by itself opens no incident; the team
+                // is still told, once.
+                self.tell(
+                    None,
+                    decision,
+                    &DedupeKey::BurstEnded {
+                        target: self.name.clone(),
+                        at: decision.at,
+                    },
+                )
+                .await;
             }
             return Followup::None;
         };

@@ -206,6 +206,13 @@ pub(super) fn compile_rule(
         hold_for,
         evaluation,
     );
+    let short_window = rule_short_window(
+        problems,
+        raw.short_window.as_ref(),
+        windowed,
+        window,
+        evaluation,
+    );
     let threshold = rule_threshold(problems, &raw, signal_name, windowed);
     let watch_above = rule_watch_above(problems, raw.watch_above.as_ref(), threshold);
     let signal = rule_signal(problems, &raw, signal_name, threshold, checks)?;
@@ -219,6 +226,7 @@ pub(super) fn compile_rule(
         signal,
         hold_for,
         window,
+        short_window,
         watch_above,
         component,
     })
@@ -243,6 +251,7 @@ fn reject_keys_without_meaning(
         not_for(raw.threshold.as_ref().map(Spanned::span), "threshold");
         not_for(raw.watch_above.as_ref().map(Spanned::span), "watch_above");
         not_for(raw.window.as_ref().map(Spanned::span), "window");
+        not_for(raw.short_window.as_ref().map(Spanned::span), "short_window");
     }
     if signal_name != "check" {
         not_for(raw.check.as_ref().map(Spanned::span), "check");
@@ -307,6 +316,38 @@ fn rule_window(
             window
         }
         _ => hold_for,
+    }
+}
+
+/// `short_window`: at least one interval and at most `window`. By default
+/// the larger of one interval and 1/12 of the window (the multiwindow alerts
+/// of docs/decisions.md). Instant signals read only the latest observation:
+/// their short window is their window.
+fn rule_short_window(
+    problems: &mut Problems,
+    raw: Option<&Spanned<HumanDuration>>,
+    windowed: bool,
+    window: TimeDelta,
+    evaluation: &Evaluation,
+) -> TimeDelta {
+    match raw {
+        Some(w) if windowed => {
+            let short = at_least_interval(problems, w.clone(), "short_window", evaluation.interval);
+            if short > window {
+                problems.add(
+                    w.span(),
+                    format!(
+                        "short_window \"{}\" is longer than window = \"{}\", expected at most {}",
+                        w.get_ref(),
+                        format_duration(window),
+                        format_duration(window)
+                    ),
+                );
+            }
+            short
+        }
+        _ if windowed => (window / 12).max(evaluation.interval).min(window),
+        _ => window,
     }
 }
 
