@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use rand::Rng;
 use tokio::time::Instant;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use crate::drive::{self, DriveError, Rollbacks};
@@ -77,7 +78,11 @@ pub(super) fn feed(
 /// sent and a rollback counts as succeeded at once, as in backtest. With one,
 /// decisions become stored incidents and procedures, and the loop also ends
 /// when the incident the actor waits for has ended. (`TargetLoop`.)
-pub async fn run_target(
+///
+/// The loop is set up when this is called and the future holds only it: an
+/// `async fn` would also keep its arguments (the compiled policy, the actor)
+/// in every target's task for the task's whole life.
+pub fn run_target(
     target: Compiled,
     recorder: Option<Recorder>,
     telemetry: Arc<Telemetry>,
@@ -85,8 +90,8 @@ pub async fn run_target(
     on_decision: impl FnMut(&Decision),
     actor: Option<Actor>,
     wiring: Wiring,
-) -> anyhow::Result<Option<IncidentEnd>> {
-    TargetLoop::new(
+) -> impl std::future::Future<Output = anyhow::Result<Option<IncidentEnd>>> {
+    match TargetLoop::new(
         target,
         recorder,
         telemetry,
@@ -94,9 +99,10 @@ pub async fn run_target(
         on_decision,
         actor,
         wiring,
-    )?
-    .run()
-    .await
+    ) {
+        Ok(target_loop) => Either::Left(target_loop.run()),
+        Err(error) => Either::Right(std::future::ready(Err(error))),
+    }
 }
 
 /// What connects a target loop to the sidecar around it.

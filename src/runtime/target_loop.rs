@@ -175,14 +175,18 @@ impl<D: FnMut(&Decision)> TargetLoop<D> {
             if let Some(end) = acting.and_then(Actor::done) {
                 return Ok(Some(end));
             }
-            self.follow_ownership().await;
-            let event = self.next_event().await;
+            // Each step's future is boxed while it runs: awaited inline, the
+            // largest of them would sit in every target's task for good
+            // (measured: 8 KB a target before the loop was a type, 13 KB
+            // with the steps inline; a thousand targets add up).
+            Box::pin(self.follow_ownership()).await;
+            let event = Box::pin(self.next_event()).await;
             if matches!(event, Event::Shutdown) {
-                self.stop().await?;
+                Box::pin(self.stop()).await?;
                 return Ok(None);
             }
-            self.handle(event).await?;
-            if let Some(decision) = self.hand_out().await? {
+            Box::pin(self.handle(event)).await?;
+            if let Some(decision) = Box::pin(self.hand_out()).await? {
                 self.last_decision = Some(decision);
             }
             self.publish();
