@@ -12,7 +12,9 @@
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::policy::{Rule, Signal};
-use super::signals::{History, LatencyBaseline, Reading, Sample, Verdict};
+use super::signals::{
+    History, LatencyBaseline, Reading, Sample, Verdict, clipped, proportion_sums,
+};
 use super::stats::{median, wilson_lower_bound, wilson_upper_bound};
 use crate::units::{format_duration, format_percent};
 
@@ -121,10 +123,7 @@ fn proportion(
     unit: &str,
 ) -> Reading {
     let signal = rule.signal.name();
-    let (total, part) = history
-        .window(now, rule.short_window, epoch)
-        .filter_map(pick)
-        .fold((0.0, 0.0), |(t, p), (st, sp)| (t + st, p + sp));
+    let (total, part) = proportion_sums(history, now, rule.short_window, epoch, pick);
     let needed = scaled(minimum, rule).ceil();
     if total < needed {
         return Reading::inconclusive(signal, format!("{total:.0} {unit}, {needed:.0} needed"));
@@ -152,10 +151,6 @@ fn proportion(
         reason,
         ..Reading::new(signal, verdict)
     }
-}
-
-fn clipped(window: TimeDelta, now: DateTime<Utc>, epoch: Option<DateTime<Utc>>) -> TimeDelta {
-    epoch.map_or(window, |e| (now - e).min(window))
 }
 
 impl Reading {

@@ -555,10 +555,7 @@ fn read_proportion(
     unit: &str,
 ) -> Reading {
     let signal = rule.signal.name();
-    let (total, part) = history
-        .window(now, rule.window, epoch)
-        .filter_map(pick)
-        .fold((0.0, 0.0), |(t, p), (st, sp)| (t + st, p + sp));
+    let (total, part) = proportion_sums(history, now, rule.window, epoch, pick);
     if total < minimum {
         return Reading::inconclusive(
             signal,
@@ -587,9 +584,32 @@ fn band_verdict(value: f64, threshold: f64, watch_above: Option<f64>) -> Verdict
 }
 
 fn window_span(rule: &Rule, now: DateTime<Utc>, epoch: Option<DateTime<Utc>>) -> i64 {
-    let full = rule.window;
-    let clipped = epoch.map_or(full, |e| (now - e).min(full));
-    clipped.num_seconds().max(0)
+    clipped(rule.window, now, epoch).num_seconds().max(0)
+}
+
+/// `window` before `now`, cut at the epoch (a window never reaches back
+/// past the latest deployment).
+pub(super) fn clipped(
+    window: TimeDelta,
+    now: DateTime<Utc>,
+    epoch: Option<DateTime<Utc>>,
+) -> TimeDelta {
+    epoch.map_or(window, |e| (now - e).min(window))
+}
+
+/// The totals and parts `pick` finds in the samples of `window` before
+/// `now`: what a proportion (error rate, users affected) is read from.
+pub(super) fn proportion_sums(
+    history: &History,
+    now: DateTime<Utc>,
+    window: TimeDelta,
+    epoch: Option<DateTime<Utc>>,
+    pick: impl Fn(&Sample) -> Option<(f64, f64)>,
+) -> (f64, f64) {
+    history
+        .window(now, window, epoch)
+        .filter_map(pick)
+        .fold((0.0, 0.0), |(t, p), (st, sp)| (t + st, p + sp))
 }
 
 #[cfg(test)]
