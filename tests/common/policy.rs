@@ -19,7 +19,6 @@ pub struct Policy {
     version: bool,
     health: bool,
     rule_for: String,
-    min_requests: u32,
     procedure: Option<Vec<String>>,
     extra: String,
 }
@@ -41,7 +40,6 @@ impl Policy {
             version: true,
             health: false,
             rule_for: "3s".into(),
-            min_requests: 50,
             procedure: None,
             extra: String::new(),
         }
@@ -166,8 +164,8 @@ impl Policy {
         let _ = writeln!(
             t,
             "[[rule]]\nname = \"error-rate\"\ntier = \"consider\"\nsignal = \"error-rate\"\n\
-             threshold = \"5%\"\nmin_requests = {}\nfor = \"{}\"",
-            self.min_requests, self.rule_for
+             threshold = \"5%\"\nmin_requests = 50\nfor = \"{}\"",
+            self.rule_for
         );
         if let Some(steps) = &self.procedure {
             t.push_str("[procedure]\n");
