@@ -1,11 +1,12 @@
-//! High availability (docs/operations.md#several-replicas-high-availability): several `rollwatch run` replicas share one
-//! PostgreSQL; each target is owned by the replica holding its session-level
-//! advisory lock on a connection of its own. The owner acts; the others
-//! evaluate and stay passive. The lock goes with the connection: a replica
-//! that dies loses it at once (its connection closes), and one that can no
-//! longer reach the database stops acting after one failed check and loses
-//! the lock when the server drops its session. A passive replica tries for
-//! the lock every interval, so ownership moves within two intervals.
+//! High availability (docs/operations.md#several-replicas-high-availability):
+//! several `rollwatch run` replicas share one PostgreSQL; each target is owned
+//! by the replica holding its session-level advisory lock on a connection of
+//! its own. The owner acts; the others evaluate and stay passive. The lock goes
+//! with the connection: a replica that dies loses it at once (its connection
+//! closes), and one that can no longer reach the database stops acting after
+//! one failed check and loses the lock when the server drops its session. A
+//! passive replica tries for the lock every interval, so ownership moves within
+//! two intervals.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,8 +34,8 @@ pub fn lock_key(target: &str) -> i64 {
 pub struct Leader {
     commands: mpsc::UnboundedSender<Command>,
     /// Rounds with targets in which the session answered and every unowned
-    /// target was tried: a sign of life, so that "stayed passive" can be told from
-    /// "never tried".
+    /// target was tried: a sign of life, so that "stayed passive" can be told
+    /// from "never tried".
     rounds: Arc<AtomicU64>,
 }
 

@@ -82,7 +82,8 @@ async fn evaluate_fifteen_percent_errors_recommends_a_page_then_rollback() {
 #[tokio::test(flavor = "multi_thread")]
 async fn evaluate_latency_up_150_percent_recommends_a_page() {
     let service = TestService::start().await;
-    // 150 ms -> 375 ms: p95 lands in the (0.3, 0.5] bucket, 490 ms against the fixed 300 ms baseline.
+    // 150 ms -> 375 ms: p95 lands in the (0.3, 0.5] bucket, 490 ms against the
+    // fixed 300 ms baseline.
     service.set(|k| k.latency_seconds = 0.375);
     let out = evaluate(&service, 10, &["--format", "json"]).await;
     assert_eq!(

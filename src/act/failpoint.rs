@@ -1,11 +1,12 @@
-//! Crash injection for the crash-safety tests: `ROLLWATCH_FAILPOINT=NAME[,NAME]`
-//! makes the process kill itself with SIGKILL (exactly `kill -9`: no
-//! destructor, no flush) when it reaches a point of that name, such as
-//! `after-step:create-backup` (the step's end is committed, the next step's
-//! start is not). `fail:NAME` instead makes the operation of that name fail
-//! as if the database had refused it (`fail:enqueue-notification`). Read once; unset (always, in production) it costs one
-//! atomic load per point. Compiled into debug builds only (the ones
-//! `cargo test` runs): a release binary has no way to be told to kill itself.
+//! Crash injection for the crash-safety tests:
+//! `ROLLWATCH_FAILPOINT=NAME[,NAME]` makes the process kill itself with SIGKILL
+//! (exactly `kill -9`: no destructor, no flush) when it reaches a point of that
+//! name, such as `after-step:create-backup` (the step's end is committed, the
+//! next step's start is not). `fail:NAME` instead makes the operation of that
+//! name fail as if the database had refused it (`fail:enqueue-notification`).
+//! Read once; unset (always, in production) it costs one atomic load per point.
+//! Compiled into debug builds only (the ones `cargo test` runs): a release
+//! binary has no way to be told to kill itself.
 
 #[cfg(debug_assertions)]
 use std::sync::OnceLock;

@@ -72,7 +72,8 @@ impl Context {
         )
     }
 
-    /// The variables every step gets (a contract: docs/operations.md#acting-the-rollback-procedure).
+    /// The variables every step gets (a contract:
+    /// docs/operations.md#acting-the-rollback-procedure).
     fn env(&self) -> Vec<(String, String)> {
         let policy = &self.target.policy;
         [
@@ -403,8 +404,9 @@ async fn finished(
     Ok(())
 }
 
-/// Runs one step: start stored, spawned with the ROLLWATCH_* variables (docs/operations.md) in its own
-/// process group, end stored. `Err` says why it failed.
+/// Runs one step: start stored, spawned with the ROLLWATCH_* variables
+/// (docs/operations.md) in its own process group, end stored. `Err` says why it
+/// failed.
 async fn run_step(ctx: &Context, step: &Step) -> Result<(), String> {
     let new = NewStep {
         name: step.name.clone(),

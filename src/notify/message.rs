@@ -1,7 +1,7 @@
-//! What rollwatch says (docs/operations.md#telling-people), built once per decision and stored in the
-//! outbox per channel: a subject, a plain-text body, and structured details
-//! (labels for Alertmanager, fields for webhooks, the HTML of an email is
-//! rendered from the text).
+//! What rollwatch says (docs/operations.md#telling-people), built once per
+//! decision and stored in the outbox per channel: a subject, a plain-text body,
+//! and structured details (labels for Alertmanager, fields for webhooks, the
+//! HTML of an email is rendered from the text).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

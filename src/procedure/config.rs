@@ -1,4 +1,5 @@
-//! The rollback procedure a policy describes (docs/operations.md#acting-the-rollback-procedure): the runbook's stages in
+//! The rollback procedure a policy describes
+//! (docs/operations.md#acting-the-rollback-procedure): the runbook's stages in
 //! their fixed order, each an ordered list of steps (argv, timeout, optional
 //! component). Compiled and validated by `crate::policy`.
 

@@ -1,8 +1,9 @@
-//! A stand-in service for tests: serves the example targets' metrics (docs/policy.md#the-example-targets) on `/metrics` and a
-//! health endpoint on `/healthz`, on a free loopback port, with error rate,
-//! latency, health, version and misbehaviour set by the test. Traffic is
-//! simulated on the wall clock (100 ms ticks), so several scrapers (rollwatch
-//! and a real Prometheus) see the same counters.
+//! A stand-in service for tests: serves the example targets' metrics
+//! (docs/policy.md#the-example-targets) on `/metrics` and a health endpoint on
+//! `/healthz`, on a free loopback port, with error rate, latency, health,
+//! version and misbehaviour set by the test. Traffic is simulated on the wall
+//! clock (100 ms ticks), so several scrapers (rollwatch and a real Prometheus)
+//! see the same counters.
 
 #![allow(dead_code)]
 

@@ -1,7 +1,8 @@
-//! The demo's stand-in service: serves the example targets' metrics (docs/policy.md#the-example-targets) and a health
-//! endpoint on a free loopback port. Which version runs is read from a file
-//! (the demo's rollback step writes it, as a deploy tool would), and each
-//! version has its own error rate and latency: v1.5.0 is the bad deployment.
+//! The demo's stand-in service: serves the example targets' metrics
+//! (docs/policy.md#the-example-targets) and a health endpoint on a free
+//! loopback port. Which version runs is read from a file (the demo's rollback
+//! step writes it, as a deploy tool would), and each version has its own error
+//! rate and latency: v1.5.0 is the bad deployment.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
